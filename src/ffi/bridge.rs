@@ -1,0 +1,363 @@
+//! `bridge_t`: starting, stopping and submitting to a bridge.
+
+use std::ffi::{c_char, c_void, CStr};
+
+use crate::ffi::boundary::{boundary, error_of, status_of, SendPtr};
+use crate::ffi::future::{future_t, into_c_future, CKind};
+use crate::ffi::job::{bridge_free_fn, bridge_work_fn, CWork};
+use crate::ffi::status::{
+    bridge_status, BRIDGE_E_INVALID, BRIDGE_OK, BRIDGE_RUN_BLOCKING, BRIDGE_RUN_ON_LOOP,
+};
+use crate::runtime::{Bridge, Config, Placement};
+use crate::status::timeout_from_ms;
+
+/// A running bridge: an async runtime with its loop thread and blocking pool.
+///
+/// Made by bridge_start() (freed with bridge_free()) or bridge_default() (never freed).
+/// Thread-safe: every function taking a bridge_t may be called from any thread.
+pub struct bridge {
+    _private: [u8; 0],
+}
+
+/// A running bridge (see struct bridge).
+pub type bridge_t = bridge;
+
+/// How bridge_start() starts a bridge. Initialise it with bridge_config_init(), then
+/// change the fields you need.
+#[repr(C)]
+pub struct bridge_config {
+    /// sizeof(bridge_config_t), set by bridge_config_init(); a smaller value than this
+    /// header's is BRIDGE_E_INVALID.
+    pub size: u32,
+    /// 0: one loop thread driving a current-thread runtime (default); N: N runtime
+    /// workers (at most 1024).
+    pub worker_threads: u32,
+    /// Upper bound of the blocking pool that runs BRIDGE_RUN_BLOCKING work; 0: 512.
+    pub max_blocking_threads: u32,
+    /// 0: unlimited; else bridge_submit() returns BRIDGE_E_BUSY while this many futures
+    /// are pending.
+    pub max_pending: u32,
+    /// Name of the bridge's threads (copied; Linux shows 15 bytes); NULL: "asyncbridge".
+    pub thread_name: *const c_char,
+    /// Receives failures nobody observed (see future_t); NULL: they are printed to stderr.
+    pub on_unhandled_error:
+        Option<unsafe extern "C" fn(code: i32, message: *const c_char, user_data: *mut c_void)>,
+    /// Passed to on_unhandled_error.
+    pub user_data: *mut c_void,
+}
+
+/// How bridge_start() starts a bridge (see struct bridge_config).
+pub type bridge_config_t = bridge_config;
+
+/// A snapshot of a bridge's counters, filled by bridge_stats().
+#[repr(C)]
+pub struct bridge_stats {
+    /// Futures accepted since the bridge started.
+    pub submitted: u64,
+    /// Futures that finished BRIDGE_OK.
+    pub completed: u64,
+    /// Futures that finished BRIDGE_FAILED.
+    pub failed: u64,
+    /// Futures that finished BRIDGE_CANCELLED.
+    pub cancelled: u64,
+    /// Futures not finished yet, or whose done callbacks are still running.
+    pub pending: u64,
+}
+
+/// A snapshot of a bridge's counters (see struct bridge_stats).
+pub type bridge_stats_t = bridge_stats;
+
+/// Borrows the bridge behind a C handle.
+///
+/// # Safety
+/// `b` is NULL or a handle from bridge_start()/bridge_default() not yet freed.
+unsafe fn borrow<'a>(b: *const bridge_t) -> Option<&'a Bridge> {
+    // SAFETY: per the contract above, a non-NULL handle points to a live Bridge.
+    unsafe { b.cast::<Bridge>().as_ref() }
+}
+
+/// Fills `cfg` with the defaults: size = sizeof(bridge_config_t), one loop thread,
+/// default blocking pool, no max_pending, thread name "asyncbridge", stderr for
+/// unobserved failures.
+///
+/// @param cfg the configuration to fill; NULL does nothing.
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn bridge_config_init(cfg: *mut bridge_config_t) {
+    boundary(|| {
+        if cfg.is_null() {
+            return;
+        }
+        let defaults = bridge_config {
+            size: std::mem::size_of::<bridge_config_t>() as u32,
+            worker_threads: 0,
+            max_blocking_threads: 0,
+            max_pending: 0,
+            thread_name: std::ptr::null(),
+            on_unhandled_error: None,
+            user_data: std::ptr::null_mut(),
+        };
+        // SAFETY: `cfg` is non-NULL and, per the API, points to a writable
+        // bridge_config_t; `write` does not read the old (possibly uninitialised) value.
+        unsafe { cfg.write(defaults) };
+    })
+}
+
+/// Starts a bridge: its runtime, its loop thread and its blocking pool.
+///
+/// @param cfg the configuration, read during the call only; NULL: the defaults of
+///        bridge_config_init().
+/// @param out receives the bridge on success; the caller owns it and frees it with
+///        bridge_free() (which shuts it down first if needed).
+/// @return BRIDGE_OK; BRIDGE_E_INVALID if `out` is NULL, `cfg->size` is smaller than
+///         sizeof(bridge_config_t) or a field is out of range; BRIDGE_E_NOT_RUNNING if
+///         the runtime or its thread could not be created.
+/// Any thread, including a loop thread of another bridge.
+#[no_mangle]
+pub unsafe extern "C" fn bridge_start(
+    cfg: *const bridge_config_t,
+    out: *mut *mut bridge_t,
+) -> bridge_status {
+    boundary(|| {
+        if out.is_null() {
+            return BRIDGE_E_INVALID;
+        }
+        // SAFETY: a non-NULL `cfg` points to a readable configuration; `size` is read
+        // first so that no field beyond what the caller allocated is read.
+        let config = match unsafe { config_from_c(cfg) } {
+            Some(config) => config,
+            None => return BRIDGE_E_INVALID,
+        };
+        match Bridge::start(config) {
+            Ok(bridge) => {
+                let handle = Box::into_raw(Box::new(bridge)).cast::<bridge_t>();
+                // SAFETY: `out` is non-NULL and writable per the API.
+                unsafe { out.write(handle) };
+                BRIDGE_OK
+            }
+            Err(error) => error_of(error),
+        }
+    })
+}
+
+/// Reads a C configuration; `None` if it is invalid.
+///
+/// # Safety
+/// `cfg` is NULL or points to at least `(*cfg).size` readable bytes of a bridge_config_t.
+unsafe fn config_from_c(cfg: *const bridge_config_t) -> Option<Config> {
+    let mut config = Config::default();
+    if cfg.is_null() {
+        return Some(config);
+    }
+    // SAFETY: `size` is the first field, always present.
+    let size = unsafe { std::ptr::addr_of!((*cfg).size).read() };
+    if (size as usize) < std::mem::size_of::<bridge_config_t>() {
+        return None;
+    }
+    // SAFETY: the caller's struct is at least as large as ours, so every field is readable.
+    let c = unsafe { &*cfg };
+    config.worker_threads = c.worker_threads as usize;
+    config.max_blocking_threads = c.max_blocking_threads as usize;
+    config.max_pending = u64::from(c.max_pending);
+    if !c.thread_name.is_null() {
+        // SAFETY: a non-NULL thread_name is a NUL-terminated string per the API.
+        let name = unsafe { CStr::from_ptr(c.thread_name) };
+        config.thread_name = name.to_string_lossy().into_owned();
+    }
+    if let Some(hook) = c.on_unhandled_error {
+        let user_data = SendPtr(c.user_data);
+        config.on_unhandled_error = Some(Box::new(move |code, message: &CStr| {
+            // SAFETY: the hook is a C function the caller gave for this purpose; the
+            // message is NUL-terminated and lives for the call.
+            unsafe { hook(code, message.as_ptr(), user_data.get()) }
+        }));
+    }
+    Some(config)
+}
+
+/// The process-wide bridge, started with the defaults on the first call.
+///
+/// @return the bridge, owned by the library: bridge_free() on it does nothing (it
+///         may still be shut down with bridge_shutdown(), for good). NULL if it could
+///         not be started; a later call tries again.
+/// Any thread; concurrent first calls start one bridge. In a fork child it is the
+/// parent's bridge, which is not running there.
+#[no_mangle]
+pub extern "C" fn bridge_default() -> *mut bridge_t {
+    boundary(|| match Bridge::global() {
+        Ok(bridge) => (bridge as *const Bridge).cast_mut().cast(),
+        Err(_) => std::ptr::null_mut(),
+    })
+}
+
+/// Whether the bridge accepts work.
+///
+/// @return true while running; false once bridge_shutdown() was called, in a fork
+///         child of the process that started it, or for NULL.
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn bridge_is_running(b: *const bridge_t) -> bool {
+    // SAFETY: `b` is NULL or a live handle per the API.
+    boundary(|| unsafe { borrow(b) }.is_some_and(Bridge::is_running))
+}
+
+/// Whether the calling thread is one of the bridge's loop threads (where blocking
+/// waits are refused with BRIDGE_E_WOULD_DEADLOCK).
+///
+/// @return false for NULL, for threads of the blocking pool and for foreign threads.
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn bridge_in_loop(b: *const bridge_t) -> bool {
+    // SAFETY: `b` is NULL or a live handle per the API.
+    boundary(|| unsafe { borrow(b) }.is_some_and(Bridge::in_loop))
+}
+
+/// Shuts the bridge down, resolving every one of its futures.
+///
+/// From the moment it is called, new work is refused with BRIDGE_E_NOT_RUNNING. Work
+/// already submitted gets up to `timeout_ms` to finish; then whatever is still pending
+/// is cancelled (queued work is dropped unrun, its arg_free called), the loop stops,
+/// and every future reaches a final state. Done callbacks of futures it finishes run
+/// on the calling thread or the loop thread. The handle stays valid until
+/// bridge_free(); futures outlive it.
+///
+/// @param timeout_ms grace period for submitted work; 0: none; BRIDGE_FOREVER: no limit.
+/// @return BRIDGE_OK when all work finished or stopped in time (and for a second call);
+///         BRIDGE_TIMEOUT when running blocking work had to be left behind (its future
+///         ends BRIDGE_CANCELLED when the function returns); BRIDGE_E_INVALID for NULL
+///         or a timeout below -1; BRIDGE_E_WOULD_DEADLOCK on a thread of this bridge.
+/// Deadlock: must not be called from this bridge's own threads (work or callbacks
+/// running there); call bridge_free() there instead, which does not block.
+#[no_mangle]
+pub unsafe extern "C" fn bridge_shutdown(b: *mut bridge_t, timeout_ms: i64) -> bridge_status {
+    boundary(|| {
+        // SAFETY: `b` is NULL or a live handle per the API.
+        let Some(bridge) = (unsafe { borrow(b) }) else {
+            return BRIDGE_E_INVALID;
+        };
+        match timeout_from_ms(timeout_ms) {
+            Ok(timeout) => status_of(bridge.shutdown(timeout)),
+            Err(error) => error_of(error),
+        }
+    })
+}
+
+/// Shuts the bridge down with no grace period if it is still running, then frees the
+/// handle. Its futures stay valid.
+///
+/// @param b the bridge; NULL, or the bridge of bridge_default(), does nothing.
+/// Any thread. On one of the bridge's own threads it does not block: the loop thread
+/// finishes the shutdown once the current call returns. Using `b` afterwards is
+/// undefined.
+#[no_mangle]
+pub unsafe extern "C" fn bridge_free(b: *mut bridge_t) {
+    boundary(|| {
+        // SAFETY: `b` is NULL or a live handle per the API.
+        let Some(bridge) = (unsafe { borrow(b) }) else {
+            return;
+        };
+        if bridge.is_global() {
+            return;
+        }
+        // SAFETY: a handle that is not the global bridge came from Box::into_raw in
+        // bridge_start, and the caller gives up its only copy.
+        drop(unsafe { Box::from_raw(b.cast::<Bridge>()) });
+    })
+}
+
+/// Reads the bridge's counters.
+///
+/// @param out receives the snapshot.
+/// @return BRIDGE_OK, or BRIDGE_E_INVALID if `b` or `out` is NULL.
+/// Any thread; works after shutdown too.
+#[no_mangle]
+pub unsafe extern "C" fn bridge_stats(
+    b: *const bridge_t,
+    out: *mut bridge_stats_t,
+) -> bridge_status {
+    boundary(|| {
+        // SAFETY: `b` is NULL or a live handle per the API.
+        let Some(bridge) = (unsafe { borrow(b) }) else {
+            return BRIDGE_E_INVALID;
+        };
+        if out.is_null() {
+            return BRIDGE_E_INVALID;
+        }
+        let s = bridge.stats();
+        let stats = bridge_stats {
+            submitted: s.submitted,
+            completed: s.completed,
+            failed: s.failed,
+            cancelled: s.cancelled,
+            pending: s.pending,
+        };
+        // SAFETY: `out` is non-NULL and writable per the API.
+        unsafe { out.write(stats) };
+        BRIDGE_OK
+    })
+}
+
+/// Submits `work(job, arg)` to the bridge and returns at once.
+///
+/// The work's return value decides the outcome: 0 is BRIDGE_OK with the value set by
+/// bridge_job_set_value() (or NULL); non-zero is BRIDGE_FAILED with that code and the
+/// message given to bridge_job_fail() (or a default naming the code). Work codes
+/// should be positive; negative codes are the library's.
+///
+/// Ownership of `arg`: it passes to the library only when this returns BRIDGE_OK; from
+/// then on `arg_free(arg)` (if not NULL) runs exactly once: after the work ran, or when
+/// the work is dropped without running (cancelled first, shutdown). On any error
+/// nothing is called and `arg` stays the caller's.
+///
+/// @param b the bridge.
+/// @param work the work; runs once, on the blocking pool or on the loop (see flags).
+/// @param arg passed to `work`.
+/// @param arg_free frees `arg`, or NULL.
+/// @param flags BRIDGE_RUN_BLOCKING (may block, may take long) or BRIDGE_RUN_ON_LOOP
+///        (runs on the loop thread in submission order; must not block).
+/// @param out receives the future; the caller owns one reference and releases it with
+///        future_release(). NULL: fire and forget; a failure nobody observes then goes
+///        to the bridge's on_unhandled_error.
+/// @return BRIDGE_OK; BRIDGE_E_INVALID (NULL `b` or `work`, unknown flags);
+///         BRIDGE_E_NOT_RUNNING (shut down, or a fork child); BRIDGE_E_BUSY
+///         (max_pending reached).
+/// Any thread, including the bridge's own (submitting never blocks).
+#[no_mangle]
+pub unsafe extern "C" fn bridge_submit(
+    b: *mut bridge_t,
+    work: bridge_work_fn,
+    arg: *mut c_void,
+    arg_free: bridge_free_fn,
+    flags: u32,
+    out: *mut *mut future_t,
+) -> bridge_status {
+    boundary(|| {
+        // SAFETY: `b` is NULL or a live handle per the API.
+        let Some(bridge) = (unsafe { borrow(b) }) else {
+            return BRIDGE_E_INVALID;
+        };
+        let Some(work) = work else {
+            return BRIDGE_E_INVALID;
+        };
+        let placement = match flags {
+            BRIDGE_RUN_BLOCKING => Placement::Blocking,
+            BRIDGE_RUN_ON_LOOP => Placement::OnLoop,
+            _ => return BRIDGE_E_INVALID,
+        };
+        let work = CWork::new(work, arg, arg_free);
+        match bridge.submit::<CKind>(work, placement) {
+            Ok(future) => {
+                if !out.is_null() {
+                    // SAFETY: `out` is non-NULL and writable per the API.
+                    unsafe { out.write(into_c_future(future)) };
+                }
+                BRIDGE_OK
+            }
+            Err(rejected) => {
+                // The caller keeps `arg`: its free function must not run.
+                rejected.work.disarm();
+                error_of(rejected.error)
+            }
+        }
+    })
+}

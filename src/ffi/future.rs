@@ -1,0 +1,351 @@
+//! `future_t`: waiting for, inspecting and cancelling the result of submitted work.
+
+use std::ffi::{c_char, c_void};
+use std::mem::ManuallyDrop;
+use std::sync::Arc;
+
+use crate::ffi::boundary::{boundary, error_of, status_of, SendPtr};
+use crate::ffi::job::{bridge_free_fn, CWork};
+use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID, BRIDGE_OK};
+use crate::future::{Completion, Failure, Future, Kind};
+use crate::job::Job;
+use crate::status::timeout_from_ms;
+
+/// The result of submitted work: shared, thread-safe and reference-counted.
+///
+/// Made by bridge_submit(); one reference more with future_retain(), one less with
+/// future_release(). The running work and pending done callbacks hold references of
+/// their own, so releasing never cancels anything.
+///
+/// Failures: a failure counts as observed once future_wait(), future_status(),
+/// future_error_code() or future_error_message() has reported it, or a done callback
+/// has been registered. A future freed with an unobserved failure is reported once to
+/// its bridge's on_unhandled_error (stderr by default).
+pub struct bridge_future {
+    _private: [u8; 0],
+}
+
+/// The result of submitted work (see struct bridge_future).
+pub type future_t = bridge_future;
+
+/// A done callback: `f` is borrowed for the call (future_retain() it to keep it).
+/// It may retain, release, poll and register callbacks; it must not block, throw or
+/// longjmp.
+pub type future_done_fn = Option<unsafe extern "C" fn(f: *mut future_t, user_data: *mut c_void)>;
+
+/// The C family of futures: `void *` values, C work and C callbacks.
+pub struct CKind;
+
+/// A value set by C work, freed by its `value_free` when dropped.
+pub struct CValue {
+    ptr: SendPtr,
+    free: bridge_free_fn,
+}
+
+impl CValue {
+    pub(crate) fn new(ptr: *mut c_void, free: bridge_free_fn) -> CValue {
+        CValue {
+            ptr: SendPtr(ptr),
+            free,
+        }
+    }
+
+    /// The pointer, still owned by the value.
+    fn as_ptr(&self) -> *mut c_void {
+        self.ptr.get()
+    }
+
+    /// The pointer, now owned by the caller: its free function will not run.
+    fn into_raw(mut self) -> *mut c_void {
+        self.free = None;
+        self.ptr.get()
+    }
+}
+
+impl Drop for CValue {
+    fn drop(&mut self) {
+        if let Some(free) = self.free {
+            // SAFETY: `free` came with `ptr` from bridge_job_set_value; dropping
+            // happens once.
+            unsafe { free(self.ptr.get()) }
+        }
+    }
+}
+
+/// A C done callback with its user data.
+pub struct CCallback {
+    func: unsafe extern "C" fn(f: *mut future_t, user_data: *mut c_void),
+    user_data: SendPtr,
+}
+
+impl Kind for CKind {
+    type Value = CValue;
+    type Work = CWork;
+    type Callback = CCallback;
+
+    fn run(work: CWork, job: &Job<'_, CKind>) -> Result<(), Failure> {
+        let code = work.run(job);
+        job.outcome_of(code)
+    }
+
+    fn call(callback: CCallback, future: &Future<CKind>) {
+        let f = Arc::as_ptr(future.as_arc()).cast_mut().cast::<future_t>();
+        // SAFETY: the callback was registered for this future; `f` stays valid for the
+        // call because the finishing thread holds a reference.
+        unsafe { (callback.func)(f, callback.user_data.get()) }
+    }
+}
+
+/// Hands one reference of `future` to C.
+pub(crate) fn into_c_future(future: Future<CKind>) -> *mut future_t {
+    Arc::into_raw(future.into_arc()).cast_mut().cast()
+}
+
+/// Borrows the future behind a C pointer without touching its reference count.
+///
+/// # Safety
+/// `f` is NULL or a future_t the caller holds a reference to (or is borrowing in a
+/// done callback).
+unsafe fn borrow(f: *const future_t) -> Option<ManuallyDrop<Future<CKind>>> {
+    if f.is_null() {
+        return None;
+    }
+    // SAFETY: a non-NULL `f` came from Arc::into_raw of a Completion<CKind> and a
+    // reference is held for the call; ManuallyDrop keeps the count unchanged.
+    let arc = unsafe { Arc::from_raw(f.cast::<Completion<CKind>>()) };
+    Some(ManuallyDrop::new(Future::from_arc(arc)))
+}
+
+/// Waits up to `timeout_ms` for the future to finish.
+///
+/// @param timeout_ms 0 polls; BRIDGE_FOREVER waits with no limit.
+/// @return the final status (BRIDGE_OK, BRIDGE_FAILED, BRIDGE_CANCELLED) once finished;
+///         BRIDGE_TIMEOUT if the time ran out (nothing is cancelled, the future stays
+///         usable); BRIDGE_E_WOULD_DEADLOCK at once if the wait would block on a loop
+///         thread of any bridge (a finished future still returns its status);
+///         BRIDGE_E_NOT_RUNNING for a pending future in a fork child;
+///         BRIDGE_E_INVALID for NULL or a timeout below -1.
+/// Any thread but loop threads (see above); a finished future takes no lock.
+#[no_mangle]
+pub unsafe extern "C" fn future_wait(f: *mut future_t, timeout_ms: i64) -> bridge_status {
+    boundary(|| {
+        // SAFETY: `f` is NULL or a held reference per the API.
+        let Some(future) = (unsafe { borrow(f) }) else {
+            return BRIDGE_E_INVALID;
+        };
+        match timeout_from_ms(timeout_ms) {
+            Ok(timeout) => status_of(future.wait(timeout)),
+            Err(error) => error_of(error),
+        }
+    })
+}
+
+/// The future's state, without waiting.
+///
+/// @return BRIDGE_PENDING, BRIDGE_OK, BRIDGE_FAILED or BRIDGE_CANCELLED;
+///         BRIDGE_E_INVALID for NULL.
+/// Any thread, loop threads included; takes no lock.
+#[no_mangle]
+pub unsafe extern "C" fn future_status(f: *const future_t) -> bridge_status {
+    boundary(|| {
+        // SAFETY: `f` is NULL or a held reference per the API.
+        match unsafe { borrow(f) } {
+            Some(future) => future.status().code(),
+            None => BRIDGE_E_INVALID,
+        }
+    })
+}
+
+/// Requests cancellation of the future's work.
+///
+/// The future ends BRIDGE_CANCELLED once its work has stopped: at once if it had not
+/// started (its arg_free runs before this returns), when the function returns for
+/// running C work (which may poll bridge_job_is_cancelled()). A value produced anyway
+/// is freed. Done callbacks of a future finished here run on this thread.
+///
+/// @return BRIDGE_OK on a pending future; on a finished one, its final status and
+///         nothing changes; BRIDGE_E_NOT_RUNNING for a pending future in a fork child;
+///         BRIDGE_E_INVALID for NULL.
+/// Any thread; never blocks.
+#[no_mangle]
+pub unsafe extern "C" fn future_cancel(f: *mut future_t) -> bridge_status {
+    boundary(|| {
+        // SAFETY: `f` is NULL or a held reference per the API.
+        match unsafe { borrow(f) } {
+            Some(future) => status_of(future.cancel()),
+            None => BRIDGE_E_INVALID,
+        }
+    })
+}
+
+/// The value of a future that ended BRIDGE_OK.
+///
+/// @return the value, borrowed: valid while the caller holds a reference and nobody
+///         takes it with future_take_value(); NULL unless the future is BRIDGE_OK
+///         (or the work set no value, or it was taken).
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn future_value(f: *const future_t) -> *mut c_void {
+    boundary(|| {
+        // SAFETY: `f` is NULL or a held reference per the API.
+        unsafe { borrow(f) }
+            .and_then(|future| future.with_value(CValue::as_ptr))
+            .unwrap_or(std::ptr::null_mut())
+    })
+}
+
+/// Takes the value out of a future that ended BRIDGE_OK.
+///
+/// @return the value; the caller owns it now and the library will not call its
+///         value_free. NULL unless BRIDGE_OK, or if there is no value (any more):
+///         afterwards future_value() returns NULL.
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn future_take_value(f: *mut future_t) -> *mut c_void {
+    boundary(|| {
+        // SAFETY: `f` is NULL or a held reference per the API.
+        unsafe { borrow(f) }
+            .and_then(|future| future.take_value())
+            .map_or(std::ptr::null_mut(), CValue::into_raw)
+    })
+}
+
+/// The error code of a future that ended BRIDGE_FAILED (observes the failure).
+///
+/// @return the code the work returned (or a library code such as BRIDGE_E_PANIC);
+///         0 unless BRIDGE_FAILED; BRIDGE_E_INVALID for NULL.
+/// Any thread; takes no lock.
+#[no_mangle]
+pub unsafe extern "C" fn future_error_code(f: *const future_t) -> i32 {
+    boundary(|| {
+        // SAFETY: `f` is NULL or a held reference per the API.
+        match unsafe { borrow(f) } {
+            Some(future) => future.failure().map_or(0, Failure::code),
+            None => BRIDGE_E_INVALID,
+        }
+    })
+}
+
+/// The error message of a future that ended BRIDGE_FAILED (observes the failure).
+///
+/// @return a NUL-terminated message owned by the future, valid as long as the caller
+///         holds a reference; NULL unless BRIDGE_FAILED, or for NULL.
+/// Any thread; takes no lock.
+#[no_mangle]
+pub unsafe extern "C" fn future_error_message(f: *const future_t) -> *const c_char {
+    boundary(|| {
+        // SAFETY: `f` is NULL or a held reference per the API.
+        let Some(future) = (unsafe { borrow(f) }) else {
+            return std::ptr::null();
+        };
+        match future.failure() {
+            // The message lives in the shared state, which outlives this handle copy.
+            Some(failure) => failure.message().as_ptr(),
+            None => std::ptr::null(),
+        }
+    })
+}
+
+/// The latest progress reported by the work with bridge_job_set_progress().
+///
+/// @param done_out receives units done (0 until reported); may be NULL.
+/// @param total_out receives units in all; may be NULL.
+/// @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `f`; BRIDGE_E_NOT_RUNNING in a fork
+///         child if the progress could not be read without risking a hang.
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn future_progress(
+    f: *const future_t,
+    done_out: *mut u64,
+    total_out: *mut u64,
+) -> bridge_status {
+    boundary(|| {
+        // SAFETY: `f` is NULL or a held reference per the API.
+        let Some(future) = (unsafe { borrow(f) }) else {
+            return BRIDGE_E_INVALID;
+        };
+        match future.progress() {
+            Ok((done, total)) => {
+                // SAFETY: non-NULL out-pointers are writable per the API.
+                unsafe {
+                    if !done_out.is_null() {
+                        done_out.write(done);
+                    }
+                    if !total_out.is_null() {
+                        total_out.write(total);
+                    }
+                }
+                BRIDGE_OK
+            }
+            Err(error) => error_of(error),
+        }
+    })
+}
+
+/// Registers a done callback, run exactly once with the finished future.
+///
+/// If the future has finished, `cb` runs at once on the calling thread, before this
+/// returns. Otherwise it runs on the thread that finishes the future: a bridge thread,
+/// or the thread whose future_cancel() or bridge_shutdown() finished it. Callbacks run
+/// in registration order. Registering counts as observing a failure.
+///
+/// @param cb the callback (see future_done_fn); it must not block.
+/// @param user_data passed to `cb`.
+/// @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `f` or `cb`; BRIDGE_E_NOT_RUNNING for
+///         a pending future in a fork child (the callback will never run).
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn future_on_done(
+    f: *mut future_t,
+    cb: future_done_fn,
+    user_data: *mut c_void,
+) -> bridge_status {
+    boundary(|| {
+        // SAFETY: `f` is NULL or a held reference per the API.
+        let (Some(future), Some(func)) = (unsafe { borrow(f) }, cb) else {
+            return BRIDGE_E_INVALID;
+        };
+        let callback = CCallback {
+            func,
+            user_data: SendPtr(user_data),
+        };
+        match future.on_done(callback) {
+            Ok(()) => BRIDGE_OK,
+            Err(error) => error_of(error),
+        }
+    })
+}
+
+/// Adds a reference to the future.
+///
+/// @return `f`, which the caller now holds one more reference to (release it with
+///         future_release()); NULL for NULL.
+/// Any thread, done callbacks included.
+#[no_mangle]
+pub unsafe extern "C" fn future_retain(f: *mut future_t) -> *mut future_t {
+    boundary(|| {
+        if !f.is_null() {
+            // SAFETY: a non-NULL `f` is a live Arc<Completion<CKind>> pointer with a
+            // reference held by the caller.
+            unsafe { Arc::increment_strong_count(f.cast::<Completion<CKind>>()) };
+        }
+        f
+    })
+}
+
+/// Drops one reference to the future. Never cancels anything.
+///
+/// When it drops the last reference of a finished future, the value's value_free runs
+/// here, and an unobserved failure is reported to on_unhandled_error.
+/// @param f the future; NULL does nothing. Using `f` afterwards, unless other
+///        references are held, is undefined.
+/// Any thread, done callbacks included.
+#[no_mangle]
+pub unsafe extern "C" fn future_release(f: *mut future_t) {
+    boundary(|| {
+        if !f.is_null() {
+            // SAFETY: the caller gives up one reference it held.
+            drop(unsafe { Arc::from_raw(f.cast::<Completion<CKind>>()) });
+        }
+    })
+}

@@ -1,0 +1,181 @@
+//! `bridge_job_t`: what C work can do while it runs.
+
+use std::ffi::{c_char, c_void, CStr};
+
+use crate::ffi::boundary::{boundary, SendPtr};
+use crate::ffi::future::{CKind, CValue};
+use crate::job::Job;
+
+/// The context passed to running work: set the value, fail, check for cancellation,
+/// report progress.
+///
+/// Borrowed: valid only during the work's call. The work may pass it to threads of
+/// its own for that long.
+pub struct bridge_job {
+    _private: [u8; 0],
+}
+
+/// The context passed to running work (see struct bridge_job).
+pub type bridge_job_t = bridge_job;
+
+/// Frees a pointer handed to the library (a work argument or a value).
+pub type bridge_free_fn = Option<unsafe extern "C" fn(ptr: *mut c_void)>;
+
+/// Work run by the bridge. Returns 0 for success, else a (positive) error code.
+/// Must not throw or longjmp.
+pub type bridge_work_fn =
+    Option<unsafe extern "C" fn(job: *mut bridge_job_t, arg: *mut c_void) -> i32>;
+
+/// Submitted C work: the function, its argument and the argument's free function.
+///
+/// Dropping it frees the argument, so it is freed exactly once whether the work ran
+/// or was dropped unrun.
+pub struct CWork {
+    func: unsafe extern "C" fn(job: *mut bridge_job_t, arg: *mut c_void) -> i32,
+    arg: SendPtr,
+    arg_free: bridge_free_fn,
+}
+
+impl CWork {
+    pub(crate) fn new(
+        func: unsafe extern "C" fn(*mut bridge_job_t, *mut c_void) -> i32,
+        arg: *mut c_void,
+        arg_free: bridge_free_fn,
+    ) -> CWork {
+        CWork {
+            func,
+            arg: SendPtr(arg),
+            arg_free,
+        }
+    }
+
+    /// Forgets the work without freeing its argument (a refused submission).
+    pub(crate) fn disarm(mut self) {
+        self.arg_free = None;
+    }
+
+    /// Calls the work with `job` and then frees its argument; returns the work's code.
+    pub(crate) fn run(self, job: &Job<'_, CKind>) -> i32 {
+        let job_ptr = (job as *const Job<'_, CKind>)
+            .cast_mut()
+            .cast::<bridge_job_t>();
+        // SAFETY: `func` is the C work given to bridge_submit with this `arg`; the job
+        // pointer stays valid for the call.
+        unsafe { (self.func)(job_ptr, self.arg.get()) }
+    }
+}
+
+impl Drop for CWork {
+    fn drop(&mut self) {
+        if let Some(free) = self.arg_free {
+            // SAFETY: the caller of bridge_submit gave `arg_free` for `arg`; dropping
+            // happens once.
+            unsafe { free(self.arg.get()) }
+        }
+    }
+}
+
+/// Borrows the job behind a C pointer.
+///
+/// # Safety
+/// `job` is NULL or the pointer passed to a work function that is still running.
+unsafe fn borrow<'a>(job: *const bridge_job_t) -> Option<&'a Job<'a, CKind>> {
+    // SAFETY: per the contract above.
+    unsafe { job.cast::<Job<'a, CKind>>().as_ref() }
+}
+
+/// Sets the value the future gets if the work succeeds.
+///
+/// Ownership: `value` passes to the library. `value_free(value)` (if not NULL) runs
+/// exactly once: at once if the future does not end BRIDGE_OK (or if another value is
+/// set later); otherwise when the last reference to the future is released (inside
+/// that future_release(), or when the last running done callback returns). A value
+/// taken with future_take_value() is never freed by the library.
+///
+/// @param job the running work's job; NULL does nothing (and frees nothing).
+/// Any thread, during the work's call.
+#[no_mangle]
+pub unsafe extern "C" fn bridge_job_set_value(
+    job: *mut bridge_job_t,
+    value: *mut c_void,
+    value_free: bridge_free_fn,
+) {
+    boundary(|| {
+        // SAFETY: `job` is NULL or the running work's job per the API.
+        if let Some(job) = unsafe { borrow(job) } {
+            job.set_value(CValue::new(value, value_free));
+        }
+    })
+}
+
+/// Records the message of the failure the work is about to return.
+///
+/// Use as `return bridge_job_fail(job, code, "message");`. The future ends
+/// BRIDGE_FAILED with the code the work returns and this message (the last one given).
+/// If the work returns 0 the message is ignored.
+///
+/// @param job the running work's job; NULL records nothing.
+/// @param code returned unchanged.
+/// @param message copied; NULL means a default message naming the code.
+/// @return `code`.
+/// Any thread, during the work's call.
+#[no_mangle]
+pub unsafe extern "C" fn bridge_job_fail(
+    job: *mut bridge_job_t,
+    code: i32,
+    message: *const c_char,
+) -> i32 {
+    boundary(|| {
+        // SAFETY: `job` is NULL or the running work's job per the API.
+        if let (Some(job), false) = (unsafe { borrow(job) }, message.is_null()) {
+            // SAFETY: a non-NULL message is a NUL-terminated string per the API.
+            let message = unsafe { CStr::from_ptr(message) };
+            job.fail(code, message.to_bytes());
+        }
+        code
+    })
+}
+
+/// Whether the work should stop: its future was cancelled (future_cancel(),
+/// bridge_job_cancel()) or its bridge is shutting down past the grace period.
+///
+/// Long-running work should poll this and return early; the future ends
+/// BRIDGE_CANCELLED when the work returns, whatever it returns.
+/// @return false for NULL.
+/// Any thread, during the work's call.
+#[no_mangle]
+pub unsafe extern "C" fn bridge_job_is_cancelled(job: *const bridge_job_t) -> bool {
+    // SAFETY: `job` is NULL or the running work's job per the API.
+    boundary(|| unsafe { borrow(job) }.is_some_and(Job::is_cancelled))
+}
+
+/// Cancels the work's own future: it ends BRIDGE_CANCELLED when the work returns
+/// (any value it set is freed then).
+///
+/// @param job the running work's job; NULL does nothing.
+/// Any thread, during the work's call.
+#[no_mangle]
+pub unsafe extern "C" fn bridge_job_cancel(job: *mut bridge_job_t) {
+    boundary(|| {
+        // SAFETY: `job` is NULL or the running work's job per the API.
+        if let Some(job) = unsafe { borrow(job) } {
+            job.cancel();
+        }
+    })
+}
+
+/// Reports progress, readable with future_progress() from any thread.
+///
+/// @param job the running work's job; NULL does nothing.
+/// @param done units done so far.
+/// @param total units in all (0 if unknown).
+/// Any thread, during the work's call.
+#[no_mangle]
+pub unsafe extern "C" fn bridge_job_set_progress(job: *mut bridge_job_t, done: u64, total: u64) {
+    boundary(|| {
+        // SAFETY: `job` is NULL or the running work's job per the API.
+        if let Some(job) = unsafe { borrow(job) } {
+            job.set_progress(done, total);
+        }
+    })
+}

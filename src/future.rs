@@ -1,0 +1,587 @@
+//! The completion state machine: one shared allocation per submission, held by the
+//! caller's handles, by the work while it runs and by pending callbacks.
+//!
+//! States and who moves them:
+//!
+//! ```text
+//!   Queued --run_queued--> Running --finish--> Done
+//!     |                       ^
+//!     +--cancel (drops work)--+ (then finish: Cancelled)
+//! ```
+//!
+//! Exactly one thread takes a future out of `Queued` (the runner or a canceller), and
+//! so exactly one thread calls `finish`; everything `finish` publishes is written
+//! under the lock before the status word, so a reader that sees a final status with
+//! an acquire load needs no lock to trust it.
+
+use std::ffi::{CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::OnceLock;
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use crate::job::Job;
+use crate::owner::Owner;
+use crate::status::{Error, Status};
+use crate::sync::{
+    lock, try_lock, Arc, AtomicBool, AtomicI32, Condvar, Mutex, MutexGuard, Ordering,
+};
+use crate::thread_role;
+
+/// What a family of futures carries, and how its work and callbacks are run.
+///
+/// The C API is one such family (values are `void *` with a free function); Rust
+/// users can use [`Boxed`]. The core never looks inside these types.
+pub trait Kind: Sized + Send + Sync + 'static {
+    /// The value of a future that ended `Ok`. Dropping it releases it.
+    type Value: Send + 'static;
+    /// Synchronous work, run once on a loop or blocking-pool thread. Dropping it
+    /// unrun releases whatever it owns.
+    type Work: Send + 'static;
+    /// A done callback. Dropping it uncalled must be harmless.
+    type Callback: Send + 'static;
+
+    /// Runs `work`; its value goes through [`Job::set_value`].
+    fn run(work: Self::Work, job: &Job<'_, Self>) -> Result<(), Failure>;
+
+    /// Calls `callback` with the finished `future`.
+    fn call(callback: Self::Callback, future: &Future<Self>);
+}
+
+/// Why work failed: a code and a message.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    code: i32,
+    message: CString,
+}
+
+impl Failure {
+    /// A failure with `code` and `message` (cut at its first NUL byte, if any).
+    pub fn new(code: i32, message: impl Into<Vec<u8>>) -> Failure {
+        let mut bytes = message.into();
+        if let Some(nul) = bytes.iter().position(|&b| b == 0) {
+            bytes.truncate(nul);
+        }
+        let message = CString::new(bytes).unwrap_or_default();
+        Failure { code, message }
+    }
+
+    /// A failure with `code` and a default message naming it.
+    pub fn from_code(code: i32) -> Failure {
+        Failure::new(code, format!("work failed with code {code}"))
+    }
+
+    /// The failure of work that panicked.
+    pub fn panic() -> Failure {
+        Failure::new(Error::Panic.code(), "work panicked")
+    }
+
+    /// The failure code.
+    pub fn code(&self) -> i32 {
+        self.code
+    }
+
+    /// The failure message.
+    pub fn message(&self) -> &CStr {
+        &self.message
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Stage {
+    /// Synchronous work waits in a queue; nothing of it has run.
+    Queued,
+    /// The work runs, or cancellation of queued work is releasing it.
+    Running,
+    /// Final; `status` holds the outcome.
+    Done,
+}
+
+/// Done callbacks; the first is stored inline so the common case does not allocate.
+struct Callbacks<C> {
+    first: Option<C>,
+    rest: Vec<C>,
+}
+
+impl<C> Callbacks<C> {
+    const fn new() -> Callbacks<C> {
+        Callbacks {
+            first: None,
+            rest: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, cb: C) {
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(cb);
+        } else {
+            self.rest.push(cb);
+        }
+    }
+
+    fn into_iter(self) -> impl Iterator<Item = C> {
+        self.first.into_iter().chain(self.rest)
+    }
+}
+
+struct Inner<K: Kind> {
+    stage: Stage,
+    work: Option<K::Work>,
+    /// While running: the value staged by the work. Once `Ok`: the future's value.
+    value: Option<K::Value>,
+    /// The message staged by `Job::fail`, used if the work then fails.
+    staged_message: Option<Vec<u8>>,
+    callbacks: Callbacks<K::Callback>,
+    /// Threads sleeping on `finished`; notifying nobody costs a syscall, so count.
+    waiters: u32,
+    /// The task of async work, woken by `cancel`.
+    waker: Option<Waker>,
+    progress: (u64, u64),
+}
+
+/// The shared state behind every [`Future`] handle of one submission.
+pub struct Completion<K: Kind> {
+    status: AtomicI32,
+    cancel_requested: AtomicBool,
+    observed: AtomicBool,
+    failure: OnceLock<Failure>,
+    owner: Arc<Owner>,
+    inner: Mutex<Inner<K>>,
+    finished: Condvar,
+}
+
+/// A thread-safe handle to the result of work submitted to a bridge.
+///
+/// Cloning makes another handle to the same result. Dropping the last handle never
+/// cancels the work; the value is released when the last handle (or the running
+/// work, or a running done callback) lets go of it.
+pub struct Future<K: Kind> {
+    completion: Arc<Completion<K>>,
+}
+
+impl<K: Kind> Clone for Future<K> {
+    fn clone(&self) -> Self {
+        Future {
+            completion: self.completion.clone(),
+        }
+    }
+}
+
+impl<K: Kind> Future<K> {
+    /// A future whose synchronous `work` waits in a queue.
+    pub(crate) fn queued(owner: Arc<Owner>, work: K::Work) -> Future<K> {
+        Future::with_stage(owner, Stage::Queued, Some(work))
+    }
+
+    /// A future whose async work is already under way.
+    pub(crate) fn running(owner: Arc<Owner>) -> Future<K> {
+        Future::with_stage(owner, Stage::Running, None)
+    }
+
+    fn with_stage(owner: Arc<Owner>, stage: Stage, work: Option<K::Work>) -> Future<K> {
+        Future {
+            completion: Arc::new(Completion {
+                status: AtomicI32::new(Status::Pending.code()),
+                cancel_requested: AtomicBool::new(false),
+                observed: AtomicBool::new(false),
+                failure: OnceLock::new(),
+                owner,
+                inner: Mutex::new(Inner {
+                    stage,
+                    work,
+                    value: None,
+                    staged_message: None,
+                    callbacks: Callbacks::new(),
+                    waiters: 0,
+                    waker: None,
+                    progress: (0, 0),
+                }),
+                finished: Condvar::new(),
+            }),
+        }
+    }
+
+    /// Wraps the shared state (the inverse of [`Future::into_arc`]).
+    pub fn from_arc(completion: Arc<Completion<K>>) -> Future<K> {
+        Future { completion }
+    }
+
+    /// The shared state, as one reference.
+    pub fn into_arc(self) -> Arc<Completion<K>> {
+        self.completion
+    }
+
+    /// The shared state, borrowed.
+    pub fn as_arc(&self) -> &Arc<Completion<K>> {
+        &self.completion
+    }
+
+    /// The status without observing a failure (see [`Future::status`]).
+    fn peek(&self) -> Status {
+        Status::from_code(self.completion.status.load(Ordering::Acquire))
+    }
+
+    fn observe(&self, status: Status) -> Status {
+        if status == Status::Failed {
+            self.completion.observed.store(true, Ordering::Relaxed);
+        }
+        status
+    }
+
+    /// `Pending`, or the final status. Reporting `Failed` counts as observing the failure.
+    pub fn status(&self) -> Status {
+        self.observe(self.peek())
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner<K>> {
+        lock(&self.completion.inner)
+    }
+
+    /// Locks, except in a fork child where the lock may belong to a vanished thread.
+    fn lock_unless_orphaned(&self) -> Option<MutexGuard<'_, Inner<K>>> {
+        if self.completion.owner.orphaned() {
+            try_lock(&self.completion.inner)
+        } else {
+            Some(self.lock())
+        }
+    }
+
+    /// Waits up to `timeout` (`None`: no limit) for the future to finish.
+    ///
+    /// Returns the final status, or `Status::Timeout` with nothing cancelled.
+    /// `Duration::ZERO` polls. A wait that would block on a loop thread is
+    /// `Error::WouldDeadlock`; in a fork child, a wait on a pending future is
+    /// `Error::NotRunning`.
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<Status, Error> {
+        let status = self.peek();
+        if status.is_final() {
+            return Ok(self.observe(status));
+        }
+        if self.completion.owner.orphaned() {
+            return Err(Error::NotRunning);
+        }
+        if timeout == Some(Duration::ZERO) {
+            return Ok(Status::Timeout);
+        }
+        if thread_role::on_any_loop() {
+            return Err(Error::WouldDeadlock);
+        }
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut inner = self.lock();
+        inner.waiters += 1;
+        while inner.stage != Stage::Done {
+            // No deadline (no limit, or one too far to represent): sleep in long slices.
+            let wait = match deadline {
+                None => Duration::from_secs(3600),
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => break,
+                },
+            };
+            inner = match self.completion.finished.wait_timeout(inner, wait) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+        inner.waiters -= 1;
+        let done = inner.stage == Stage::Done;
+        drop(inner);
+        Ok(if done { self.status() } else { Status::Timeout })
+    }
+
+    /// Requests cancellation.
+    ///
+    /// On a pending future returns `Ok(Status::Ok)`; the future ends `Cancelled` once
+    /// its work has stopped: at once if it had not started (its work is dropped here),
+    /// at its next await for async work, when the function returns for running
+    /// synchronous work. On a finished future changes nothing and returns its status.
+    pub fn cancel(&self) -> Result<Status, Error> {
+        let status = self.peek();
+        if status.is_final() {
+            return Ok(status);
+        }
+        if self.completion.owner.orphaned() {
+            return Err(Error::NotRunning);
+        }
+        let mut inner = self.lock();
+        match inner.stage {
+            Stage::Done => {
+                drop(inner);
+                Ok(self.peek())
+            }
+            Stage::Queued => {
+                inner.stage = Stage::Running;
+                self.completion
+                    .cancel_requested
+                    .store(true, Ordering::SeqCst);
+                let work = inner.work.take();
+                drop(inner);
+                // The work's resources are released before anyone can see the future
+                // finished: cancelled means nothing of the work is left.
+                drop(work);
+                self.finish(Ok(None));
+                Ok(Status::Ok)
+            }
+            Stage::Running => {
+                self.completion
+                    .cancel_requested
+                    .store(true, Ordering::SeqCst);
+                let waker = inner.waker.take();
+                drop(inner);
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+                Ok(Status::Ok)
+            }
+        }
+    }
+
+    /// Whether cancellation was requested, by a caller, by the work itself or by shutdown.
+    pub fn is_cancel_requested(&self) -> bool {
+        self.completion.cancel_requested.load(Ordering::SeqCst)
+            || self.completion.owner.cancelling()
+    }
+
+    pub(crate) fn request_cancel(&self) {
+        self.completion
+            .cancel_requested
+            .store(true, Ordering::SeqCst);
+    }
+
+    /// Registers `callback`, run exactly once with the finished future: at once on
+    /// this thread if it has finished, else on the thread that finishes it.
+    /// Registering counts as observing a failure.
+    pub fn on_done(&self, callback: K::Callback) -> Result<(), Error> {
+        self.completion.observed.store(true, Ordering::Relaxed);
+        if !self.peek().is_final() {
+            if self.completion.owner.orphaned() {
+                return Err(Error::NotRunning);
+            }
+            let mut inner = self.lock();
+            if inner.stage != Stage::Done {
+                inner.callbacks.push(callback);
+                return Ok(());
+            }
+        }
+        K::call(callback, self);
+        Ok(())
+    }
+
+    /// Calls `f` with the value of a future that ended `Ok` and still holds it.
+    pub fn with_value<R>(&self, f: impl FnOnce(&K::Value) -> R) -> Option<R> {
+        if self.peek() != Status::Ok {
+            return None;
+        }
+        self.lock_unless_orphaned()?.value.as_ref().map(f)
+    }
+
+    /// Takes the value out of a future that ended `Ok`; the caller owns it now.
+    pub fn take_value(&self) -> Option<K::Value> {
+        if self.peek() != Status::Ok {
+            return None;
+        }
+        self.lock_unless_orphaned()?.value.take()
+    }
+
+    /// The failure of a future that ended `Failed`; reading it counts as observing it.
+    pub fn failure(&self) -> Option<&Failure> {
+        if self.peek() != Status::Failed {
+            return None;
+        }
+        self.observe(Status::Failed);
+        self.completion.failure.get()
+    }
+
+    /// The latest progress reported by the work: `(done, total)`.
+    pub fn progress(&self) -> Result<(u64, u64), Error> {
+        match self.lock_unless_orphaned() {
+            Some(inner) => Ok(inner.progress),
+            None => Err(Error::NotRunning),
+        }
+    }
+
+    /// Whether the two handles share one result.
+    pub fn same_as(&self, other: &Future<K>) -> bool {
+        Arc::ptr_eq(&self.completion, &other.completion)
+    }
+
+    /// Runs queued synchronous work, unless it was cancelled first.
+    pub(crate) fn run_queued(&self) {
+        let work = {
+            let mut inner = self.lock();
+            if inner.stage != Stage::Queued {
+                return;
+            }
+            inner.stage = Stage::Running;
+            inner.work.take()
+        };
+        let Some(work) = work else { return };
+        if self.is_cancel_requested() {
+            // Shutdown began between queueing and now: the work is dropped unrun.
+            drop(work);
+            self.finish(Ok(None));
+            return;
+        }
+        let job = Job::new(self);
+        let result = catch_unwind(AssertUnwindSafe(|| K::run(work, &job)))
+            .unwrap_or_else(|_| Err(Failure::panic()));
+        self.finish(result.map(|()| None));
+    }
+
+    /// Takes the work back out of a future no thread has seen (a refused submission).
+    pub(crate) fn take_queued_work(&self) -> Option<K::Work> {
+        let mut inner = self.lock();
+        if inner.stage != Stage::Queued {
+            return None;
+        }
+        inner.stage = Stage::Done;
+        inner.work.take()
+    }
+
+    /// Drops queued work unrun and finishes the future `Cancelled`; no-op otherwise.
+    pub(crate) fn cancel_if_queued(&self) {
+        // `cancel` re-checks the stage under the lock.
+        if self.lock().stage == Stage::Queued {
+            let _ = self.cancel();
+        }
+    }
+
+    /// Records the wakeup of async work; returns whether cancellation was requested.
+    pub(crate) fn register_waker(&self, waker: &Waker) -> bool {
+        let mut inner = self.lock();
+        match &inner.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => inner.waker = Some(waker.clone()),
+        }
+        drop(inner);
+        // Checked after storing: a `cancel` that stored its flag before we locked is
+        // seen here, and one that locks after us takes the waker.
+        self.is_cancel_requested()
+    }
+
+    pub(crate) fn stage_value(&self, value: K::Value) {
+        let old = self.lock().value.replace(value);
+        drop(old);
+    }
+
+    pub(crate) fn stage_failure_message(&self, message: Vec<u8>) {
+        self.lock().staged_message = Some(message);
+    }
+
+    pub(crate) fn staged_failure(&self, code: i32) -> Failure {
+        match self.lock().staged_message.take() {
+            Some(message) => Failure::new(code, message),
+            None => Failure::from_code(code),
+        }
+    }
+
+    pub(crate) fn set_progress(&self, done: u64, total: u64) {
+        self.lock().progress = (done, total);
+    }
+
+    /// Moves a running future to its final state and runs its callbacks.
+    ///
+    /// `result` is the work's outcome; `Ok(Some(v))` replaces any staged value.
+    /// Cancellation requested meanwhile wins over the outcome, and a value that does
+    /// not end up in an `Ok` future is dropped here, at once.
+    pub(crate) fn finish(&self, result: Result<Option<K::Value>, Failure>) {
+        let mut inner = self.lock();
+        if inner.stage == Stage::Done {
+            return;
+        }
+        let (status, discarded) = if self.is_cancel_requested() {
+            let staged = inner.value.take();
+            (Status::Cancelled, (staged, result.ok().flatten()))
+        } else {
+            match result {
+                Ok(value) => {
+                    let old = match value {
+                        Some(v) => inner.value.replace(v),
+                        None => None,
+                    };
+                    (Status::Ok, (old, None))
+                }
+                Err(failure) => {
+                    // Only this thread finishes, and only once, so the cell is empty.
+                    let _ = self.completion.failure.set(failure);
+                    (Status::Failed, (inner.value.take(), None))
+                }
+            }
+        };
+        inner.stage = Stage::Done;
+        inner.staged_message = None;
+        inner.waker = None;
+        let callbacks = std::mem::replace(&mut inner.callbacks, Callbacks::new());
+        let wake = inner.waiters > 0;
+        self.completion
+            .status
+            .store(status.code(), Ordering::Release);
+        drop(inner);
+        drop(discarded);
+        if wake {
+            self.completion.finished.notify_all();
+        }
+        let owner = &self.completion.owner;
+        owner.record(status);
+        for callback in callbacks.into_iter() {
+            // A panicking Rust callback must not keep the others from running, nor
+            // leave the future counted as pending forever.
+            if catch_unwind(AssertUnwindSafe(|| K::call(callback, self))).is_err() {
+                eprintln!("asyncbridge: a done callback panicked");
+            }
+        }
+        owner.leave();
+    }
+}
+
+impl<K: Kind> Drop for Completion<K> {
+    fn drop(&mut self) {
+        let failed = Status::from_code(self.status.load(Ordering::Acquire)) == Status::Failed;
+        if failed && !self.observed.load(Ordering::Relaxed) {
+            if let Some(failure) = self.failure.get() {
+                self.owner
+                    .report_unhandled(failure.code(), failure.message());
+            }
+        }
+    }
+}
+
+/// Type-erased queued work, as the bridge's queues hold it.
+pub(crate) trait Queued: Send + Sync {
+    /// Runs the work (or skips it if it was cancelled first).
+    fn run(self: Arc<Self>);
+    /// Drops the work unrun and finishes its future `Cancelled`, if not yet started.
+    fn cancel_queued(self: Arc<Self>);
+}
+
+impl<K: Kind> Queued for Completion<K> {
+    fn run(self: Arc<Self>) {
+        Future::from_arc(self).run_queued();
+    }
+
+    fn cancel_queued(self: Arc<Self>) {
+        Future::from_arc(self).cancel_if_queued();
+    }
+}
+
+/// A [`Kind`] for Rust callers: boxed closures and any `Send` value.
+pub struct Boxed<V>(std::marker::PhantomData<fn() -> V>);
+
+/// Synchronous work of the [`Boxed`] kind.
+pub type BoxedWork<V> = Box<dyn FnOnce(&Job<'_, Boxed<V>>) -> Result<(), Failure> + Send>;
+/// A done callback of the [`Boxed`] kind.
+pub type BoxedCallback<V> = Box<dyn FnOnce(&Future<Boxed<V>>) + Send>;
+
+impl<V: Send + 'static> Kind for Boxed<V> {
+    type Value = V;
+    type Work = BoxedWork<V>;
+    type Callback = BoxedCallback<V>;
+
+    fn run(work: Self::Work, job: &Job<'_, Self>) -> Result<(), Failure> {
+        work(job)
+    }
+
+    fn call(callback: Self::Callback, future: &Future<Self>) {
+        callback(future)
+    }
+}

@@ -1,0 +1,30 @@
+//! asyncbridge: submit work to a long-lived tokio runtime from any thread of a C or
+//! C++ program and get a thread-safe future back — the pattern of Python's
+//! `asyncio.run_coroutine_threadsafe()`, with its pitfalls designed out.
+//!
+//! The crate has two layers. The core ([`Bridge`], [`Future`], [`Job`]) is safe
+//! Rust and usable from Rust directly; `ffi` is the thin C boundary whose
+//! documentation becomes `include/asyncbridge.h`.
+
+#![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+mod fork;
+pub mod future;
+pub mod job;
+mod owner;
+#[cfg(not(asyncbridge_loom))]
+pub mod runtime;
+pub mod status;
+mod sync;
+mod thread_role;
+
+#[cfg(not(asyncbridge_loom))]
+pub mod ffi;
+
+pub use future::{Boxed, Failure, Future, Kind};
+pub use job::Job;
+pub use owner::{Stats, UnhandledHook};
+#[cfg(not(asyncbridge_loom))]
+pub use runtime::{Bridge, Config, Placement, Rejected};
+pub use status::{Error, Status};

@@ -1,0 +1,222 @@
+//! The bridge as its futures see it: counters, back-pressure, shutdown signalling,
+//! the unhandled-error hook and the fork generation.
+//!
+//! Kept apart from the runtime so the completion state machine can be built and
+//! model-checked without one.
+
+use std::ffi::CStr;
+use std::time::{Duration, Instant};
+
+use crate::fork;
+use crate::status::{Error, Status};
+use crate::sync::{lock, AtomicBool, AtomicU64, Condvar, Mutex, Ordering};
+
+/// Called with the code and message of a failure that nobody observed.
+pub type UnhandledHook = Box<dyn Fn(i32, &CStr) + Send + Sync>;
+
+/// A snapshot of a bridge's counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Futures accepted by `submit` (and the like) since start.
+    pub submitted: u64,
+    /// Futures that finished `Ok`.
+    pub completed: u64,
+    /// Futures that finished `Failed`.
+    pub failed: u64,
+    /// Futures that finished `Cancelled`.
+    pub cancelled: u64,
+    /// Futures not finished yet, or whose done callbacks are still running.
+    pub pending: u64,
+}
+
+/// Bookkeeping shared by a bridge and every future it made.
+pub(crate) struct Owner {
+    fork_generation: u64,
+    max_pending: u64,
+    in_flight: AtomicU64,
+    submitted: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    cancelled: AtomicU64,
+    /// Set once shutdown's grace period is over: running work is told to stop, and
+    /// whatever it returns ends `Cancelled`.
+    cancelling: AtomicBool,
+    /// Set when shutdown starts, so that the last finishing future wakes it.
+    draining: AtomicBool,
+    idle_lock: Mutex<()>,
+    idle: Condvar,
+    on_unhandled: Option<UnhandledHook>,
+}
+
+impl Owner {
+    pub(crate) fn new(max_pending: u64, on_unhandled: Option<UnhandledHook>) -> Owner {
+        Owner {
+            fork_generation: fork::generation(),
+            max_pending,
+            in_flight: AtomicU64::new(0),
+            submitted: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
+            cancelling: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            idle_lock: Mutex::new(()),
+            idle: Condvar::new(),
+            on_unhandled,
+        }
+    }
+
+    /// Whether this process is a fork child of the one this bridge was started in.
+    pub(crate) fn orphaned(&self) -> bool {
+        fork::generation() != self.fork_generation
+    }
+
+    /// Counts one more future in flight, unless `max_pending` is reached.
+    pub(crate) fn admit(&self) -> Result<(), Error> {
+        if self.max_pending == 0 {
+            self.in_flight.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.in_flight
+                .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |n| {
+                    (n < self.max_pending).then_some(n + 1)
+                })
+                .map_err(|_| Error::Busy)?;
+        }
+        self.submitted.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Undoes an [`admit`](Owner::admit) whose submission was refused after all.
+    pub(crate) fn retract(&self) {
+        self.submitted.fetch_sub(1, Ordering::Relaxed);
+        self.leave();
+    }
+
+    /// Counts a future's final state.
+    pub(crate) fn record(&self, status: Status) {
+        let counter = match status {
+            Status::Ok => &self.completed,
+            Status::Failed => &self.failed,
+            _ => &self.cancelled,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A future and its done callbacks are finished: it no longer counts as pending.
+    pub(crate) fn leave(&self) {
+        let before = self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        // SeqCst pairs with `wait_idle`: either it sees the count at zero, or this
+        // thread sees `draining` and wakes it, under the lock it waits with.
+        if before == 1 && self.draining.load(Ordering::SeqCst) {
+            let _guard = lock(&self.idle_lock);
+            self.idle.notify_all();
+        }
+    }
+
+    pub(crate) fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Waits until nothing is in flight, or until `deadline` (`None`: no limit).
+    /// Returns whether nothing is in flight.
+    pub(crate) fn wait_idle(&self, deadline: Option<Instant>) -> bool {
+        self.draining.store(true, Ordering::SeqCst);
+        let mut guard = lock(&self.idle_lock);
+        loop {
+            if self.in_flight.load(Ordering::SeqCst) == 0 {
+                return true;
+            }
+            let wait = match deadline {
+                None => Duration::from_secs(3600),
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => return false,
+                },
+            };
+            guard = match self.idle.wait_timeout(guard, wait) {
+                Ok((g, _)) => g,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        }
+    }
+
+    /// From now on running work is told to stop and ends `Cancelled`.
+    pub(crate) fn cancel_all(&self) {
+        self.cancelling.store(true, Ordering::SeqCst);
+    }
+
+    pub(crate) fn cancelling(&self) -> bool {
+        self.cancelling.load(Ordering::SeqCst)
+    }
+
+    /// Reports a failure that nobody observed: to the hook, else to stderr.
+    pub(crate) fn report_unhandled(&self, code: i32, message: &CStr) {
+        match &self.on_unhandled {
+            Some(hook) => hook(code, message),
+            None => eprintln!(
+                "asyncbridge: unobserved failure of a future (code {code}): {}",
+                message.to_string_lossy()
+            ),
+        }
+    }
+
+    pub(crate) fn stats(&self) -> Stats {
+        Stats {
+            submitted: self.submitted.load(Ordering::Relaxed),
+            completed: self.completed.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            cancelled: self.cancelled.load(Ordering::Relaxed),
+            pending: self.in_flight.load(Ordering::SeqCst),
+        }
+    }
+}
+
+#[cfg(all(test, not(asyncbridge_loom)))]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn max_pending_refuses_and_recovers() {
+        let owner = Owner::new(2, None);
+        assert_eq!(owner.admit(), Ok(()));
+        assert_eq!(owner.admit(), Ok(()));
+        assert_eq!(owner.admit(), Err(Error::Busy));
+        owner.leave();
+        assert_eq!(owner.admit(), Ok(()));
+        owner.retract();
+        let s = owner.stats();
+        assert_eq!((s.submitted, s.pending), (2, 1));
+    }
+
+    #[test]
+    fn wait_idle_wakes_on_last_leave() {
+        let owner = Arc::new(Owner::new(0, None));
+        owner.admit().unwrap();
+        let o = owner.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            o.leave();
+        });
+        let started = Instant::now();
+        assert!(owner.wait_idle(Some(Instant::now() + Duration::from_secs(10))));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        t.join().unwrap();
+        owner.admit().unwrap();
+        assert!(!owner.wait_idle(Some(Instant::now() + Duration::from_millis(20))));
+    }
+
+    #[test]
+    fn hook_receives_unhandled_failures() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let owner = Owner::new(
+            0,
+            Some(Box::new(move |code, msg| {
+                s.lock().unwrap().push((code, msg.to_owned()))
+            })),
+        );
+        owner.report_unhandled(9, c"boom");
+        assert_eq!(*seen.lock().unwrap(), vec![(9, c"boom".to_owned())]);
+    }
+}

@@ -1,0 +1,39 @@
+//! The synchronisation primitives of the core, swapped for loom's under
+//! `--cfg asyncbridge_loom` so the completion state machine can be model-checked.
+//!
+//! The cfg is not plain `loom` because tokio reacts to that name and would then
+//! expect loom itself.
+
+#[cfg(asyncbridge_loom)]
+pub(crate) use loom::sync::{
+    atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering},
+    Arc, Condvar, Mutex, MutexGuard,
+};
+#[cfg(not(asyncbridge_loom))]
+pub(crate) use std::sync::{
+    atomic::{AtomicBool, AtomicI32, AtomicU64, Ordering},
+    Arc, Condvar, Mutex, MutexGuard,
+};
+
+/// Locks `mutex`, ignoring poisoning.
+///
+/// Every critical section in this crate leaves its data consistent before it can
+/// panic, so a panic on one thread must not wedge every later call on the others.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Locks `mutex` only if that can be done without blocking.
+///
+/// Used in a fork child, where a lock may be held by a thread that no longer exists.
+pub(crate) fn try_lock<T>(mutex: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    // loom's try_lock answers with std's error type too.
+    use std::sync::TryLockError;
+    match mutex.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+        Err(TryLockError::WouldBlock) => None,
+    }
+}
