@@ -1,0 +1,210 @@
+//! Builds every C test (`tests/c/*.c`) and every example (`c_examples/*.c`) with
+//! `-Wall -Wextra -Wpedantic -Werror` against the shared library cargo just built, and
+//! runs each under a watchdog.
+//!
+//! `CC` picks the compiler (default `cc`); `ASYNCBRIDGE_CFLAGS` adds flags, e.g.
+//! `-fsanitize=address,undefined` for a sanitizer run of the C side.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+const WATCHDOG: Duration = Duration::from_secs(120);
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A directory holding the freshly built library under its SONAME too.
+fn lib_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        // target/<profile>/deps/c_tests-<hash> -> target/<profile>
+        let exe = std::env::current_exe().unwrap();
+        let profile_dir = exe.parent().unwrap().parent().unwrap();
+        let lib = profile_dir.join("libasyncbridge.so");
+        assert!(lib.exists(), "{} not built", lib.display());
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c_lib");
+        std::fs::create_dir_all(&dir).unwrap();
+        for name in ["libasyncbridge.so", "libasyncbridge.so.0"] {
+            let link = dir.join(name);
+            let _ = std::fs::remove_file(&link);
+            std::os::unix::fs::symlink(&lib, &link).unwrap();
+        }
+        dir
+    })
+}
+
+fn compile(source: &Path) -> PathBuf {
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c_bin");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let exe = out_dir.join(source.file_stem().unwrap());
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+    let extra = std::env::var("ASYNCBRIDGE_CFLAGS").unwrap_or_default();
+    let lib = lib_dir();
+    let output = Command::new(&cc)
+        .args([
+            "-std=c11",
+            "-Wall",
+            "-Wextra",
+            "-Wpedantic",
+            "-Werror",
+            "-g",
+            "-pthread",
+        ])
+        .args(extra.split_whitespace())
+        .arg("-I")
+        .arg(root().join("include"))
+        .arg("-I")
+        .arg(root().join("tests/c"))
+        .arg(source)
+        .arg("-o")
+        .arg(&exe)
+        .arg(format!("-L{}", lib.display()))
+        .arg("-lasyncbridge")
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cc}: {e}"));
+    assert!(
+        output.status.success(),
+        "{} does not compile:\n{}",
+        source.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    exe
+}
+
+/// Runs `exe` with `args`, killing it after the watchdog; returns (success, stdout, stderr).
+fn run(exe: &Path, args: &[&str]) -> (bool, String, String) {
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let output = child.wait_with_output().unwrap();
+            return (
+                status.success(),
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            );
+        }
+        if started.elapsed() > WATCHDOG {
+            let _ = child.kill();
+            let output = child.wait_with_output().unwrap();
+            panic!(
+                "{} hung for {:?} (watchdog)\nstdout:\n{}\nstderr:\n{}",
+                exe.display(),
+                WATCHDOG,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Compiles and runs one C program; fails with its output unless it exits 0.
+/// Returns its stdout.
+fn build_and_run(source: &str, args: &[&str]) -> String {
+    let exe = compile(&root().join(source));
+    let (ok, stdout, stderr) = run(&exe, args);
+    print!("{stdout}");
+    eprint!("{stderr}");
+    assert!(ok, "{source} failed:\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    stdout
+}
+
+/// One `#[test]` per C test file; each file's own "ok - name" lines list its cases.
+macro_rules! c_tests {
+    ($($name:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $name() {
+                let stdout = build_and_run(concat!("tests/c/", stringify!($name), ".c"), &[]);
+                assert!(stdout.contains("ok - "), "ran no test case");
+                assert!(!stdout.contains("not ok"), "a test case failed");
+            }
+        )*
+        const C_TESTS: &[&str] = &[$(stringify!($name)),*];
+    };
+}
+
+c_tests!(smoke);
+
+#[test]
+fn every_c_test_file_is_listed() {
+    let mut missing = Vec::new();
+    for entry in std::fs::read_dir(root().join("tests/c")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "c") {
+            let stem = path.file_stem().unwrap().to_str().unwrap().to_owned();
+            if !C_TESTS.contains(&stem.as_str()) {
+                missing.push(stem);
+            }
+        }
+    }
+    assert!(missing.is_empty(), "add to c_tests!(...): {missing:?}");
+}
+
+#[test]
+fn example_quickstart() {
+    let out = build_and_run("c_examples/quickstart.c", &[]);
+    assert!(out.contains("7 squared is 49"), "{out}");
+    assert!(
+        out.contains("callback: square(9) finished, value 81"),
+        "{out}"
+    );
+    assert!(out.contains("code 42"), "{out}");
+    assert!(
+        out.contains("after shutdown, submit says: bridge not running"),
+        "{out}"
+    );
+}
+
+#[test]
+fn header_is_standalone_c_and_cpp() {
+    let include = root().join("include");
+    for (compiler, std) in [
+        ("cc", "c99"),
+        ("cc", "c11"),
+        ("c++", "c++11"),
+        ("c++", "c++17"),
+    ] {
+        let lang = if compiler == "cc" { "c" } else { "c++" };
+        let mut child = Command::new(compiler)
+            .args(["-x", lang, &format!("-std={std}")])
+            .args([
+                "-Wall",
+                "-Wextra",
+                "-Wpedantic",
+                "-Werror",
+                "-fsyntax-only",
+                "-",
+            ])
+            .arg("-I")
+            .arg(&include)
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"#include <asyncbridge.h>\n#include <asyncbridge.h>\nint main(void) { return BRIDGE_OK; }\n")
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{compiler} -std={std}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
