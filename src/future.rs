@@ -167,6 +167,14 @@ impl<K: Kind> Clone for Future<K> {
     }
 }
 
+impl<K: Kind> std::fmt::Debug for Future<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Future")
+            .field("status", &self.peek())
+            .finish()
+    }
+}
+
 impl<K: Kind> Future<K> {
     /// A future whose synchronous `work` waits in a queue.
     pub(crate) fn queued(owner: Arc<Owner>, work: K::Work) -> Future<K> {
@@ -547,6 +555,7 @@ impl<K: Kind> Drop for Completion<K> {
 }
 
 /// Type-erased queued work, as the bridge's queues hold it.
+#[cfg(not(asyncbridge_loom))]
 pub(crate) trait Queued: Send + Sync {
     /// Runs the work (or skips it if it was cancelled first).
     fn run(self: Arc<Self>);
@@ -554,6 +563,7 @@ pub(crate) trait Queued: Send + Sync {
     fn cancel_queued(self: Arc<Self>);
 }
 
+#[cfg(not(asyncbridge_loom))]
 impl<K: Kind> Queued for Completion<K> {
     fn run(self: Arc<Self>) {
         Future::from_arc(self).run_queued();
@@ -583,5 +593,242 @@ impl<V: Send + 'static> Kind for Boxed<V> {
 
     fn call(callback: Self::Callback, future: &Future<Self>) {
         callback(future)
+    }
+}
+
+#[cfg(all(test, not(asyncbridge_loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    struct Counted(Arc<AtomicUsize>);
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    type K = Boxed<Counted>;
+
+    fn owner() -> Arc<Owner> {
+        let owner = Arc::new(Owner::new(0, None));
+        owner.admit().unwrap();
+        owner
+    }
+
+    #[test]
+    fn value_lives_until_the_last_handle() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let f = Future::<K>::running(owner());
+        let g = f.clone();
+        f.finish(Ok(Some(Counted(drops.clone()))));
+        assert_eq!(f.wait(Some(Duration::ZERO)), Ok(Status::Ok));
+        assert!(f.with_value(|_| ()).is_some());
+        drop(f);
+        assert_eq!(drops.load(Ordering::SeqCst), 0);
+        drop(g);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn taken_value_is_the_callers() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let f = Future::<K>::running(owner());
+        f.finish(Ok(Some(Counted(drops.clone()))));
+        let value = f.take_value().expect("a value");
+        assert!(f.take_value().is_none() && f.with_value(|_| ()).is_none());
+        drop(f);
+        assert_eq!(drops.load(Ordering::SeqCst), 0);
+        drop(value);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn staged_value_of_failed_work_is_dropped_at_once() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let d = drops.clone();
+        let f = Future::<K>::queued(
+            owner(),
+            Box::new(move |job| {
+                job.set_value(Counted(d));
+                Err(job.outcome_of(job.fail(3, "bad")).unwrap_err())
+            }),
+        );
+        let keep = f.clone();
+        f.run_queued();
+        assert_eq!(
+            drops.load(Ordering::SeqCst),
+            1,
+            "dropped while a handle is held"
+        );
+        let failure = keep.failure().unwrap();
+        assert_eq!((failure.code(), failure.message()), (3, c"bad"));
+    }
+
+    #[test]
+    fn failure_without_message_names_its_code() {
+        let f = Future::<K>::queued(owner(), Box::new(|job| job.outcome_of(17)));
+        f.run_queued();
+        assert_eq!(f.status(), Status::Failed);
+        assert_eq!(f.failure().unwrap().message(), c"work failed with code 17");
+    }
+
+    #[test]
+    fn wait_times_out_and_stays_usable() {
+        let f = Future::<K>::running(owner());
+        let started = Instant::now();
+        assert_eq!(f.wait(Some(Duration::from_millis(30))), Ok(Status::Timeout));
+        assert!(started.elapsed() >= Duration::from_millis(30));
+        assert_eq!(f.wait(Some(Duration::ZERO)), Ok(Status::Timeout));
+        let g = f.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            g.finish(Ok(None));
+        });
+        assert_eq!(f.wait(None), Ok(Status::Ok));
+        t.join().unwrap();
+    }
+
+    #[test]
+    fn wait_on_a_loop_thread_is_refused_unless_finished() {
+        let f = Future::<K>::running(owner());
+        let g = f.clone();
+        std::thread::spawn(move || {
+            crate::thread_role::enter_loop(u64::MAX);
+            assert_eq!(
+                g.wait(Some(Duration::from_secs(5))),
+                Err(Error::WouldDeadlock)
+            );
+            assert_eq!(g.wait(None), Err(Error::WouldDeadlock));
+            assert_eq!(g.wait(Some(Duration::ZERO)), Ok(Status::Timeout));
+            g.finish(Ok(None));
+            assert_eq!(g.wait(None), Ok(Status::Ok));
+        })
+        .join()
+        .unwrap();
+        assert_eq!(f.status(), Status::Ok);
+    }
+
+    #[test]
+    fn cancel_queued_releases_work_before_returning() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let token = Counted(drops.clone());
+        let f = Future::<K>::queued(
+            owner(),
+            Box::new(move |_| {
+                let _t = token;
+                panic!("cancelled work must not run");
+            }),
+        );
+        assert_eq!(f.cancel(), Ok(Status::Ok));
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        assert_eq!(f.status(), Status::Cancelled);
+        f.run_queued(); // the runner finds it cancelled and skips it
+        assert_eq!(f.status(), Status::Cancelled);
+        assert_eq!(f.cancel(), Ok(Status::Cancelled));
+    }
+
+    #[test]
+    fn cancel_while_running_wins_when_the_work_returns() {
+        let f = Future::<K>::queued(
+            owner(),
+            Box::new(|job| {
+                assert!(!job.is_cancelled());
+                job.cancel();
+                assert!(job.is_cancelled());
+                Ok(())
+            }),
+        );
+        f.run_queued();
+        assert_eq!(f.status(), Status::Cancelled);
+    }
+
+    #[test]
+    fn callbacks_run_once_in_order_then_at_once() {
+        let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let f = Future::<K>::running(owner());
+        for i in 0..3 {
+            let o = order.clone();
+            f.on_done(Box::new(move |_| o.lock().unwrap().push(i)))
+                .unwrap();
+        }
+        f.finish(Ok(None));
+        let o = order.clone();
+        f.on_done(Box::new(move |_| o.lock().unwrap().push(9)))
+            .unwrap();
+        assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 9]);
+    }
+
+    #[test]
+    fn a_panicking_callback_does_not_stop_the_others() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let owner = owner();
+        let f = Future::<K>::running(owner.clone());
+        f.on_done(Box::new(|_| panic!("callback panics"))).unwrap();
+        let c = calls.clone();
+        f.on_done(Box::new(move |_| {
+            c.fetch_add(1, Ordering::SeqCst);
+        }))
+        .unwrap();
+        f.finish(Ok(None));
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(owner.stats().pending, 0);
+    }
+
+    #[test]
+    fn panicking_work_fails_with_the_panic_code() {
+        let f = Future::<K>::queued(owner(), Box::new(|_| panic!("work panics")));
+        f.run_queued();
+        assert_eq!(f.status(), Status::Failed);
+        assert_eq!(f.failure().unwrap().code(), Error::Panic.code());
+    }
+
+    #[test]
+    fn unobserved_failure_is_reported_once_observed_is_not() {
+        let reports = Arc::new(AtomicUsize::new(0));
+        let r = reports.clone();
+        let owner = Arc::new(Owner::new(
+            0,
+            Some(Box::new(move |code, msg| {
+                assert_eq!((code, msg), (5, c"lost"));
+                r.fetch_add(1, Ordering::SeqCst);
+            })),
+        ));
+        owner.admit().unwrap();
+        owner.admit().unwrap();
+        let unobserved = Future::<K>::running(owner.clone());
+        let observed = Future::<K>::running(owner);
+        for f in [&unobserved, &observed] {
+            f.finish(Err(Failure::new(5, "lost")));
+        }
+        assert_eq!(observed.wait(None), Ok(Status::Failed));
+        let extra = unobserved.clone();
+        drop(unobserved);
+        assert_eq!(reports.load(Ordering::SeqCst), 0, "a handle is still held");
+        drop(extra);
+        drop(observed);
+        assert_eq!(reports.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn progress_is_read_back() {
+        let f = Future::<K>::queued(
+            owner(),
+            Box::new(|job| {
+                job.set_progress(3, 10);
+                Ok(())
+            }),
+        );
+        assert_eq!(f.progress(), Ok((0, 0)));
+        f.run_queued();
+        assert_eq!(f.progress(), Ok((3, 10)));
+    }
+
+    #[test]
+    fn failure_messages_stop_at_nul() {
+        let f = Failure::new(1, &b"abc\0def"[..]);
+        assert_eq!(f.message(), c"abc");
+        assert_eq!(Failure::panic().code(), -5);
     }
 }

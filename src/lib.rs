@@ -22,6 +22,9 @@ mod thread_role;
 #[cfg(not(asyncbridge_loom))]
 pub mod ffi;
 
+#[cfg(all(test, asyncbridge_loom))]
+mod loom_model;
+
 pub use future::{Boxed, Failure, Future, Kind};
 pub use job::Job;
 pub use owner::{Stats, UnhandledHook};

@@ -1,0 +1,143 @@
+//! loom models of the completion state machine: every interleaving of finishing,
+//! cancelling, waiting, registering a callback and releasing the last handle.
+//!
+//! Run with `RUSTFLAGS="--cfg asyncbridge_loom" cargo test --release --lib loom_model`.
+
+use loom::sync::atomic::{AtomicUsize, Ordering};
+use loom::sync::Arc;
+use loom::thread;
+
+use crate::future::{Boxed, Failure, Future};
+use crate::owner::Owner;
+use crate::status::Status;
+
+/// A value that counts how often it was dropped.
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+type K = Boxed<Counted>;
+
+fn owner() -> Arc<Owner> {
+    let owner = Arc::new(Owner::new(0, None));
+    owner.admit().unwrap();
+    owner
+}
+
+#[test]
+fn finish_races_cancel_one_outcome_value_dropped_once() {
+    loom::model(|| {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let f = Future::<K>::running(owner());
+        let worker = {
+            let f = f.clone();
+            let drops = drops.clone();
+            thread::spawn(move || f.finish(Ok(Some(Counted(drops)))))
+        };
+        let cancelled = f.cancel().unwrap();
+        worker.join().unwrap();
+        let status = f.status();
+        assert!(status == Status::Ok || status == Status::Cancelled);
+        // cancel returns Ok on a pending future, or the final status on a finished one.
+        assert!(cancelled == Status::Ok || cancelled == status);
+        let dropped_early = drops.load(Ordering::SeqCst);
+        assert_eq!(dropped_early, usize::from(status == Status::Cancelled));
+        drop(f);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+    });
+}
+
+#[test]
+fn callback_registered_while_finishing_runs_exactly_once() {
+    loom::model(|| {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let f = Future::<K>::running(owner());
+        let worker = {
+            let f = f.clone();
+            thread::spawn(move || f.finish(Err(Failure::new(7, "no"))))
+        };
+        let c = calls.clone();
+        f.on_done(Box::new(move |done: &Future<K>| {
+            assert_eq!(done.status(), Status::Failed);
+            c.fetch_add(1, Ordering::SeqCst);
+        }))
+        .unwrap();
+        worker.join().unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    });
+}
+
+#[test]
+fn waiter_never_misses_the_finish() {
+    loom::model(|| {
+        let f = Future::<K>::running(owner());
+        let worker = {
+            let f = f.clone();
+            thread::spawn(move || f.finish(Ok(None)))
+        };
+        // No limit: a lost wakeup would be a deadlock, which loom reports.
+        assert_eq!(f.wait(None), Ok(Status::Ok));
+        worker.join().unwrap();
+    });
+}
+
+#[test]
+fn queued_work_runs_or_is_dropped_never_both() {
+    loom::model(|| {
+        let ran = Arc::new(AtomicUsize::new(0));
+        let released = Arc::new(AtomicUsize::new(0));
+        let token = Counted(released.clone());
+        let r = ran.clone();
+        let f = Future::<K>::queued(
+            owner(),
+            Box::new(move |_job| {
+                let _token = token;
+                r.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }),
+        );
+        let runner = {
+            let f = f.clone();
+            thread::spawn(move || f.run_queued())
+        };
+        f.cancel().unwrap();
+        runner.join().unwrap();
+        let status = f.status();
+        assert_eq!(
+            released.load(Ordering::SeqCst),
+            1,
+            "the work is released once"
+        );
+        match ran.load(Ordering::SeqCst) {
+            // Cancelled before it started: dropped unrun.
+            0 => assert_eq!(status, Status::Cancelled),
+            // Started first: a cancel that came while it ran wins once it returns; one
+            // that came after it finished changes nothing.
+            1 => assert!(status == Status::Cancelled || status == Status::Ok),
+            n => panic!("ran {n} times"),
+        }
+    });
+}
+
+#[test]
+fn last_release_races_finish_value_freed_once() {
+    loom::model(|| {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let f = Future::<K>::running(owner());
+        let handle = f.clone();
+        let releaser = thread::spawn(move || drop(handle));
+        f.finish(Ok(Some(Counted(drops.clone()))));
+        assert_eq!(
+            drops.load(Ordering::SeqCst),
+            0,
+            "the finisher still holds it"
+        );
+        drop(f);
+        releaser.join().unwrap();
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+    });
+}
