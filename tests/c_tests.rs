@@ -208,3 +208,20 @@ fn header_is_standalone_c_and_cpp() {
         );
     }
 }
+
+#[test]
+fn example_thread_pool_server() {
+    let out = build_and_run("c_examples/thread_pool_server.c", &[]);
+    // The program itself exits non-zero unless every request is accounted for and no
+    // future is left pending; here the numbers are read back as a user would.
+    let line = out.lines().find(|l| l.starts_with("served: ")).expect("a summary line");
+    let numbers: Vec<u32> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| s.parse().ok())
+        .filter(|&n| n != 503 && n != 504)
+        .collect();
+    assert_eq!(numbers.iter().sum::<u32>(), 400, "{line}");
+    assert!(out.contains("pending 0"), "{out}");
+    assert!(out.contains("shutdown: ok"), "{out}");
+}
