@@ -23,6 +23,17 @@ fn lib_dir() -> &'static Path {
         // target/<profile>/deps/c_tests-<hash> -> target/<profile>
         let exe = std::env::current_exe().unwrap();
         let profile_dir = exe.parent().unwrap().parent().unwrap();
+        // `cargo test` builds the library only as an rlib: build the shared library
+        // from the same sources with the same profile (cargo holds no lock while
+        // tests run, so this nested build is safe).
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--lib", "--quiet"]).current_dir(root());
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("cannot run cargo");
+        assert!(status.success(), "cargo build --lib failed");
         let lib = profile_dir.join("libasyncbridge.so");
         assert!(lib.exists(), "{} not built", lib.display());
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c_lib");
@@ -224,4 +235,18 @@ fn example_thread_pool_server() {
     assert_eq!(numbers.iter().sum::<u32>(), 400, "{line}");
     assert!(out.contains("pending 0"), "{out}");
     assert!(out.contains("shutdown: ok"), "{out}");
+}
+
+#[test]
+fn readme_example_compiles_and_runs() {
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    let start = readme.find("```c\n").expect("a C example in the README") + 5;
+    let end = start + readme[start..].find("```").unwrap();
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("readme");
+    std::fs::create_dir_all(&dir).unwrap();
+    let source = dir.join("readme_example.c");
+    std::fs::write(&source, &readme[start..end]).unwrap();
+    let exe = compile(&source);
+    let (ok, stdout, stderr) = run(&exe, &[]);
+    assert!(ok && stdout.trim() == "49", "stdout: {stdout}\nstderr: {stderr}");
 }
