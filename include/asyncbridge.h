@@ -161,7 +161,7 @@ struct bridge_stats {
      */
     uint64_t cancelled;
     /**
-     * Futures not finished yet, or whose done callbacks are still running.
+     * Futures not finished yet.
      */
     uint64_t pending;
 };

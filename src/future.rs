@@ -531,14 +531,15 @@ impl<K: Kind> Future<K> {
         }
         let owner = &self.completion.owner;
         owner.record(status);
+        // No longer pending before the callbacks run: a shutdown waiting for pending
+        // work must not wait for a callback, which may itself be waiting for it.
+        owner.leave();
         for callback in callbacks.into_iter() {
-            // A panicking Rust callback must not keep the others from running, nor
-            // leave the future counted as pending forever.
+            // A panicking Rust callback must not keep the others from running.
             if catch_unwind(AssertUnwindSafe(|| K::call(callback, self))).is_err() {
                 eprintln!("asyncbridge: a done callback panicked");
             }
         }
-        owner.leave();
     }
 }
 

@@ -25,7 +25,7 @@ pub struct Stats {
     pub failed: u64,
     /// Futures that finished `Cancelled`.
     pub cancelled: u64,
-    /// Futures not finished yet, or whose done callbacks are still running.
+    /// Futures not finished yet.
     pub pending: u64,
 }
 
@@ -102,7 +102,7 @@ impl Owner {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A future and its done callbacks are finished: it no longer counts as pending.
+    /// A future is finished: it no longer counts as pending.
     pub(crate) fn leave(&self) {
         let before = self.in_flight.fetch_sub(1, Ordering::SeqCst);
         // SeqCst pairs with `wait_idle`: either it sees the count at zero, or this

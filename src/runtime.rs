@@ -322,6 +322,10 @@ impl Bridge {
         if thread_role::belongs_to(self.shared.id) {
             return Err(Error::WouldDeadlock);
         }
+        if thread_role::is_stopping(self.shared.id) {
+            // Called from a done callback that this very shutdown is running.
+            return Ok(Status::Ok);
+        }
         let mut control = lock(&self.control);
         if control.done {
             return Ok(Status::Ok);
@@ -387,6 +391,7 @@ impl Shared {
 
     /// The shutdown sequence; `control` is locked, so it runs once.
     fn stop(&self, control: &mut Control, timeout: Option<Duration>) -> Status {
+        let _stopping = thread_role::stopping(self.id);
         self.state.store(STOPPING, Ordering::SeqCst);
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         if timeout != Some(Duration::ZERO) {
@@ -788,6 +793,43 @@ mod tests {
             .unwrap()
             .submit::<K>(work(f), Placement::OnLoop)
             .unwrap()
+    }
+
+    #[test]
+    fn callback_run_by_shutdown_may_call_shutdown_again() {
+        let bridge = Arc::new(
+            Bridge::start(Config {
+                max_blocking_threads: 1,
+                ..Config::default()
+            })
+            .unwrap(),
+        );
+        let blocker = bridge
+            .submit::<K>(
+                work(|job| {
+                    while !job.is_cancelled() {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Ok(())
+                }),
+                Placement::Blocking,
+            )
+            .unwrap();
+        let queued = bridge
+            .submit::<K>(work(|_| Ok(())), Placement::Blocking)
+            .unwrap();
+        let answer = Arc::new(StdMutex::new(None));
+        let (b, a) = (bridge.clone(), answer.clone());
+        queued
+            .on_done(Box::new(move |_| {
+                *a.lock().unwrap() = Some(b.shutdown(None))
+            }))
+            .unwrap();
+        let status = bridge.shutdown(Some(Duration::ZERO)).unwrap();
+        assert!(status == Status::Ok || status == Status::Timeout);
+        assert_eq!(*answer.lock().unwrap(), Some(Ok(Status::Ok)));
+        assert_eq!(queued.status(), Status::Cancelled);
+        assert_eq!(blocker.wait(LONG), Ok(Status::Cancelled));
     }
 
     #[test]

@@ -17,6 +17,27 @@ enum Role {
 
 thread_local! {
     static ROLE: Cell<Role> = const { Cell::new(Role::Foreign) };
+    /// The bridge whose shutdown this thread is running (0: none).
+    static STOPPING: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Marks the calling thread as running bridge `id`'s shutdown until the guard drops.
+///
+/// Shutdown runs done callbacks of the futures it cancels; one of them calling
+/// shutdown again on this thread must not wait for itself.
+pub(crate) fn stopping(id: u64) -> impl Drop {
+    struct Reset(u64);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            STOPPING.with(|s| s.set(self.0));
+        }
+    }
+    Reset(STOPPING.with(|s| s.replace(id)))
+}
+
+/// Whether the calling thread is inside bridge `id`'s shutdown.
+pub(crate) fn is_stopping(id: u64) -> bool {
+    STOPPING.with(|s| s.get() == id)
 }
 
 /// Marks the calling thread as a loop thread of bridge `id`.

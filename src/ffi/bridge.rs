@@ -60,7 +60,7 @@ pub struct bridge_stats {
     pub failed: u64,
     /// Futures that finished BRIDGE_CANCELLED.
     pub cancelled: u64,
-    /// Futures not finished yet, or whose done callbacks are still running.
+    /// Futures not finished yet.
     pub pending: u64,
 }
 
