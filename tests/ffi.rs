@@ -278,7 +278,8 @@ fn failure_cancel_callbacks_and_deadlock() {
 #[test]
 fn unobserved_failure_reaches_the_hook() {
     let _serial = SERIAL.lock().unwrap();
-    let seen: &'static Mutex<Vec<(i32, String)>> = Box::leak(Box::new(Mutex::new(Vec::new())));
+    static SEEN: Mutex<Vec<(i32, String)>> = Mutex::new(Vec::new());
+    let seen = &SEEN;
     let mut cfg = std::mem::MaybeUninit::<bridge_config_t>::uninit();
     unsafe { bridge_config_init(cfg.as_mut_ptr()) };
     let mut cfg = unsafe { cfg.assume_init() };
