@@ -24,7 +24,7 @@ use crate::job::Job;
 use crate::owner::Owner;
 use crate::status::{Error, Status};
 use crate::sync::{
-    lock, try_lock, Arc, AtomicBool, AtomicI32, Condvar, Mutex, MutexGuard, Ordering,
+    lock, try_lock, Arc, AtomicBool, AtomicI32, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering,
 };
 use crate::thread_role;
 
@@ -111,8 +111,12 @@ impl<C> Callbacks<C> {
         }
     }
 
+    fn is_empty(&self) -> bool {
+        self.first.is_none() && self.rest.is_empty()
+    }
+
     fn push(&mut self, cb: C) {
-        if self.first.is_none() && self.rest.is_empty() {
+        if self.is_empty() {
             self.first = Some(cb);
         } else {
             self.rest.push(cb);
@@ -137,11 +141,17 @@ struct Inner<K: Kind> {
     /// The task of async work, woken by `cancel`.
     waker: Option<Waker>,
     progress: (u64, u64),
+    /// The value was released (dropped, or the failure reported) once nobody held it.
+    released: bool,
 }
 
 /// The shared state behind every [`Future`] handle of one submission.
 pub struct Completion<K: Kind> {
     status: AtomicI32,
+    /// Handles held by callers (and by done callbacks while they run). The value is
+    /// released when this reaches 0 on a finished future, on that thread, at once;
+    /// the work's and the queues' own references do not count.
+    holders: AtomicUsize,
     cancel_requested: AtomicBool,
     observed: AtomicBool,
     failure: OnceLock<Failure>,
@@ -153,16 +163,32 @@ pub struct Completion<K: Kind> {
 /// A thread-safe handle to the result of work submitted to a bridge.
 ///
 /// Cloning makes another handle to the same result. Dropping the last handle never
-/// cancels the work; the value is released when the last handle (or the running
-/// work, or a running done callback) lets go of it.
+/// cancels the work. The value is released exactly once, deterministically: when the
+/// future finishes if no handle is left, else when the last handle is dropped (or the
+/// last running done callback returns), on that thread.
 pub struct Future<K: Kind> {
     completion: Arc<Completion<K>>,
+    /// Whether this handle counts in `holders`. The running work, its task and the
+    /// queues hold references that do not keep the value alive.
+    holder: bool,
 }
 
 impl<K: Kind> Clone for Future<K> {
     fn clone(&self) -> Self {
+        if self.holder {
+            self.completion.holders.fetch_add(1, Ordering::SeqCst);
+        }
         Future {
             completion: self.completion.clone(),
+            holder: self.holder,
+        }
+    }
+}
+
+impl<K: Kind> Drop for Future<K> {
+    fn drop(&mut self) {
+        if self.holder && self.completion.holders.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.release_if_unheld();
         }
     }
 }
@@ -188,8 +214,10 @@ impl<K: Kind> Future<K> {
 
     fn with_stage(owner: Arc<Owner>, stage: Stage, work: Option<K::Work>) -> Future<K> {
         Future {
+            holder: true,
             completion: Arc::new(Completion {
                 status: AtomicI32::new(Status::Pending.code()),
+                holders: AtomicUsize::new(1),
                 cancel_requested: AtomicBool::new(false),
                 observed: AtomicBool::new(false),
                 failure: OnceLock::new(),
@@ -203,20 +231,100 @@ impl<K: Kind> Future<K> {
                     waiters: 0,
                     waker: None,
                     progress: (0, 0),
+                    released: false,
                 }),
                 finished: Condvar::new(),
             }),
         }
     }
 
-    /// Wraps the shared state (the inverse of [`Future::into_arc`]).
+    /// Takes back a handle turned into a reference by [`Future::into_arc`]; the
+    /// reference's handle count passes to the returned handle.
     pub fn from_arc(completion: Arc<Completion<K>>) -> Future<K> {
-        Future { completion }
+        Future {
+            completion,
+            holder: true,
+        }
     }
 
-    /// The shared state, as one reference.
+    /// Turns this handle into one reference to the shared state that still counts as
+    /// a handle (the value stays alive) until it comes back through
+    /// [`Future::from_arc`] and is dropped.
     pub fn into_arc(self) -> Arc<Completion<K>> {
-        self.completion
+        if self.holder {
+            // Kept for the returned reference; `self`'s drop gives one back.
+            self.completion.holders.fetch_add(1, Ordering::SeqCst);
+        }
+        self.completion.clone()
+    }
+
+    /// A reference for the work, its task or a queue: it keeps the shared state but
+    /// not the value alive.
+    pub(crate) fn internal(&self) -> Future<K> {
+        Future {
+            completion: self.completion.clone(),
+            holder: false,
+        }
+    }
+
+    /// The internal reference of a queue entry.
+    #[cfg(not(asyncbridge_loom))]
+    fn internal_from(completion: Arc<Completion<K>>) -> Future<K> {
+        Future {
+            completion,
+            holder: false,
+        }
+    }
+
+    /// A new handle made from any reference.
+    fn handle(&self) -> Future<K> {
+        self.completion.holders.fetch_add(1, Ordering::SeqCst);
+        Future {
+            completion: self.completion.clone(),
+            holder: true,
+        }
+    }
+
+    /// Drops the value (and reports an unobserved failure) once the future has
+    /// finished and no handle is left; at most once.
+    fn release_if_unheld(&self) {
+        let Some(mut inner) = self.lock_unless_orphaned() else {
+            return; // a fork child that cannot take the lock leaks instead
+        };
+        let status = self.peek();
+        let release = self.take_release(&mut inner, status);
+        drop(inner);
+        self.release(release);
+    }
+
+    /// Under the lock: takes what is to be released if the future is finished, no
+    /// handle is left and nothing was released yet.
+    fn take_release(&self, inner: &mut Inner<K>, status: Status) -> Option<Release<K::Value>> {
+        if inner.stage != Stage::Done
+            || inner.released
+            || self.completion.holders.load(Ordering::SeqCst) != 0
+        {
+            return None;
+        }
+        inner.released = true;
+        Some(Release {
+            value: inner.value.take(),
+            unobserved: status == Status::Failed
+                && !self.completion.observed.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Outside the lock: drops the value, reports an unobserved failure.
+    fn release(&self, release: Option<Release<K::Value>>) {
+        let Some(release) = release else { return };
+        drop(release.value);
+        if release.unobserved {
+            if let Some(failure) = self.completion.failure.get() {
+                self.completion
+                    .owner
+                    .report_unhandled(failure.code(), failure.message());
+            }
+        }
     }
 
     /// The shared state, borrowed.
@@ -516,43 +624,64 @@ impl<K: Kind> Future<K> {
                 }
             }
         };
+        if discarded.0.is_some() || discarded.1.is_some() {
+            // Freed before anyone can see the future finished, and outside the lock
+            // (a free function may call into the library). Nothing else finishes the
+            // future meanwhile: only this thread got it out of `Queued`/`Running`.
+            drop(inner);
+            drop(discarded);
+            inner = self.lock();
+        }
         inner.stage = Stage::Done;
         inner.staged_message = None;
         inner.waker = None;
         let callbacks = std::mem::replace(&mut inner.callbacks, Callbacks::new());
+        // Callbacks hold a handle while they run, taken before the future can be seen
+        // finished: the value stays alive until the last of them returns. Without
+        // callbacks, whether anyone still holds the future is decided now, under the
+        // lock: if nobody does, the value goes with this finish; if somebody does, it
+        // goes inside their last release, never on this thread later.
+        let callback_handle = (!callbacks.is_empty()).then(|| self.handle());
+        // Decided before anything (status, stats) can tell a caller it finished.
+        let release = match callback_handle {
+            Some(_) => None,
+            None => self.take_release(&mut inner, status),
+        };
         let wake = inner.waiters > 0;
+        let owner = &self.completion.owner;
+        // Counted before it can be seen finished, so stats read after a wait add up.
+        owner.record(status);
         self.completion
             .status
             .store(status.code(), Ordering::Release);
+        // No longer pending once final, and before the callbacks run: a shutdown
+        // waiting for pending work must not wait for a callback that may be waiting
+        // for it.
+        owner.leave();
         drop(inner);
-        drop(discarded);
         if wake {
             self.completion.finished.notify_all();
         }
-        let owner = &self.completion.owner;
-        owner.record(status);
-        // No longer pending before the callbacks run: a shutdown waiting for pending
-        // work must not wait for a callback, which may itself be waiting for it.
-        owner.leave();
-        for callback in callbacks.into_iter() {
-            // A panicking Rust callback must not keep the others from running.
-            if catch_unwind(AssertUnwindSafe(|| K::call(callback, self))).is_err() {
-                eprintln!("asyncbridge: a done callback panicked");
+        match callback_handle {
+            Some(handle) => {
+                for callback in callbacks.into_iter() {
+                    // A panicking Rust callback must not keep the others from running.
+                    if catch_unwind(AssertUnwindSafe(|| K::call(callback, &handle))).is_err() {
+                        eprintln!("asyncbridge: a done callback panicked");
+                    }
+                }
+                // Dropping the last handle releases the value, here and now.
+                drop(handle);
             }
+            None => self.release(release),
         }
     }
 }
 
-impl<K: Kind> Drop for Completion<K> {
-    fn drop(&mut self) {
-        let failed = Status::from_code(self.status.load(Ordering::Acquire)) == Status::Failed;
-        if failed && !self.observed.load(Ordering::Relaxed) {
-            if let Some(failure) = self.failure.get() {
-                self.owner
-                    .report_unhandled(failure.code(), failure.message());
-            }
-        }
-    }
+/// What a finished future gives up once nobody holds it.
+struct Release<V> {
+    value: Option<V>,
+    unobserved: bool,
 }
 
 /// Type-erased queued work, as the bridge's queues hold it.
@@ -567,11 +696,11 @@ pub(crate) trait Queued: Send + Sync {
 #[cfg(not(asyncbridge_loom))]
 impl<K: Kind> Queued for Completion<K> {
     fn run(self: Arc<Self>) {
-        Future::from_arc(self).run_queued();
+        Future::internal_from(self).run_queued();
     }
 
     fn cancel_queued(self: Arc<Self>) {
-        Future::from_arc(self).cancel_if_queued();
+        Future::internal_from(self).cancel_if_queued();
     }
 }
 
@@ -810,6 +939,39 @@ mod tests {
         drop(extra);
         drop(observed);
         assert_eq!(reports.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn unheld_failure_is_reported_by_the_finish_held_one_by_the_last_release() {
+        let reports = Arc::new(AtomicUsize::new(0));
+        let r = reports.clone();
+        let owner = Arc::new(Owner::new(
+            0,
+            Some(Box::new(move |_, _| {
+                r.fetch_add(1, Ordering::SeqCst);
+            })),
+        ));
+        owner.admit().unwrap();
+        owner.admit().unwrap();
+        let forgotten = Future::<K>::running(owner.clone());
+        let work = forgotten.internal();
+        drop(forgotten);
+        work.finish(Err(Failure::new(1, "nobody looks")));
+        assert_eq!(
+            reports.load(Ordering::SeqCst),
+            1,
+            "reported by the finish itself"
+        );
+        drop(work);
+
+        let held = Future::<K>::running(owner);
+        let work = held.internal();
+        work.finish(Err(Failure::new(1, "looked at too late")));
+        assert_eq!(reports.load(Ordering::SeqCst), 1, "still held");
+        drop(held);
+        assert_eq!(reports.load(Ordering::SeqCst), 2, "inside the last release");
+        drop(work);
+        assert_eq!(reports.load(Ordering::SeqCst), 2, "once");
     }
 
     #[test]

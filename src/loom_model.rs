@@ -124,19 +124,38 @@ fn queued_work_runs_or_is_dropped_never_both() {
 }
 
 #[test]
-fn last_release_races_finish_value_freed_once() {
+fn last_release_races_finish_value_freed_once_at_once() {
     loom::model(|| {
         let drops = Arc::new(AtomicUsize::new(0));
-        let f = Future::<K>::running(owner());
-        let handle = f.clone();
+        let handle = Future::<K>::running(owner());
+        let work = handle.internal();
         let releaser = thread::spawn(move || drop(handle));
-        f.finish(Ok(Some(Counted(drops.clone()))));
-        assert_eq!(
-            drops.load(Ordering::SeqCst),
-            0,
-            "the finisher still holds it"
-        );
-        drop(f);
+        work.finish(Ok(Some(Counted(drops.clone()))));
+        releaser.join().unwrap();
+        // Freed by whichever of the two came last, before it returned: the work's own
+        // reference does not keep the value alive.
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        drop(work);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+    });
+}
+
+#[test]
+fn value_outlives_a_release_racing_its_callback() {
+    loom::model(|| {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let handle = Future::<K>::running(owner());
+        let work = handle.internal();
+        let d = drops.clone();
+        handle
+            .on_done(Box::new(move |f: &Future<K>| {
+                // The value is alive for the whole callback, whoever releases meanwhile.
+                assert!(f.with_value(|_| ()).is_some());
+                assert_eq!(d.load(Ordering::SeqCst), 0);
+            }))
+            .unwrap();
+        let releaser = thread::spawn(move || drop(handle));
+        work.finish(Ok(Some(Counted(drops.clone()))));
         releaser.join().unwrap();
         assert_eq!(drops.load(Ordering::SeqCst), 1);
     });

@@ -275,7 +275,7 @@ impl Bridge {
         let future = Future::<K>::running(self.shared.owner.clone());
         // Built outside the task: if the runtime is gone and drops the task unpolled,
         // the guard still finishes the future.
-        let guard = FinishOnDrop(future.clone());
+        let guard = FinishOnDrop(future.internal());
         self.shared.handle.spawn(async move {
             let guard = guard;
             let outcome = {

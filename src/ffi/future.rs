@@ -324,12 +324,11 @@ pub unsafe extern "C" fn future_on_done(
 #[no_mangle]
 pub unsafe extern "C" fn future_retain(f: *mut future_t) -> *mut future_t {
     boundary(|| {
-        if !f.is_null() {
-            // SAFETY: a non-NULL `f` is a live Arc<Completion<CKind>> pointer with a
-            // reference held by the caller.
-            unsafe { Arc::increment_strong_count(f.cast::<Completion<CKind>>()) };
+        // SAFETY: `f` is NULL or a held reference per the API.
+        match unsafe { borrow(f) } {
+            Some(future) => into_c_future(Future::clone(&future)),
+            None => std::ptr::null_mut(),
         }
-        f
     })
 }
 
@@ -344,8 +343,10 @@ pub unsafe extern "C" fn future_retain(f: *mut future_t) -> *mut future_t {
 pub unsafe extern "C" fn future_release(f: *mut future_t) {
     boundary(|| {
         if !f.is_null() {
-            // SAFETY: the caller gives up one reference it held.
-            drop(unsafe { Arc::from_raw(f.cast::<Completion<CKind>>()) });
+            // SAFETY: the caller gives up one reference it held, made by
+            // into_c_future.
+            let arc = unsafe { Arc::from_raw(f.cast::<Completion<CKind>>()) };
+            drop(Future::from_arc(arc));
         }
     })
 }
