@@ -5,6 +5,27 @@
 //! The crate has two layers. The core ([`Bridge`], [`Future`], [`Job`]) is safe
 //! Rust and usable from Rust directly; `ffi` is the thin C boundary whose
 //! documentation becomes `include/asyncbridge.h`.
+//!
+//! From Rust, with boxed closures as work and any `Send` value:
+//!
+//! ```
+//! use asyncbridge::{Boxed, Bridge, Config, Placement, Status};
+//! use std::time::Duration;
+//!
+//! let bridge = Bridge::start(Config::default()).unwrap();
+//! let future = bridge
+//!     .submit::<Boxed<u64>>(
+//!         Box::new(|job| {
+//!             job.set_value(6 * 7);
+//!             Ok(())
+//!         }),
+//!         Placement::Blocking,
+//!     )
+//!     .unwrap();
+//! assert_eq!(future.wait(Some(Duration::from_secs(10))), Ok(Status::Ok));
+//! assert_eq!(future.take_value(), Some(42));
+//! assert_eq!(bridge.shutdown(None), Ok(Status::Ok));
+//! ```
 
 #![warn(missing_docs, unreachable_pub, rust_2018_idioms)]
 #![deny(unsafe_op_in_unsafe_fn)]
