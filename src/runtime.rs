@@ -461,8 +461,10 @@ struct FinishOnDrop<K: Kind>(Future<K>);
 
 impl<K: Kind> Drop for FinishOnDrop<K> {
     fn drop(&mut self) {
-        self.0.request_cancel();
-        self.0.finish(Ok(None));
+        if !self.0.status().is_final() {
+            self.0.request_cancel();
+            self.0.finish(Ok(None));
+        }
     }
 }
 
