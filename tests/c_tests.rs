@@ -28,7 +28,9 @@ fn lib_dir() -> &'static Path {
         // tests run, so this nested build is safe).
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
         let mut build = Command::new(cargo);
-        build.args(["build", "--lib", "--quiet"]).current_dir(root());
+        build
+            .args(["build", "--lib", "--quiet"])
+            .current_dir(root());
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");
         }
@@ -146,7 +148,7 @@ macro_rules! c_tests {
     };
 }
 
-c_tests!(smoke);
+c_tests!(smoke, futures, cancel, callbacks, bridge, threads, fork);
 
 #[test]
 fn every_c_test_file_is_listed() {
@@ -225,7 +227,10 @@ fn example_thread_pool_server() {
     let out = build_and_run("c_examples/thread_pool_server.c", &[]);
     // The program itself exits non-zero unless every request is accounted for and no
     // future is left pending; here the numbers are read back as a user would.
-    let line = out.lines().find(|l| l.starts_with("served: ")).expect("a summary line");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("served: "))
+        .expect("a summary line");
     let numbers: Vec<u32> = line
         .split(|c: char| !c.is_ascii_digit())
         .filter(|s| !s.is_empty())
@@ -248,5 +253,8 @@ fn readme_example_compiles_and_runs() {
     std::fs::write(&source, &readme[start..end]).unwrap();
     let exe = compile(&source);
     let (ok, stdout, stderr) = run(&exe, &[]);
-    assert!(ok && stdout.trim() == "49", "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        ok && stdout.trim() == "49",
+        "stdout: {stdout}\nstderr: {stderr}"
+    );
 }
