@@ -327,6 +327,8 @@ bool bridge_in_loop(const bridge_t *b);
  *         BRIDGE_TIMEOUT when running blocking work had to be left behind (its future
  *         ends BRIDGE_CANCELLED when the function returns); BRIDGE_E_INVALID for NULL
  *         or a timeout below -1; BRIDGE_E_WOULD_DEADLOCK on a thread of this bridge.
+ * Work running on the loop thread when the grace period ends is waited for (such
+ * work must not block); only blocking-pool work is left behind.
  * Deadlock: must not be called from this bridge's own threads (work or callbacks
  * running there); call bridge_free() there instead, which does not block.
  */
