@@ -88,6 +88,16 @@ struct bridge_future;
 struct bridge_job;
 
 /**
+ * A completion queue: callbacks registered with future_on_done_via() or
+ * future_on_progress_via() run only inside bridge_queue_dispatch(), on the thread that
+ * calls it (typically a GUI main loop).
+ *
+ * Made by bridge_queue_new(), freed by bridge_queue_free(). It belongs to no bridge:
+ * futures of any bridge may deliver to it. Thread-safe.
+ */
+struct bridge_queue;
+
+/**
  * How bridge_start() starts a bridge. Initialise it with bridge_config_init(), then
  * change the fields you need.
  */
@@ -198,6 +208,17 @@ typedef struct bridge_future future_t;
  * longjmp.
  */
 typedef void (*future_done_fn)(future_t *f, void *user_data);
+
+/**
+ * A completion queue (see struct bridge_queue).
+ */
+typedef struct bridge_queue bridge_queue_t;
+
+/**
+ * A progress callback: the latest `done` and `total` reported by the work. `f` is
+ * borrowed for the call. It must not block, throw or longjmp.
+ */
+typedef void (*future_progress_fn)(future_t *f, uint64_t done, uint64_t total, void *user_data);
 
 /**
  * Success; the future holds its value.
@@ -569,6 +590,126 @@ void bridge_job_cancel(bridge_job_t *job);
  * Any thread, during the work's call.
  */
 void bridge_job_set_progress(bridge_job_t *job, uint64_t done, uint64_t total);
+
+/**
+ * Creates a completion queue.
+ *
+ * @param out receives the queue; the caller owns it and frees it with bridge_queue_free().
+ * @return BRIDGE_OK, or BRIDGE_E_INVALID if `out` is NULL.
+ * Any thread.
+ */
+bridge_status bridge_queue_new(bridge_queue_t **out);
+
+/**
+ * The queue's file descriptor: readable while callbacks are pending, not after the
+ * queue is drained (level-triggered; written once per empty→non-empty transition).
+ *
+ * Watch it (poll, QSocketNotifier, g_unix_fd_add) and call bridge_queue_dispatch()
+ * when it is readable. Never read, write or close it.
+ * @return the descriptor, owned by the queue (closed by bridge_queue_free()); -1 for
+ *         NULL or if the process had no descriptor to spare when the queue was made
+ *         (use bridge_queue_set_notify() then).
+ * Any thread.
+ */
+int32_t bridge_queue_fd(const bridge_queue_t *q);
+
+/**
+ * Sets the hook called each time the queue goes from empty to non-empty, and again
+ * by a dispatch that returns with callbacks still pending.
+ *
+ * The hook runs on any thread (a bridge thread, or one that cancelled a future); it
+ * must not block, throw or call into the library: post a message to your loop (Qt:
+ * QMetaObject::invokeMethod(..., Qt::QueuedConnection); Win32: PostMessage; GLib:
+ * g_main_context_invoke) and dispatch from there.
+ * @param notify the hook; NULL removes it.
+ * @param user_data passed to `notify`.
+ * Once this returns, the previous hook is not running and will not be called again.
+ * `q` NULL does nothing. Any thread, but not from inside the hook itself.
+ */
+void bridge_queue_set_notify(bridge_queue_t *q, void (*notify)(void *user_data), void *user_data);
+
+/**
+ * Runs pending callbacks on the calling thread.
+ *
+ * Runs the callbacks that were pending when it was called, at most `max` of them;
+ * completions arriving meanwhile wait for the next dispatch, so a steady stream
+ * cannot hold the caller forever. If it returns with callbacks still pending, the
+ * descriptor stays readable and the notify hook is called again before it returns.
+ * @param max the most callbacks to run; 0: all that are pending.
+ * @return how many callbacks ran; 0 for NULL.
+ * Any thread (the callbacks run on it); callbacks may call into the library,
+ * including bridge_queue_dispatch() on the same queue.
+ */
+size_t bridge_queue_dispatch(bridge_queue_t *q, size_t max);
+
+/**
+ * Waits until a callback is pending, for loops that block on the queue alone.
+ *
+ * @param timeout_ms 0 polls; BRIDGE_FOREVER waits with no limit.
+ * @return BRIDGE_OK once a callback is pending (it has not run: call
+ *         bridge_queue_dispatch()); BRIDGE_TIMEOUT if none came in time;
+ *         BRIDGE_E_WOULD_DEADLOCK if the wait would block on a bridge loop thread;
+ *         BRIDGE_E_INVALID for NULL or a timeout below -1.
+ * Any thread but loop threads.
+ */
+bridge_status bridge_queue_wait(bridge_queue_t *q, int64_t timeout_ms);
+
+/**
+ * Runs the callbacks still pending on the calling thread, then frees the queue and
+ * closes its descriptor. Completions that arrive afterwards for this queue are
+ * dropped: their callbacks never run.
+ *
+ * @param q the queue; NULL does nothing. Using it afterwards is undefined.
+ * Any thread; not from inside one of this queue's callbacks.
+ */
+void bridge_queue_free(bridge_queue_t *q);
+
+/**
+ * Registers a done callback that runs only inside bridge_queue_dispatch(q), on
+ * whatever thread calls it, exactly once, with the finished future.
+ *
+ * It is queued at once if the future has finished, otherwise when it finishes
+ * (completed, failed, cancelled or shut down). The pending delivery holds a reference
+ * to the future, so its value lives until the callback has returned. Registering
+ * counts as observing a failure. Withdraw it with future_withdraw_via().
+ * @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `f`, `q` or `cb`; BRIDGE_E_NOT_RUNNING
+ *         for a pending future in a fork child.
+ * Any thread.
+ */
+bridge_status future_on_done_via(future_t *f,
+                                 bridge_queue_t *q,
+                                 future_done_fn cb,
+                                 void *user_data);
+
+/**
+ * Registers a progress callback that runs only inside bridge_queue_dispatch(q), each
+ * time the work reports progress with bridge_job_set_progress().
+ *
+ * Coalesced: at most one delivery per registration is pending; when it runs it reads
+ * the latest values. None runs once the future has finished, so none runs after its
+ * done callback (the last values may be skipped). Withdraw it with
+ * future_withdraw_via().
+ * @return BRIDGE_OK (also on a finished future, where it never runs); BRIDGE_E_INVALID
+ *         for NULL `f`, `q` or `cb`; BRIDGE_E_NOT_RUNNING for a pending future in a
+ *         fork child.
+ * Any thread.
+ */
+bridge_status future_on_progress_via(future_t *f,
+                                     bridge_queue_t *q,
+                                     future_progress_fn cb,
+                                     void *user_data);
+
+/**
+ * Withdraws the callbacks of `f` registered on `q` with `user_data`, done and
+ * progress alike, whether the future is still running or they are already queued.
+ *
+ * For an owner that goes away while its work is in flight (a window closing): once
+ * this returns, none of them will run. (One already running inside a dispatch on
+ * another thread finishes; call this on the dispatching thread to rule that out.)
+ * @return how many registrations were withdrawn; 0 for NULL `f` or `q`.
+ * Any thread.
+ */
+size_t future_withdraw_via(future_t *f, bridge_queue_t *q, void *user_data);
 
 /**
  * Describes a status or error code in words.

@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::job::Job;
 use crate::owner::Owner;
+use crate::queue::{CompletionQueue, Entry};
 use crate::status::{Error, Status};
 use crate::sync::{
     lock, try_lock, Arc, AtomicBool, AtomicI32, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering,
@@ -40,12 +41,22 @@ pub trait Kind: Sized + Send + Sync + 'static {
     type Work: Send + 'static;
     /// A done callback. Dropping it uncalled must be harmless.
     type Callback: Send + 'static;
+    /// A progress callback, called each time progress is delivered through a queue.
+    type ProgressCallback: Clone + Send + 'static;
 
     /// Runs `work`; its value goes through [`Job::set_value`].
     fn run(work: Self::Work, job: &Job<'_, Self>) -> Result<(), Failure>;
 
     /// Calls `callback` with the finished `future`.
     fn call(callback: Self::Callback, future: &Future<Self>);
+
+    /// Calls `callback` with the latest progress of the pending `future`.
+    fn call_progress(
+        callback: &Self::ProgressCallback,
+        future: &Future<Self>,
+        done: u64,
+        total: u64,
+    );
 }
 
 /// Why work failed: a code and a message.
@@ -128,6 +139,22 @@ impl<C> Callbacks<C> {
     }
 }
 
+/// A done callback as registered: run by the finishing thread, or queued.
+enum Registration<K: Kind> {
+    Direct(K::Callback),
+    Via(Arc<CompletionQueue<K>>, K::Callback),
+}
+
+/// A progress callback delivered through a queue, at most one delivery pending.
+struct Watch<K: Kind> {
+    id: u64,
+    queue: Arc<CompletionQueue<K>>,
+    callback: K::ProgressCallback,
+    /// A delivery is queued and has not run yet: new progress only updates the values
+    /// it will read.
+    queued: bool,
+}
+
 struct Inner<K: Kind> {
     stage: Stage,
     work: Option<K::Work>,
@@ -135,7 +162,10 @@ struct Inner<K: Kind> {
     value: Option<K::Value>,
     /// The message staged by `Job::fail`, used if the work then fails.
     staged_message: Option<Vec<u8>>,
-    callbacks: Callbacks<K::Callback>,
+    callbacks: Callbacks<Registration<K>>,
+    /// Progress callbacks delivered through queues.
+    watches: Vec<Watch<K>>,
+    next_watch: u64,
     /// Threads sleeping on `finished`; notifying nobody costs a syscall, so count.
     waiters: u32,
     /// The task of async work, woken by `cancel`.
@@ -228,6 +258,8 @@ impl<K: Kind> Future<K> {
                     value: None,
                     staged_message: None,
                     callbacks: Callbacks::new(),
+                    watches: Vec::new(),
+                    next_watch: 0,
                     waiters: 0,
                     waker: None,
                     progress: (0, 0),
@@ -475,12 +507,138 @@ impl<K: Kind> Future<K> {
             }
             let mut inner = self.lock();
             if inner.stage != Stage::Done {
-                inner.callbacks.push(callback);
+                inner.callbacks.push(Registration::Direct(callback));
                 return Ok(());
             }
         }
         K::call(callback, self);
         Ok(())
+    }
+
+    /// Registers `callback` to run exactly once with the finished future, inside
+    /// `queue.dispatch()` on whatever thread calls it: queued at once if the future
+    /// has finished, else by the thread that finishes it. Registering counts as
+    /// observing a failure. If the queue is closed before the callback was queued, it
+    /// never runs.
+    pub fn on_done_via(
+        &self,
+        queue: &Arc<CompletionQueue<K>>,
+        callback: K::Callback,
+    ) -> Result<(), Error> {
+        self.completion.observed.store(true, Ordering::Relaxed);
+        if !self.peek().is_final() && self.completion.owner.orphaned() {
+            return Err(Error::NotRunning);
+        }
+        let mut inner = self.lock();
+        if inner.stage != Stage::Done {
+            inner
+                .callbacks
+                .push(Registration::Via(queue.clone(), callback));
+            return Ok(());
+        }
+        let pushed = queue.push(Entry::Done {
+            future: self.handle(),
+            callback,
+        });
+        drop(inner);
+        match pushed {
+            Ok(edge) => {
+                if edge {
+                    queue.call_notify();
+                }
+            }
+            Err(refused) => drop(refused),
+        }
+        Ok(())
+    }
+
+    /// Registers `callback` for progress reported by the work, delivered through
+    /// `queue`: at most one delivery is pending per registration, and it reads the
+    /// latest values when it runs. None runs once the future has finished, so none
+    /// runs after its done callback.
+    pub fn on_progress_via(
+        &self,
+        queue: &Arc<CompletionQueue<K>>,
+        callback: K::ProgressCallback,
+    ) -> Result<(), Error> {
+        if self.peek().is_final() {
+            return Ok(()); // no progress will come
+        }
+        if self.completion.owner.orphaned() {
+            return Err(Error::NotRunning);
+        }
+        let mut inner = self.lock();
+        if inner.stage != Stage::Done {
+            let id = inner.next_watch;
+            inner.next_watch += 1;
+            inner.watches.push(Watch {
+                id,
+                queue: queue.clone(),
+                callback,
+                queued: false,
+            });
+        }
+        Ok(())
+    }
+
+    /// Withdraws this future's callbacks registered with `queue` that the predicates
+    /// select, whether still waiting for the future or already queued: once this
+    /// returns they will not run (one already running in a dispatch on another thread
+    /// finishes). Returns how many registrations were withdrawn.
+    pub fn withdraw_via(
+        &self,
+        queue: &Arc<CompletionQueue<K>>,
+        mut done: impl FnMut(&K::Callback) -> bool,
+        mut progress: impl FnMut(&K::ProgressCallback) -> bool,
+    ) -> usize {
+        let mut removed_callbacks = Vec::new();
+        let (removed_entries, withdrawn_watches) = {
+            let mut inner = self.lock();
+            let callbacks = std::mem::replace(&mut inner.callbacks, Callbacks::new());
+            for registration in callbacks.into_iter() {
+                match registration {
+                    Registration::Via(q, cb) if Arc::ptr_eq(&q, queue) && done(&cb) => {
+                        removed_callbacks.push(cb)
+                    }
+                    other => inner.callbacks.push(other),
+                }
+            }
+            let before = inner.watches.len();
+            inner
+                .watches
+                .retain(|w| !(Arc::ptr_eq(&w.queue, queue) && progress(&w.callback)));
+            let withdrawn_watches = before - inner.watches.len();
+            // Queued deliveries of withdrawn watches find no watch and do nothing;
+            // queued done callbacks are taken out here, under this future's lock, which
+            // every push of this future's entries holds too.
+            let entries = queue.remove(self, |entry| match entry {
+                Entry::Done { callback, .. } => done(callback),
+                Entry::Progress { .. } => false,
+            });
+            (entries, withdrawn_watches)
+        };
+        let count = removed_callbacks.len() + removed_entries.len() + withdrawn_watches;
+        drop(removed_callbacks);
+        drop(removed_entries);
+        count
+    }
+
+    /// Runs a queued progress delivery: the latest values, unless the future has
+    /// finished or the watch was withdrawn.
+    pub(crate) fn deliver_progress(&self, watch: u64) {
+        let found = {
+            let mut inner = self.lock();
+            let progress = inner.progress;
+            inner.watches.iter_mut().find(|w| w.id == watch).map(|w| {
+                w.queued = false;
+                (w.callback.clone(), progress)
+            })
+        };
+        if let Some((callback, (done, total))) = found {
+            if !self.peek().is_final() {
+                K::call_progress(&callback, self, done, total);
+            }
+        }
     }
 
     /// Calls `f` with the value of a future that ended `Ok` and still holds it.
@@ -592,7 +750,36 @@ impl<K: Kind> Future<K> {
     }
 
     pub(crate) fn set_progress(&self, done: u64, total: u64) {
-        self.lock().progress = (done, total);
+        let mut inner = self.lock();
+        inner.progress = (done, total);
+        if inner.watches.is_empty() {
+            return;
+        }
+        let mut notify = Vec::new();
+        let mut refused = Vec::new();
+        for i in 0..inner.watches.len() {
+            if inner.watches[i].queued {
+                continue; // coalesced: the queued delivery will read these values
+            }
+            let entry = Entry::Progress {
+                future: self.handle(),
+                watch: inner.watches[i].id,
+            };
+            match inner.watches[i].queue.push(entry) {
+                Ok(edge) => {
+                    inner.watches[i].queued = true;
+                    if edge {
+                        notify.push(inner.watches[i].queue.clone());
+                    }
+                }
+                Err(entry) => refused.push(entry),
+            }
+        }
+        drop(inner);
+        drop(refused);
+        for queue in notify {
+            queue.call_notify();
+        }
     }
 
     /// Moves a running future to its final state and runs its callbacks.
@@ -635,7 +822,29 @@ impl<K: Kind> Future<K> {
         inner.stage = Stage::Done;
         inner.staged_message = None;
         inner.waker = None;
-        let callbacks = std::mem::replace(&mut inner.callbacks, Callbacks::new());
+        let registrations = std::mem::replace(&mut inner.callbacks, Callbacks::new());
+        let watches = std::mem::take(&mut inner.watches);
+        // Queued callbacks are pushed now, under the lock, where a withdrawal can find
+        // them; each entry holds a handle until it has run.
+        let mut callbacks = Callbacks::new();
+        let mut notify = Vec::new();
+        let mut refused = Vec::new();
+        for registration in registrations.into_iter() {
+            match registration {
+                Registration::Direct(callback) => callbacks.push(callback),
+                Registration::Via(queue, callback) => {
+                    let entry = Entry::Done {
+                        future: self.handle(),
+                        callback,
+                    };
+                    match queue.push(entry) {
+                        Ok(true) => notify.push(queue),
+                        Ok(false) => {}
+                        Err(entry) => refused.push(entry),
+                    }
+                }
+            }
+        }
         // Callbacks hold a handle while they run, taken before the future can be seen
         // finished: the value stays alive until the last of them returns. Without
         // callbacks, whether anyone still holds the future is decided now, under the
@@ -659,8 +868,14 @@ impl<K: Kind> Future<K> {
         // for it.
         owner.leave();
         drop(inner);
+        // Outside the lock: a refused entry holds a handle whose drop may take it.
+        drop(watches);
+        drop(refused);
         if wake {
             self.completion.finished.notify_all();
+        }
+        for queue in notify {
+            queue.call_notify();
         }
         match callback_handle {
             Some(handle) => {
@@ -712,10 +927,14 @@ pub type BoxedWork<V> = Box<dyn FnOnce(&Job<'_, Boxed<V>>) -> Result<(), Failure
 /// A done callback of the [`Boxed`] kind.
 pub type BoxedCallback<V> = Box<dyn FnOnce(&Future<Boxed<V>>) + Send>;
 
+/// A progress callback of the [`Boxed`] kind.
+pub type BoxedProgress<V> = Arc<dyn Fn(&Future<Boxed<V>>, u64, u64) + Send + Sync>;
+
 impl<V: Send + 'static> Kind for Boxed<V> {
     type Value = V;
     type Work = BoxedWork<V>;
     type Callback = BoxedCallback<V>;
+    type ProgressCallback = BoxedProgress<V>;
 
     fn run(work: Self::Work, job: &Job<'_, Self>) -> Result<(), Failure> {
         work(job)
@@ -723,6 +942,15 @@ impl<V: Send + 'static> Kind for Boxed<V> {
 
     fn call(callback: Self::Callback, future: &Future<Self>) {
         callback(future)
+    }
+
+    fn call_progress(
+        callback: &Self::ProgressCallback,
+        future: &Future<Self>,
+        done: u64,
+        total: u64,
+    ) {
+        callback(future, done, total)
     }
 }
 

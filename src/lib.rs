@@ -36,11 +36,13 @@ mod fork;
 pub mod future;
 pub mod job;
 mod owner;
+pub mod queue;
 #[cfg(not(asyncbridge_loom))]
 pub mod runtime;
 pub mod status;
 mod sync;
 mod thread_role;
+mod wakeup;
 
 #[cfg(not(asyncbridge_loom))]
 pub mod ffi;
@@ -51,6 +53,7 @@ mod loom_model;
 pub use future::{Boxed, Failure, Future, Kind};
 pub use job::Job;
 pub use owner::{Stats, UnhandledHook};
+pub use queue::{CompletionQueue, NotifyHook};
 #[cfg(not(asyncbridge_loom))]
 pub use runtime::{Bridge, Config, Placement, Rejected};
 pub use status::{Error, Status};

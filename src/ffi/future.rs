@@ -33,6 +33,11 @@ pub type future_t = bridge_future;
 /// longjmp.
 pub type future_done_fn = Option<unsafe extern "C" fn(f: *mut future_t, user_data: *mut c_void)>;
 
+/// A progress callback: the latest `done` and `total` reported by the work. `f` is
+/// borrowed for the call. It must not block, throw or longjmp.
+pub type future_progress_fn =
+    Option<unsafe extern "C" fn(f: *mut future_t, done: u64, total: u64, user_data: *mut c_void)>;
+
 /// The C family of futures: `void *` values, C work and C callbacks.
 pub struct CKind;
 
@@ -78,10 +83,50 @@ pub struct CCallback {
     user_data: SendPtr,
 }
 
+impl CCallback {
+    pub(crate) fn new(
+        func: unsafe extern "C" fn(*mut future_t, *mut c_void),
+        user_data: *mut c_void,
+    ) -> CCallback {
+        CCallback {
+            func,
+            user_data: SendPtr(user_data),
+        }
+    }
+
+    pub(crate) fn user_data(&self) -> *mut c_void {
+        self.user_data.get()
+    }
+}
+
+/// A C progress callback with its user data.
+#[derive(Clone, Copy)]
+pub struct CProgress {
+    func: unsafe extern "C" fn(f: *mut future_t, done: u64, total: u64, user_data: *mut c_void),
+    user_data: SendPtr,
+}
+
+impl CProgress {
+    pub(crate) fn new(
+        func: unsafe extern "C" fn(*mut future_t, u64, u64, *mut c_void),
+        user_data: *mut c_void,
+    ) -> CProgress {
+        CProgress {
+            func,
+            user_data: SendPtr(user_data),
+        }
+    }
+
+    pub(crate) fn user_data(&self) -> *mut c_void {
+        self.user_data.get()
+    }
+}
+
 impl Kind for CKind {
     type Value = CValue;
     type Work = CWork;
     type Callback = CCallback;
+    type ProgressCallback = CProgress;
 
     fn run(work: CWork, job: &Job<'_, CKind>) -> Result<(), Failure> {
         let code = work.run(job);
@@ -93,6 +138,12 @@ impl Kind for CKind {
         // SAFETY: the callback was registered for this future; `f` stays valid for the
         // call because the finishing thread holds a reference.
         unsafe { (callback.func)(f, callback.user_data.get()) }
+    }
+
+    fn call_progress(callback: &CProgress, future: &Future<CKind>, done: u64, total: u64) {
+        let f = Arc::as_ptr(future.as_arc()).cast_mut().cast::<future_t>();
+        // SAFETY: as for done callbacks; the delivery holds a reference for the call.
+        unsafe { (callback.func)(f, done, total, callback.user_data.get()) }
     }
 }
 
@@ -106,7 +157,7 @@ pub(crate) fn into_c_future(future: Future<CKind>) -> *mut future_t {
 /// # Safety
 /// `f` is NULL or a future_t the caller holds a reference to (or is borrowing in a
 /// done callback).
-unsafe fn borrow(f: *const future_t) -> Option<ManuallyDrop<Future<CKind>>> {
+pub(crate) unsafe fn borrow(f: *const future_t) -> Option<ManuallyDrop<Future<CKind>>> {
     if f.is_null() {
         return None;
     }
@@ -305,11 +356,7 @@ pub unsafe extern "C" fn future_on_done(
         let (Some(future), Some(func)) = (unsafe { borrow(f) }, cb) else {
             return BRIDGE_E_INVALID;
         };
-        let callback = CCallback {
-            func,
-            user_data: SendPtr(user_data),
-        };
-        match future.on_done(callback) {
+        match future.on_done(CCallback::new(func, user_data)) {
             Ok(()) => BRIDGE_OK,
             Err(error) => error_of(error),
         }

@@ -15,4 +15,5 @@ pub mod boundary;
 pub mod bridge;
 pub mod future;
 pub mod job;
+pub mod queue;
 pub mod status;

@@ -1,0 +1,256 @@
+//! `bridge_queue_t`: completion queues that deliver callbacks on the application's
+//! own thread.
+
+use std::ffi::c_void;
+use std::mem::ManuallyDrop;
+use std::sync::Arc;
+
+use crate::ffi::boundary::{boundary, error_of, status_of, SendPtr};
+use crate::ffi::future::{borrow as borrow_future, future_done_fn, future_progress_fn, future_t};
+use crate::ffi::future::{CCallback, CKind, CProgress};
+use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID, BRIDGE_OK};
+use crate::queue::CompletionQueue;
+use crate::status::timeout_from_ms;
+
+/// A completion queue: callbacks registered with future_on_done_via() or
+/// future_on_progress_via() run only inside bridge_queue_dispatch(), on the thread that
+/// calls it (typically a GUI main loop).
+///
+/// Made by bridge_queue_new(), freed by bridge_queue_free(). It belongs to no bridge:
+/// futures of any bridge may deliver to it. Thread-safe.
+pub struct bridge_queue {
+    _private: [u8; 0],
+}
+
+/// A completion queue (see struct bridge_queue).
+pub type bridge_queue_t = bridge_queue;
+
+/// Borrows the queue behind a C handle as a shared reference.
+///
+/// # Safety
+/// `q` is NULL or a handle from bridge_queue_new() not yet freed.
+unsafe fn borrow(q: *const bridge_queue_t) -> Option<ManuallyDrop<Arc<CompletionQueue<CKind>>>> {
+    if q.is_null() {
+        return None;
+    }
+    // SAFETY: a non-NULL handle came from Arc::into_raw in bridge_queue_new and the
+    // caller still owns it; ManuallyDrop leaves its count alone.
+    Some(ManuallyDrop::new(unsafe {
+        Arc::from_raw(q.cast::<CompletionQueue<CKind>>())
+    }))
+}
+
+/// Creates a completion queue.
+///
+/// @param out receives the queue; the caller owns it and frees it with bridge_queue_free().
+/// @return BRIDGE_OK, or BRIDGE_E_INVALID if `out` is NULL.
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn bridge_queue_new(out: *mut *mut bridge_queue_t) -> bridge_status {
+    boundary(|| {
+        if out.is_null() {
+            return BRIDGE_E_INVALID;
+        }
+        let queue = Arc::new(CompletionQueue::<CKind>::new());
+        // SAFETY: `out` is non-NULL and writable per the API.
+        unsafe { out.write(Arc::into_raw(queue).cast_mut().cast()) };
+        BRIDGE_OK
+    })
+}
+
+/// The queue's file descriptor: readable while callbacks are pending, not after the
+/// queue is drained (level-triggered; written once per empty→non-empty transition).
+///
+/// Watch it (poll, QSocketNotifier, g_unix_fd_add) and call bridge_queue_dispatch()
+/// when it is readable. Never read, write or close it.
+/// @return the descriptor, owned by the queue (closed by bridge_queue_free()); -1 for
+///         NULL or if the process had no descriptor to spare when the queue was made
+///         (use bridge_queue_set_notify() then).
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn bridge_queue_fd(q: *const bridge_queue_t) -> i32 {
+    // SAFETY: `q` is NULL or a live handle per the API.
+    boundary(|| unsafe { borrow(q) }.and_then(|q| q.fd()).unwrap_or(-1))
+}
+
+/// Sets the hook called each time the queue goes from empty to non-empty, and again
+/// by a dispatch that returns with callbacks still pending.
+///
+/// The hook runs on any thread (a bridge thread, or one that cancelled a future); it
+/// must not block, throw or call into the library: post a message to your loop (Qt:
+/// QMetaObject::invokeMethod(..., Qt::QueuedConnection); Win32: PostMessage; GLib:
+/// g_main_context_invoke) and dispatch from there.
+/// @param notify the hook; NULL removes it.
+/// @param user_data passed to `notify`.
+/// Once this returns, the previous hook is not running and will not be called again.
+/// `q` NULL does nothing. Any thread, but not from inside the hook itself.
+#[no_mangle]
+pub unsafe extern "C" fn bridge_queue_set_notify(
+    q: *mut bridge_queue_t,
+    notify: Option<unsafe extern "C" fn(user_data: *mut c_void)>,
+    user_data: *mut c_void,
+) {
+    boundary(|| {
+        // SAFETY: `q` is NULL or a live handle per the API.
+        let Some(queue) = (unsafe { borrow(q) }) else {
+            return;
+        };
+        let user_data = SendPtr(user_data);
+        queue.set_notify(notify.map(|notify| {
+            Box::new(move || {
+                // SAFETY: the hook and its user data were given for this purpose.
+                unsafe { notify(user_data.get()) }
+            }) as Box<dyn Fn() + Send + Sync>
+        }));
+    })
+}
+
+/// Runs pending callbacks on the calling thread.
+///
+/// Runs the callbacks that were pending when it was called, at most `max` of them;
+/// completions arriving meanwhile wait for the next dispatch, so a steady stream
+/// cannot hold the caller forever. If it returns with callbacks still pending, the
+/// descriptor stays readable and the notify hook is called again before it returns.
+/// @param max the most callbacks to run; 0: all that are pending.
+/// @return how many callbacks ran; 0 for NULL.
+/// Any thread (the callbacks run on it); callbacks may call into the library,
+/// including bridge_queue_dispatch() on the same queue.
+#[no_mangle]
+pub unsafe extern "C" fn bridge_queue_dispatch(q: *mut bridge_queue_t, max: usize) -> usize {
+    // SAFETY: `q` is NULL or a live handle per the API.
+    boundary(|| unsafe { borrow(q) }.map_or(0, |q| q.dispatch(max)))
+}
+
+/// Waits until a callback is pending, for loops that block on the queue alone.
+///
+/// @param timeout_ms 0 polls; BRIDGE_FOREVER waits with no limit.
+/// @return BRIDGE_OK once a callback is pending (it has not run: call
+///         bridge_queue_dispatch()); BRIDGE_TIMEOUT if none came in time;
+///         BRIDGE_E_WOULD_DEADLOCK if the wait would block on a bridge loop thread;
+///         BRIDGE_E_INVALID for NULL or a timeout below -1.
+/// Any thread but loop threads.
+#[no_mangle]
+pub unsafe extern "C" fn bridge_queue_wait(
+    q: *mut bridge_queue_t,
+    timeout_ms: i64,
+) -> bridge_status {
+    boundary(|| {
+        // SAFETY: `q` is NULL or a live handle per the API.
+        let Some(queue) = (unsafe { borrow(q) }) else {
+            return BRIDGE_E_INVALID;
+        };
+        match timeout_from_ms(timeout_ms) {
+            Ok(timeout) => status_of(queue.wait(timeout)),
+            Err(error) => error_of(error),
+        }
+    })
+}
+
+/// Runs the callbacks still pending on the calling thread, then frees the queue and
+/// closes its descriptor. Completions that arrive afterwards for this queue are
+/// dropped: their callbacks never run.
+///
+/// @param q the queue; NULL does nothing. Using it afterwards is undefined.
+/// Any thread; not from inside one of this queue's callbacks.
+#[no_mangle]
+pub unsafe extern "C" fn bridge_queue_free(q: *mut bridge_queue_t) {
+    boundary(|| {
+        if q.is_null() {
+            return;
+        }
+        // SAFETY: the caller gives up the handle made by Arc::into_raw.
+        let queue = unsafe { Arc::from_raw(q.cast::<CompletionQueue<CKind>>()) };
+        queue.close();
+    })
+}
+
+/// Registers a done callback that runs only inside bridge_queue_dispatch(q), on
+/// whatever thread calls it, exactly once, with the finished future.
+///
+/// It is queued at once if the future has finished, otherwise when it finishes
+/// (completed, failed, cancelled or shut down). The pending delivery holds a reference
+/// to the future, so its value lives until the callback has returned. Registering
+/// counts as observing a failure. Withdraw it with future_withdraw_via().
+/// @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `f`, `q` or `cb`; BRIDGE_E_NOT_RUNNING
+///         for a pending future in a fork child.
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn future_on_done_via(
+    f: *mut future_t,
+    q: *mut bridge_queue_t,
+    cb: future_done_fn,
+    user_data: *mut c_void,
+) -> bridge_status {
+    boundary(|| {
+        // SAFETY: `f` and `q` are NULL or live handles per the API.
+        let (Some(future), Some(queue), Some(func)) =
+            (unsafe { borrow_future(f) }, unsafe { borrow(q) }, cb)
+        else {
+            return BRIDGE_E_INVALID;
+        };
+        match future.on_done_via(&queue, CCallback::new(func, user_data)) {
+            Ok(()) => BRIDGE_OK,
+            Err(error) => error_of(error),
+        }
+    })
+}
+
+/// Registers a progress callback that runs only inside bridge_queue_dispatch(q), each
+/// time the work reports progress with bridge_job_set_progress().
+///
+/// Coalesced: at most one delivery per registration is pending; when it runs it reads
+/// the latest values. None runs once the future has finished, so none runs after its
+/// done callback (the last values may be skipped). Withdraw it with
+/// future_withdraw_via().
+/// @return BRIDGE_OK (also on a finished future, where it never runs); BRIDGE_E_INVALID
+///         for NULL `f`, `q` or `cb`; BRIDGE_E_NOT_RUNNING for a pending future in a
+///         fork child.
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn future_on_progress_via(
+    f: *mut future_t,
+    q: *mut bridge_queue_t,
+    cb: future_progress_fn,
+    user_data: *mut c_void,
+) -> bridge_status {
+    boundary(|| {
+        // SAFETY: `f` and `q` are NULL or live handles per the API.
+        let (Some(future), Some(queue), Some(func)) =
+            (unsafe { borrow_future(f) }, unsafe { borrow(q) }, cb)
+        else {
+            return BRIDGE_E_INVALID;
+        };
+        match future.on_progress_via(&queue, CProgress::new(func, user_data)) {
+            Ok(()) => BRIDGE_OK,
+            Err(error) => error_of(error),
+        }
+    })
+}
+
+/// Withdraws the callbacks of `f` registered on `q` with `user_data`, done and
+/// progress alike, whether the future is still running or they are already queued.
+///
+/// For an owner that goes away while its work is in flight (a window closing): once
+/// this returns, none of them will run. (One already running inside a dispatch on
+/// another thread finishes; call this on the dispatching thread to rule that out.)
+/// @return how many registrations were withdrawn; 0 for NULL `f` or `q`.
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn future_withdraw_via(
+    f: *mut future_t,
+    q: *mut bridge_queue_t,
+    user_data: *mut c_void,
+) -> usize {
+    boundary(|| {
+        // SAFETY: `f` and `q` are NULL or live handles per the API.
+        let (Some(future), Some(queue)) = (unsafe { borrow_future(f) }, unsafe { borrow(q) })
+        else {
+            return 0;
+        };
+        future.withdraw_via(
+            &queue,
+            |cb| cb.user_data() == user_data,
+            |cb| cb.user_data() == user_data,
+        )
+    })
+}

@@ -1,0 +1,443 @@
+//! Completion queues: done and progress callbacks delivered on the thread the
+//! application chooses (its GUI main loop), by `dispatch`.
+//!
+//! A queue is readable-while-non-empty through a file descriptor, and calls a
+//! `notify` hook on each empty→non-empty edge, for loops that cannot watch a
+//! descriptor. Entries are pushed by the thread that finishes a future (or reports
+//! progress) while it holds that future's lock, so a withdrawal, which takes the same
+//! lock, finds every registration either still on the future or already here.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use crate::future::{Future, Kind};
+use crate::status::{Error, Status};
+use crate::sync::{lock, Condvar, Mutex};
+use crate::thread_role;
+use crate::wakeup::Wakeup;
+
+/// Called on each empty→non-empty edge of a queue, from any thread.
+pub type NotifyHook = Box<dyn Fn() + Send + Sync>;
+
+/// One delivery waiting in a queue. Each holds a handle to its future, so the value
+/// stays alive until the delivery has run.
+pub(crate) enum Entry<K: Kind> {
+    /// A done callback.
+    Done {
+        future: Future<K>,
+        callback: K::Callback,
+    },
+    /// The latest progress of `future`, for its progress watch `watch`.
+    Progress { future: Future<K>, watch: u64 },
+}
+
+impl<K: Kind> Entry<K> {
+    fn future(&self) -> &Future<K> {
+        match self {
+            Entry::Done { future, .. } | Entry::Progress { future, .. } => future,
+        }
+    }
+
+    fn run(self) {
+        match self {
+            Entry::Done { future, callback } => K::call(callback, &future),
+            Entry::Progress { future, watch } => future.deliver_progress(watch),
+        }
+    }
+}
+
+struct State<K: Kind> {
+    entries: VecDeque<Entry<K>>,
+    /// Freed by its owner: nothing is queued any more.
+    closed: bool,
+    /// Threads in `wait`; notifying nobody costs a syscall, so count.
+    waiters: u32,
+    /// Dropped (closing the descriptor) when the queue is closed.
+    wakeup: Option<Wakeup>,
+}
+
+/// A queue of callbacks that run only inside [`CompletionQueue::dispatch`], on the
+/// thread that calls it. It belongs to no bridge.
+pub struct CompletionQueue<K: Kind> {
+    state: Mutex<State<K>>,
+    nonempty: Condvar,
+    /// Held while a hook runs, so replacing it waits for a running call to end.
+    notify: Mutex<Option<NotifyHook>>,
+}
+
+impl<K: Kind> Default for CompletionQueue<K> {
+    fn default() -> Self {
+        CompletionQueue::new()
+    }
+}
+
+impl<K: Kind> CompletionQueue<K> {
+    /// A new, empty queue with its descriptor, or without one if the process is out
+    /// of descriptors (the notify hook and `wait` still work).
+    pub fn new() -> CompletionQueue<K> {
+        CompletionQueue {
+            state: Mutex::new(State {
+                entries: VecDeque::new(),
+                closed: false,
+                waiters: 0,
+                wakeup: Wakeup::new().ok(),
+            }),
+            nonempty: Condvar::new(),
+            notify: Mutex::new(None),
+        }
+    }
+
+    /// The descriptor that is readable while callbacks are pending; `None` once closed.
+    pub fn fd(&self) -> Option<i32> {
+        lock(&self.state).wakeup.as_ref().map(Wakeup::fd)
+    }
+
+    /// Sets (or with `None` removes) the hook called on each empty→non-empty edge.
+    /// When this returns, the previous hook is not running and will not be called again.
+    pub fn set_notify(&self, hook: Option<NotifyHook>) {
+        let old = std::mem::replace(&mut *lock(&self.notify), hook);
+        drop(old);
+    }
+
+    /// Calls the hook, if any. Callers hold no lock of a future: the hook is user code.
+    pub(crate) fn call_notify(&self) {
+        if let Some(hook) = lock(&self.notify).as_ref() {
+            hook();
+        }
+    }
+
+    /// Queues `entry`; gives it back if the queue is closed. Runs no user code, so it
+    /// may be called under a future's lock: the caller drops a refused entry, and calls
+    /// [`CompletionQueue::call_notify`] if this returns `Ok(true)` (an empty→non-empty
+    /// edge), once it has let go of that lock.
+    pub(crate) fn push(&self, entry: Entry<K>) -> Result<bool, Entry<K>> {
+        let mut state = lock(&self.state);
+        if state.closed {
+            return Err(entry);
+        }
+        let edge = state.entries.is_empty();
+        state.entries.push_back(entry);
+        if edge {
+            if let Some(wakeup) = &state.wakeup {
+                wakeup.raise();
+            }
+        }
+        let wake = edge && state.waiters > 0;
+        drop(state);
+        if wake {
+            self.nonempty.notify_all();
+        }
+        Ok(edge)
+    }
+
+    /// Runs callbacks on the calling thread: those pending when it was called, at most
+    /// `max` of them (0: all). Returns how many ran. If callbacks are still pending
+    /// when it returns, the descriptor stays readable and the hook is called again.
+    pub fn dispatch(&self, max: usize) -> usize {
+        let pending = lock(&self.state).entries.len();
+        let limit = if max == 0 { pending } else { pending.min(max) };
+        let mut ran = 0;
+        while ran < limit {
+            let entry = {
+                let mut state = lock(&self.state);
+                let entry = state.entries.pop_front();
+                if state.entries.is_empty() {
+                    if let Some(wakeup) = &state.wakeup {
+                        wakeup.clear();
+                    }
+                }
+                entry
+            };
+            let Some(entry) = entry else { break };
+            entry.run();
+            ran += 1;
+        }
+        let more = !lock(&self.state).entries.is_empty();
+        if more {
+            // A loop driven by the hook alone must hear about what is left.
+            self.call_notify();
+        }
+        ran
+    }
+
+    /// Waits up to `timeout` (`None`: no limit) until a callback is pending.
+    ///
+    /// Returns `Status::Ok` once one is, `Status::Timeout` otherwise. A wait that would
+    /// block on a bridge loop thread is `Error::WouldDeadlock`.
+    pub fn wait(&self, timeout: Option<Duration>) -> Result<Status, Error> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        let mut state = lock(&self.state);
+        if !state.entries.is_empty() {
+            return Ok(Status::Ok);
+        }
+        if state.closed || timeout == Some(Duration::ZERO) {
+            return Ok(Status::Timeout);
+        }
+        if thread_role::on_any_loop() {
+            return Err(Error::WouldDeadlock);
+        }
+        state.waiters += 1;
+        let status = loop {
+            if !state.entries.is_empty() {
+                break Status::Ok;
+            }
+            let wait = match deadline {
+                None => Duration::from_secs(3600),
+                Some(d) => match d.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => left,
+                    _ => break Status::Timeout,
+                },
+            };
+            state = match self.nonempty.wait_timeout(state, wait) {
+                Ok((guard, _)) => guard,
+                Err(poisoned) => poisoned.into_inner().0,
+            };
+        };
+        state.waiters -= 1;
+        Ok(status)
+    }
+
+    /// Runs the callbacks still pending on the calling thread, then closes the queue:
+    /// its descriptor is closed and completions arriving later for it are dropped.
+    pub fn close(&self) -> usize {
+        let (entries, wakeup) = {
+            let mut state = lock(&self.state);
+            state.closed = true;
+            (std::mem::take(&mut state.entries), state.wakeup.take())
+        };
+        drop(wakeup);
+        self.set_notify(None);
+        let ran = entries.len();
+        for entry in entries {
+            entry.run();
+        }
+        ran
+    }
+
+    /// Removes the pending deliveries of `future` that `matches` selects; they will
+    /// not run. The caller holds `future`'s lock and drops them after releasing it.
+    pub(crate) fn remove(
+        &self,
+        future: &Future<K>,
+        mut matches: impl FnMut(&Entry<K>) -> bool,
+    ) -> Vec<Entry<K>> {
+        let mut state = lock(&self.state);
+        let mut removed = Vec::new();
+        let mut kept = VecDeque::with_capacity(state.entries.len());
+        for entry in state.entries.drain(..) {
+            if entry.future().same_as(future) && matches(&entry) {
+                removed.push(entry);
+            } else {
+                kept.push_back(entry);
+            }
+        }
+        state.entries = kept;
+        if state.entries.is_empty() && !removed.is_empty() {
+            if let Some(wakeup) = &state.wakeup {
+                wakeup.clear();
+            }
+        }
+        removed
+    }
+
+    /// How many callbacks are pending.
+    pub fn len(&self) -> usize {
+        lock(&self.state).entries.len()
+    }
+
+    /// Whether no callback is pending.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(all(test, not(asyncbridge_loom)))]
+mod tests {
+    use super::*;
+    use crate::future::{Boxed, Failure};
+    use crate::owner::Owner;
+    use crate::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex as StdMutex;
+
+    type K = Boxed<u32>;
+
+    fn future() -> Future<K> {
+        let owner = Arc::new(Owner::new(0, None));
+        owner.admit().unwrap();
+        Future::running(owner)
+    }
+
+    fn readable(queue: &CompletionQueue<K>) -> bool {
+        let mut pfd = libc::pollfd {
+            fd: queue.fd().unwrap(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: polls one valid pollfd without waiting.
+        unsafe { libc::poll(&mut pfd, 1, 0) == 1 }
+    }
+
+    fn counter(calls: &Arc<AtomicUsize>) -> crate::future::BoxedCallback<u32> {
+        let calls = calls.clone();
+        Box::new(move |_| {
+            calls.fetch_add(1, Ordering::SeqCst);
+        })
+    }
+
+    #[test]
+    fn callbacks_run_only_in_dispatch_and_fd_follows_emptiness() {
+        let queue = Arc::new(CompletionQueue::<K>::new());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let notified = Arc::new(AtomicUsize::new(0));
+        let n = notified.clone();
+        queue.set_notify(Some(Box::new(move || {
+            n.fetch_add(1, Ordering::SeqCst);
+        })));
+        let futures: Vec<_> = (0..3).map(|_| future()).collect();
+        for f in &futures {
+            f.on_done_via(&queue, counter(&calls)).unwrap();
+        }
+        assert!(!readable(&queue));
+        for f in &futures {
+            std::thread::scope(|s| {
+                s.spawn(|| f.finish(Ok(Some(1))));
+            });
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "only inside dispatch");
+        assert!(readable(&queue));
+        assert_eq!(notified.load(Ordering::SeqCst), 1, "one edge, one notify");
+        assert_eq!(queue.dispatch(2), 2);
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert!(readable(&queue), "one left");
+        assert_eq!(
+            notified.load(Ordering::SeqCst),
+            2,
+            "told again about what is left"
+        );
+        assert_eq!(queue.dispatch(0), 1);
+        assert!(!readable(&queue));
+        assert_eq!(queue.dispatch(0), 0);
+        assert_eq!(notified.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn finished_future_is_queued_at_once_and_value_lives_until_delivery() {
+        let queue = Arc::new(CompletionQueue::<K>::new());
+        let f = future();
+        f.finish(Ok(Some(7)));
+        let seen = Arc::new(StdMutex::new(None));
+        let s = seen.clone();
+        f.on_done_via(
+            &queue,
+            Box::new(move |f| *s.lock().unwrap() = f.with_value(|v| *v)),
+        )
+        .unwrap();
+        drop(f); // the queued delivery keeps the value alive
+        assert_eq!(queue.dispatch(0), 1);
+        assert_eq!(*seen.lock().unwrap(), Some(7));
+    }
+
+    #[test]
+    fn arrivals_during_dispatch_wait_for_the_next_one() {
+        let queue = Arc::new(CompletionQueue::<K>::new());
+        let later = future();
+        let first = future();
+        let (q, l) = (queue.clone(), later.clone());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        first
+            .on_done_via(
+                &queue,
+                Box::new(move |_| {
+                    l.on_done_via(&q, counter(&c)).unwrap();
+                    l.finish(Ok(None));
+                }),
+            )
+            .unwrap();
+        first.finish(Ok(None));
+        assert_eq!(queue.dispatch(0), 1);
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        assert!(readable(&queue));
+        assert_eq!(queue.dispatch(0), 1);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn wait_times_out_then_sees_a_delivery() {
+        let queue = Arc::new(CompletionQueue::<K>::new());
+        assert_eq!(
+            queue.wait(Some(Duration::from_millis(20))),
+            Ok(Status::Timeout)
+        );
+        assert_eq!(queue.wait(Some(Duration::ZERO)), Ok(Status::Timeout));
+        let f = future();
+        f.on_done_via(&queue, Box::new(|_| {})).unwrap();
+        let g = f.clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            g.finish(Err(Failure::from_code(3)));
+        });
+        assert_eq!(queue.wait(None), Ok(Status::Ok));
+        t.join().unwrap();
+        assert_eq!(queue.dispatch(0), 1);
+    }
+
+    #[test]
+    fn close_runs_what_is_pending_and_drops_what_comes_later() {
+        let queue = Arc::new(CompletionQueue::<K>::new());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (early, late) = (future(), future());
+        early.on_done_via(&queue, counter(&calls)).unwrap();
+        late.on_done_via(&queue, counter(&calls)).unwrap();
+        early.finish(Ok(None));
+        assert_eq!(queue.close(), 1);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(queue.fd(), None);
+        late.finish(Ok(None));
+        assert_eq!(queue.dispatch(0), 0);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn progress_is_coalesced_and_never_after_the_end() {
+        let queue = Arc::new(CompletionQueue::<K>::new());
+        let seen = Arc::new(StdMutex::new(Vec::new()));
+        let s = seen.clone();
+        let f = future();
+        f.on_progress_via(
+            &queue,
+            Arc::new(move |_, done, total| s.lock().unwrap().push((done, total))),
+        )
+        .unwrap();
+        for i in 1..=5 {
+            f.set_progress(i, 5);
+        }
+        assert_eq!(queue.len(), 1, "one pending delivery");
+        assert_eq!(queue.dispatch(0), 1);
+        assert_eq!(*seen.lock().unwrap(), vec![(5, 5)], "the latest values win");
+        f.set_progress(6, 9);
+        f.finish(Ok(None));
+        assert_eq!(queue.dispatch(0), 1);
+        assert_eq!(seen.lock().unwrap().len(), 1, "nothing once finished");
+    }
+
+    #[test]
+    fn withdrawn_callbacks_never_run_queued_or_not() {
+        let queue = Arc::new(CompletionQueue::<K>::new());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let (waiting, queued) = (future(), future());
+        waiting.on_done_via(&queue, counter(&calls)).unwrap();
+        waiting
+            .on_progress_via(&queue, Arc::new(|_, _, _| panic!("withdrawn")))
+            .unwrap();
+        queued.on_done_via(&queue, counter(&calls)).unwrap();
+        queued.finish(Ok(None));
+        waiting.set_progress(1, 2);
+        assert_eq!(waiting.withdraw_via(&queue, |_| true, |_| true), 2);
+        assert_eq!(queued.withdraw_via(&queue, |_| true, |_| true), 1);
+        waiting.finish(Ok(None));
+        queue.dispatch(0);
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+    }
+}
