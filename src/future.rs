@@ -529,7 +529,9 @@ impl<K: Kind> Future<K> {
         if !self.peek().is_final() && self.completion.owner.orphaned() {
             return Err(Error::NotRunning);
         }
-        let mut inner = self.lock();
+        let Some(mut inner) = self.lock_unless_orphaned() else {
+            return Err(Error::NotRunning);
+        };
         if inner.stage != Stage::Done {
             inner
                 .callbacks
