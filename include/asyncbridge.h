@@ -210,6 +210,11 @@ typedef struct bridge_future future_t;
 typedef void (*future_done_fn)(future_t *f, void *user_data);
 
 /**
+ * Work chained after a future: runs with the finished `prev` borrowed for the call.
+ */
+typedef int32_t (*bridge_then_fn)(bridge_job_t *job, future_t *prev, void *arg);
+
+/**
  * A completion queue (see struct bridge_queue).
  */
 typedef struct bridge_queue bridge_queue_t;
@@ -410,6 +415,18 @@ bridge_status bridge_submit(bridge_t *b,
                             future_t **out);
 
 /**
+ * A future that ends BRIDGE_OK (value NULL) after `ms` milliseconds, never earlier.
+ *
+ * The wait happens on the bridge's loop, blocking no thread; cancel it with
+ * future_cancel(). bridge_sleep(b, 0, &f) completes on the loop's next turn.
+ * @param out receives the future (one reference, the caller's).
+ * @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `b` or `out`; BRIDGE_E_NOT_RUNNING
+ *         once shut down; BRIDGE_E_BUSY (max_pending).
+ * Any thread.
+ */
+bridge_status bridge_sleep(bridge_t *b, uint64_t ms, future_t **out);
+
+/**
  * Waits up to `timeout_ms` for the future to finish.
  *
  * @param timeout_ms 0 polls; BRIDGE_FOREVER waits with no limit.
@@ -531,6 +548,80 @@ future_t *future_retain(future_t *f);
  * Any thread, done callbacks included.
  */
 void future_release(future_t *f);
+
+/**
+ * Gives a pending future a time limit.
+ *
+ * If the future is still pending `ms` milliseconds from now, its work is cancelled
+ * (as by future_cancel()) and, once the work has stopped, the future ends
+ * BRIDGE_FAILED with code BRIDGE_E_TIMED_OUT and a message naming the limit
+ * ("timed out after 250 ms"). A future that finishes first, or was cancelled first,
+ * is not affected. The timer runs on the future's bridge and never blocks it.
+ * @return BRIDGE_OK (also on a finished future: no effect); BRIDGE_E_INVALID for
+ *         NULL; BRIDGE_E_NOT_RUNNING if the future's bridge is shut down.
+ * Any thread.
+ */
+bridge_status future_set_timeout(future_t *f, uint64_t ms);
+
+/**
+ * Chains work after a future: `fn(job, prev, arg)` runs on `prev`'s bridge once
+ * `prev` has finished, whatever its outcome, like work given to bridge_submit().
+ *
+ * `prev` is borrowed for the call (read its status, value or error there); the new
+ * future holds a reference to it until the work has run or been dropped. Cancelling
+ * the new future before `prev` finishes cancels only the new one. If `prev`'s bridge
+ * is shut down (before or after this call), the new future ends BRIDGE_CANCELLED.
+ * Ownership of `arg` as for bridge_submit(): on BRIDGE_OK, `arg_free(arg)` runs
+ * exactly once, after `fn` ran or when it is dropped unrun; on error nothing is called.
+ * Chains may be long: each link is scheduled when the one before finishes, without
+ * recursion.
+ * @param flags BRIDGE_RUN_BLOCKING or BRIDGE_RUN_ON_LOOP, as for bridge_submit().
+ * @param out receives the new future (one reference, the caller's); NULL is allowed
+ *        (fire and forget).
+ * @return BRIDGE_OK; BRIDGE_E_INVALID (NULL `prev` or `fn`, unknown flags);
+ *         BRIDGE_E_BUSY (max_pending of `prev`'s bridge); BRIDGE_E_NOT_RUNNING in a
+ *         fork child.
+ * Any thread.
+ */
+bridge_status future_then(future_t *prev,
+                          bridge_then_fn fn_,
+                          void *arg,
+                          bridge_free_fn arg_free,
+                          uint32_t flags,
+                          future_t **out);
+
+/**
+ * A future that ends BRIDGE_OK when all of `fs` have ended BRIDGE_OK; BRIDGE_FAILED
+ * (with that input's code and message) as soon as one fails; otherwise
+ * BRIDGE_CANCELLED as soon as one is cancelled.
+ *
+ * Inputs are never cancelled by it, may come from different bridges, and may be
+ * released by the caller right after this call. Its value is NULL. n == 0 gives a
+ * future that is BRIDGE_OK at once. A failure it hands on counts as observed on the
+ * input; the combined future reports it if nobody looks at it.
+ * @param fs an array of `n` futures (borrowed for the call).
+ * @param out receives the new future (one reference, the caller's).
+ * @return BRIDGE_OK; BRIDGE_E_INVALID (NULL `out`, NULL `fs` with n > 0, a NULL
+ *         element); BRIDGE_E_NOT_RUNNING in a fork child.
+ * Any thread.
+ */
+bridge_status future_all(future_t *const *fs, size_t n, future_t **out);
+
+/**
+ * A future that ends BRIDGE_OK as soon as the first of `fs` ends, whatever that
+ * input's outcome; its value points to a size_t holding that input's index in `fs`.
+ *
+ * The value is freed with the future; taken with future_take_value(), free() it.
+ * Inputs are never cancelled by it, may come from different bridges, and may be
+ * released by the caller right after this call. Inputs finished already count in
+ * array order.
+ * @param fs an array of `n` futures (borrowed for the call).
+ * @param out receives the new future (one reference, the caller's).
+ * @return BRIDGE_OK; BRIDGE_E_INVALID (n == 0, NULL `fs` or `out`, a NULL element);
+ *         BRIDGE_E_NOT_RUNNING in a fork child.
+ * Any thread.
+ */
+bridge_status future_any(future_t *const *fs, size_t n, future_t **out);
 
 /**
  * Sets the value the future gets if the work succeeds.

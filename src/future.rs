@@ -143,6 +143,18 @@ impl<C> Callbacks<C> {
 enum Registration<K: Kind> {
     Direct(K::Callback),
     Via(Arc<CompletionQueue<K>>, K::Callback),
+    /// The library's own: a chained or combined future, a timeout. Does not count
+    /// as observing a failure.
+    Internal(InternalCallback<K>),
+}
+
+/// A callback of the library's own, run by the finishing thread; must not block.
+pub(crate) type InternalCallback<K> = Box<dyn FnOnce(&Future<K>) + Send>;
+
+/// A done callback to run on the finishing thread once the lock is released.
+enum Direct<K: Kind> {
+    User(K::Callback),
+    Internal(InternalCallback<K>),
 }
 
 /// A progress callback delivered through a queue, at most one delivery pending.
@@ -173,6 +185,10 @@ struct Inner<K: Kind> {
     progress: (u64, u64),
     /// The value was released (dropped, or the failure reported) once nobody held it.
     released: bool,
+    /// Cancelled by a timeout of this many milliseconds: ends `Failed`, not `Cancelled`.
+    timed_out: Option<u64>,
+    /// A thread is finishing the future; another (a combination's second input) backs off.
+    finishing: bool,
 }
 
 /// The shared state behind every [`Future`] handle of one submission.
@@ -237,6 +253,12 @@ impl<K: Kind> Future<K> {
         Future::with_stage(owner, Stage::Queued, Some(work))
     }
 
+    /// A future that waits for others (a chain, a combination): no work of its own
+    /// yet, so cancelling it finishes it at once.
+    pub(crate) fn waiting(owner: Arc<Owner>, work: Option<K::Work>) -> Future<K> {
+        Future::with_stage(owner, Stage::Queued, work)
+    }
+
     /// A future whose async work is already under way.
     pub(crate) fn running(owner: Arc<Owner>) -> Future<K> {
         Future::with_stage(owner, Stage::Running, None)
@@ -264,6 +286,8 @@ impl<K: Kind> Future<K> {
                     waker: None,
                     progress: (0, 0),
                     released: false,
+                    timed_out: None,
+                    finishing: false,
                 }),
                 finished: Condvar::new(),
             }),
@@ -643,6 +667,60 @@ impl<K: Kind> Future<K> {
         }
     }
 
+    /// Registers a callback of the library's own, run once by the finishing thread (at
+    /// once if finished). Does not count as observing a failure.
+    pub(crate) fn on_done_internal(&self, callback: InternalCallback<K>) -> Result<(), Error> {
+        if !self.peek().is_final() {
+            if self.completion.owner.orphaned() {
+                return Err(Error::NotRunning);
+            }
+            let mut inner = self.lock();
+            if inner.stage != Stage::Done {
+                inner.callbacks.push(Registration::Internal(callback));
+                return Ok(());
+            }
+        }
+        callback(self);
+        Ok(())
+    }
+
+    /// Cancels the future because `ms` milliseconds ran out: it ends `Failed` with
+    /// `Error::TimedOut`'s code once its work has stopped. A future already finished,
+    /// or whose cancellation was already requested, is left alone.
+    pub(crate) fn time_out(&self, ms: u64) {
+        {
+            let mut inner = self.lock();
+            if inner.stage == Stage::Done || self.is_cancel_requested() {
+                return;
+            }
+            inner.timed_out = Some(ms);
+        }
+        let _ = self.cancel();
+    }
+
+    /// The status, without counting as observing a failure.
+    pub(crate) fn status_unobserved(&self) -> Status {
+        self.peek()
+    }
+
+    /// The failure, without counting as observing it.
+    pub(crate) fn failure_unobserved(&self) -> Option<&Failure> {
+        match self.peek() {
+            Status::Failed => self.completion.failure.get(),
+            _ => None,
+        }
+    }
+
+    /// The bookkeeping of the bridge this future belongs to.
+    pub(crate) fn owner(&self) -> &Arc<Owner> {
+        &self.completion.owner
+    }
+
+    /// Marks a failure as observed (its code and message are passed on elsewhere).
+    pub(crate) fn mark_observed(&self) {
+        self.completion.observed.store(true, Ordering::Relaxed);
+    }
+
     /// Calls `f` with the value of a future that ended `Ok` and still holds it.
     pub fn with_value<R>(&self, f: impl FnOnce(&K::Value) -> R) -> Option<R> {
         if self.peek() != Status::Ok {
@@ -791,12 +869,22 @@ impl<K: Kind> Future<K> {
     /// not end up in an `Ok` future is dropped here, at once.
     pub(crate) fn finish(&self, result: Result<Option<K::Value>, Failure>) {
         let mut inner = self.lock();
-        if inner.stage == Stage::Done {
+        if inner.stage == Stage::Done || inner.finishing {
             return;
         }
+        inner.finishing = true;
         let (status, discarded) = if self.is_cancel_requested() {
             let staged = inner.value.take();
-            (Status::Cancelled, (staged, result.ok().flatten()))
+            let status = match inner.timed_out {
+                Some(ms) => {
+                    let failure =
+                        Failure::new(Error::TimedOut.code(), format!("timed out after {ms} ms"));
+                    let _ = self.completion.failure.set(failure);
+                    Status::Failed
+                }
+                None => Status::Cancelled,
+            };
+            (status, (staged, result.ok().flatten()))
         } else {
             match result {
                 Ok(value) => {
@@ -816,7 +904,7 @@ impl<K: Kind> Future<K> {
         if discarded.0.is_some() || discarded.1.is_some() {
             // Freed before anyone can see the future finished, and outside the lock
             // (a free function may call into the library). Nothing else finishes the
-            // future meanwhile: only this thread got it out of `Queued`/`Running`.
+            // future meanwhile: `finishing` turns any other finisher away.
             drop(inner);
             drop(discarded);
             inner = self.lock();
@@ -833,7 +921,8 @@ impl<K: Kind> Future<K> {
         let mut refused = Vec::new();
         for registration in registrations.into_iter() {
             match registration {
-                Registration::Direct(callback) => callbacks.push(callback),
+                Registration::Direct(callback) => callbacks.push(Direct::User(callback)),
+                Registration::Internal(callback) => callbacks.push(Direct::Internal(callback)),
                 Registration::Via(queue, callback) => {
                     let entry = Entry::Done {
                         future: self.handle(),
@@ -883,7 +972,11 @@ impl<K: Kind> Future<K> {
             Some(handle) => {
                 for callback in callbacks.into_iter() {
                     // A panicking Rust callback must not keep the others from running.
-                    if catch_unwind(AssertUnwindSafe(|| K::call(callback, &handle))).is_err() {
+                    let call = || match callback {
+                        Direct::User(callback) => K::call(callback, &handle),
+                        Direct::Internal(callback) => callback(&handle),
+                    };
+                    if catch_unwind(AssertUnwindSafe(call)).is_err() {
                         eprintln!("asyncbridge: a done callback panicked");
                     }
                 }

@@ -42,6 +42,8 @@ pub mod runtime;
 pub mod status;
 mod sync;
 mod thread_role;
+#[cfg(not(asyncbridge_loom))]
+pub mod time;
 mod wakeup;
 
 #[cfg(not(asyncbridge_loom))]

@@ -14,6 +14,9 @@ use crate::sync::{lock, AtomicBool, AtomicU64, Condvar, Mutex, Ordering};
 /// Called with the code and message of a failure that nobody observed.
 pub type UnhandledHook = Box<dyn Fn(i32, &CStr) + Send + Sync>;
 
+/// A hook shared by a bridge and the combined futures made from its futures.
+type SharedHook = std::sync::Arc<UnhandledHook>;
+
 /// A snapshot of a bridge's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -45,11 +48,18 @@ pub(crate) struct Owner {
     draining: AtomicBool,
     idle_lock: Mutex<()>,
     idle: Condvar,
-    on_unhandled: Option<UnhandledHook>,
+    on_unhandled: Option<SharedHook>,
+    /// The bridge, for chaining work onto one of its futures; set once it exists.
+    #[cfg(not(asyncbridge_loom))]
+    bridge: std::sync::OnceLock<std::sync::Weak<crate::runtime::Shared>>,
 }
 
 impl Owner {
     pub(crate) fn new(max_pending: u64, on_unhandled: Option<UnhandledHook>) -> Owner {
+        Owner::with_hook(max_pending, on_unhandled.map(std::sync::Arc::new))
+    }
+
+    fn with_hook(max_pending: u64, on_unhandled: Option<SharedHook>) -> Owner {
         Owner {
             fork_generation: fork::generation(),
             max_pending,
@@ -63,7 +73,30 @@ impl Owner {
             idle_lock: Mutex::new(()),
             idle: Condvar::new(),
             on_unhandled,
+            #[cfg(not(asyncbridge_loom))]
+            bridge: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Bookkeeping for a future combined from this bridge's futures: the same
+    /// unhandled-error hook, counted apart (it is no work of the bridge's).
+    pub(crate) fn companion(&self) -> Owner {
+        Owner {
+            fork_generation: self.fork_generation,
+            ..Owner::with_hook(0, self.on_unhandled.clone())
+        }
+    }
+
+    /// Remembers the bridge this bookkeeping belongs to.
+    #[cfg(not(asyncbridge_loom))]
+    pub(crate) fn set_bridge(&self, bridge: std::sync::Weak<crate::runtime::Shared>) {
+        let _ = self.bridge.set(bridge);
+    }
+
+    /// The bridge, while it exists.
+    #[cfg(not(asyncbridge_loom))]
+    pub(crate) fn bridge(&self) -> Option<std::sync::Arc<crate::runtime::Shared>> {
+        self.bridge.get().and_then(std::sync::Weak::upgrade)
     }
 
     /// Whether this process is a fork child of the one this bridge was started in.

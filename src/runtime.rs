@@ -92,7 +92,7 @@ impl WorkQueue {
 }
 
 /// What the bridge's threads and its futures share.
-struct Shared {
+pub(crate) struct Shared {
     id: u64,
     owner: Arc<Owner>,
     state: AtomicU8,
@@ -149,7 +149,7 @@ impl Bridge {
         // Every thread tokio starts is a loop thread until it runs blocking work,
         // which marks itself (tokio starts workers and blocking threads alike).
         let runtime = builder
-            .enable_time()
+            .enable_all()
             .thread_name(config.thread_name.clone())
             .on_thread_start(move || thread_role::enter_loop(id))
             .build()
@@ -163,6 +163,7 @@ impl Bridge {
             on_loop_ready: Notify::new(),
             blocking: WorkQueue::new(),
         });
+        shared.owner.set_bridge(Arc::downgrade(&shared));
         runtime.spawn(dispatch_on_loop(shared.clone()));
         let (stop, stopped) = oneshot::channel::<()>();
         let current_thread = config.worker_threads == 0;
@@ -205,7 +206,7 @@ impl Bridge {
     /// Whether the bridge accepts work: started, not shut down, and not inherited
     /// through `fork()`.
     pub fn is_running(&self) -> bool {
-        !self.shared.owner.orphaned() && self.shared.state.load(Ordering::SeqCst) == RUNNING
+        self.shared.is_running()
     }
 
     /// Whether the calling thread is one of this bridge's loop threads.
@@ -244,11 +245,7 @@ impl Bridge {
         }
         let future = Future::<K>::queued(self.shared.owner.clone(), work);
         let item: Arc<dyn Queued> = future.as_arc().clone();
-        let pushed = match placement {
-            Placement::OnLoop => self.shared.push_on_loop(item),
-            Placement::Blocking => self.shared.push_blocking(item),
-        };
-        match pushed {
+        match self.shared.push(item, placement) {
             Ok(()) => Ok(future),
             // Refused before any thread could see the item: the work is still inside.
             Err(error) => match future.take_queued_work() {
@@ -268,37 +265,18 @@ impl Bridge {
     pub fn spawn<K, F>(&self, work: F) -> Result<Future<K>, Error>
     where
         K: Kind,
-        F: std::future::Future<Output = Result<K::Value, Failure>> + Send + 'static,
+        F: std::future::Future<Output = Result<Option<K::Value>, Failure>> + Send + 'static,
     {
         self.check_running()?;
-        self.shared.owner.admit()?;
-        let future = Future::<K>::running(self.shared.owner.clone());
-        // Built outside the task: if the runtime is gone and drops the task unpolled,
-        // the guard still finishes the future.
-        let guard = FinishOnDrop(future.internal());
-        self.shared.handle.spawn(async move {
-            let guard = guard;
-            let outcome = {
-                let mut work = std::pin::pin!(work);
-                std::future::poll_fn(|cx| {
-                    if guard.0.register_waker(cx.waker()) {
-                        return std::task::Poll::Ready(None);
-                    }
-                    match catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(cx))) {
-                        Ok(std::task::Poll::Ready(r)) => std::task::Poll::Ready(Some(r)),
-                        Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
-                        Err(_) => std::task::Poll::Ready(Some(Err(Failure::panic()))),
-                    }
-                })
-                .await
-            };
-            // `work` is dropped by now: a cancelled future ends only once it stopped.
-            match outcome {
-                Some(result) => guard.0.finish(result.map(Some)),
-                None => guard.0.finish(Ok(None)),
-            }
-        });
-        Ok(future)
+        self.shared.spawn(work)
+    }
+
+    /// A future that ends `Ok` (with no value) after `duration`, never earlier.
+    pub fn sleep<K: Kind>(&self, duration: Duration) -> Result<Future<K>, Error> {
+        self.spawn(async move {
+            tokio::time::sleep(duration).await;
+            Ok(None)
+        })
     }
 
     /// Shuts the bridge down.
@@ -336,6 +314,64 @@ impl Bridge {
 }
 
 impl Shared {
+    /// Runs a Rust future on the runtime as the work of a new future of this bridge.
+    pub(crate) fn spawn<K, F>(&self, work: F) -> Result<Future<K>, Error>
+    where
+        K: Kind,
+        F: std::future::Future<Output = Result<Option<K::Value>, Failure>> + Send + 'static,
+    {
+        self.owner.admit()?;
+        let future = Future::<K>::running(self.owner.clone());
+        // Built outside the task: if the runtime is gone and drops the task unpolled,
+        // the guard still finishes the future.
+        let guard = FinishOnDrop(future.internal());
+        self.handle.spawn(async move {
+            let guard = guard;
+            let outcome = {
+                let mut work = std::pin::pin!(work);
+                std::future::poll_fn(|cx| {
+                    if guard.0.register_waker(cx.waker()) {
+                        return std::task::Poll::Ready(None);
+                    }
+                    match catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(cx))) {
+                        Ok(std::task::Poll::Ready(r)) => std::task::Poll::Ready(Some(r)),
+                        Ok(std::task::Poll::Pending) => std::task::Poll::Pending,
+                        Err(_) => std::task::Poll::Ready(Some(Err(Failure::panic()))),
+                    }
+                })
+                .await
+            };
+            // `work` is dropped by now: a cancelled future ends only once it stopped.
+            match outcome {
+                Some(result) => guard.0.finish(result),
+                None => guard.0.finish(Ok(None)),
+            }
+        });
+        Ok(future)
+    }
+
+    /// Queues `item` for the loop or the blocking pool; refused once shut down.
+    pub(crate) fn push(
+        self: &Arc<Self>,
+        item: Arc<dyn Queued>,
+        placement: Placement,
+    ) -> Result<(), Error> {
+        match placement {
+            Placement::OnLoop => self.push_on_loop(item),
+            Placement::Blocking => self.push_blocking(item),
+        }
+    }
+
+    /// Whether the bridge accepts work.
+    pub(crate) fn is_running(&self) -> bool {
+        !self.owner.orphaned() && self.state.load(Ordering::SeqCst) == RUNNING
+    }
+
+    /// The runtime, for the library's own tasks (timeouts, timers, signal watches).
+    pub(crate) fn handle(&self) -> &tokio::runtime::Handle {
+        &self.handle
+    }
+
     fn push_on_loop(&self, item: Arc<dyn Queued>) -> Result<(), Error> {
         let mut queue = lock(&self.on_loop);
         if queue.closed {
@@ -577,7 +613,7 @@ mod tests {
             .spawn::<K, _>(async move {
                 let _guard = guard;
                 tokio::time::sleep(Duration::from_secs(3600)).await;
-                Ok(1)
+                Ok(Some(1))
             })
             .unwrap();
         assert_eq!(f.wait(Some(Duration::from_millis(20))), Ok(Status::Timeout));
@@ -591,7 +627,7 @@ mod tests {
         let quick = bridge
             .spawn::<K, _>(async {
                 tokio::time::sleep(Duration::from_millis(5)).await;
-                Ok(7)
+                Ok(Some(7))
             })
             .unwrap();
         assert_eq!(quick.wait(LONG), Ok(Status::Ok));
@@ -629,7 +665,7 @@ mod tests {
             ran.load(std::sync::atomic::Ordering::SeqCst),
             "the work came back whole"
         );
-        assert!(bridge.spawn::<K, _>(async { Ok(1) }).is_err());
+        assert!(bridge.spawn::<K, _>(async { Ok(Some(1)) }).is_err());
         assert_eq!(bridge.shutdown(None), Ok(Status::Ok), "idempotent");
         assert_eq!(bridge.stats().submitted, 0);
     }
@@ -650,7 +686,7 @@ mod tests {
         let sleeping = bridge
             .spawn::<K, _>(async {
                 tokio::time::sleep(Duration::from_secs(3600)).await;
-                Ok(0)
+                Ok(Some(0))
             })
             .unwrap();
         // The grace period covers the slow work but not the hour-long sleep.

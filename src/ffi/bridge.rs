@@ -363,3 +363,33 @@ pub unsafe extern "C" fn bridge_submit(
         }
     })
 }
+
+/// A future that ends BRIDGE_OK (value NULL) after `ms` milliseconds, never earlier.
+///
+/// The wait happens on the bridge's loop, blocking no thread; cancel it with
+/// future_cancel(). bridge_sleep(b, 0, &f) completes on the loop's next turn.
+/// @param out receives the future (one reference, the caller's).
+/// @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `b` or `out`; BRIDGE_E_NOT_RUNNING
+///         once shut down; BRIDGE_E_BUSY (max_pending).
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn bridge_sleep(
+    b: *mut bridge_t,
+    ms: u64,
+    out: *mut *mut future_t,
+) -> bridge_status {
+    boundary(|| {
+        // SAFETY: `b` is NULL or a live handle per the API.
+        let (Some(bridge), false) = (unsafe { borrow(b) }, out.is_null()) else {
+            return BRIDGE_E_INVALID;
+        };
+        match bridge.sleep::<CKind>(std::time::Duration::from_millis(ms)) {
+            Ok(future) => {
+                // SAFETY: `out` is non-NULL and writable per the API.
+                unsafe { out.write(into_c_future(future)) };
+                BRIDGE_OK
+            }
+            Err(error) => error_of(error),
+        }
+    })
+}

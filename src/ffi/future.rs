@@ -5,10 +5,13 @@ use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
 use crate::ffi::boundary::{boundary, error_of, status_of, SendPtr};
-use crate::ffi::job::{bridge_free_fn, CWork};
-use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID, BRIDGE_OK};
+use crate::ffi::job::{bridge_free_fn, bridge_then_fn, CWork};
+use crate::ffi::status::{
+    bridge_status, BRIDGE_E_INVALID, BRIDGE_OK, BRIDGE_RUN_BLOCKING, BRIDGE_RUN_ON_LOOP,
+};
 use crate::future::{Completion, Failure, Future, Kind};
 use crate::job::Job;
+use crate::runtime::Placement;
 use crate::status::timeout_from_ms;
 
 /// The result of submitted work: shared, thread-safe and reference-counted.
@@ -394,6 +397,189 @@ pub unsafe extern "C" fn future_release(f: *mut future_t) {
             // into_c_future.
             let arc = unsafe { Arc::from_raw(f.cast::<Completion<CKind>>()) };
             drop(Future::from_arc(arc));
+        }
+    })
+}
+
+/// Gives a pending future a time limit.
+///
+/// If the future is still pending `ms` milliseconds from now, its work is cancelled
+/// (as by future_cancel()) and, once the work has stopped, the future ends
+/// BRIDGE_FAILED with code BRIDGE_E_TIMED_OUT and a message naming the limit
+/// ("timed out after 250 ms"). A future that finishes first, or was cancelled first,
+/// is not affected. The timer runs on the future's bridge and never blocks it.
+/// @return BRIDGE_OK (also on a finished future: no effect); BRIDGE_E_INVALID for
+///         NULL; BRIDGE_E_NOT_RUNNING if the future's bridge is shut down.
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn future_set_timeout(f: *mut future_t, ms: u64) -> bridge_status {
+    boundary(|| {
+        // SAFETY: `f` is NULL or a held reference per the API.
+        let Some(future) = (unsafe { borrow(f) }) else {
+            return BRIDGE_E_INVALID;
+        };
+        match future.set_timeout(std::time::Duration::from_millis(ms)) {
+            Ok(()) => BRIDGE_OK,
+            Err(error) => error_of(error),
+        }
+    })
+}
+
+/// Chains work after a future: `fn(job, prev, arg)` runs on `prev`'s bridge once
+/// `prev` has finished, whatever its outcome, like work given to bridge_submit().
+///
+/// `prev` is borrowed for the call (read its status, value or error there); the new
+/// future holds a reference to it until the work has run or been dropped. Cancelling
+/// the new future before `prev` finishes cancels only the new one. If `prev`'s bridge
+/// is shut down (before or after this call), the new future ends BRIDGE_CANCELLED.
+/// Ownership of `arg` as for bridge_submit(): on BRIDGE_OK, `arg_free(arg)` runs
+/// exactly once, after `fn` ran or when it is dropped unrun; on error nothing is called.
+/// Chains may be long: each link is scheduled when the one before finishes, without
+/// recursion.
+/// @param flags BRIDGE_RUN_BLOCKING or BRIDGE_RUN_ON_LOOP, as for bridge_submit().
+/// @param out receives the new future (one reference, the caller's); NULL is allowed
+///        (fire and forget).
+/// @return BRIDGE_OK; BRIDGE_E_INVALID (NULL `prev` or `fn`, unknown flags);
+///         BRIDGE_E_BUSY (max_pending of `prev`'s bridge); BRIDGE_E_NOT_RUNNING in a
+///         fork child.
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn future_then(
+    prev: *mut future_t,
+    fn_: bridge_then_fn,
+    arg: *mut c_void,
+    arg_free: bridge_free_fn,
+    flags: u32,
+    out: *mut *mut future_t,
+) -> bridge_status {
+    boundary(|| {
+        // SAFETY: `prev` is NULL or a held reference per the API.
+        let (Some(prev), Some(func)) = (unsafe { borrow(prev) }, fn_) else {
+            return BRIDGE_E_INVALID;
+        };
+        let placement = match flags {
+            BRIDGE_RUN_BLOCKING => Placement::Blocking,
+            BRIDGE_RUN_ON_LOOP => Placement::OnLoop,
+            _ => return BRIDGE_E_INVALID,
+        };
+        let work = CWork::then(func, Future::clone(&prev), arg, arg_free);
+        match prev.then(work, placement) {
+            Ok(next) => {
+                if !out.is_null() {
+                    // SAFETY: `out` is non-NULL and writable per the API.
+                    unsafe { out.write(into_c_future(next)) };
+                }
+                BRIDGE_OK
+            }
+            Err(rejected) => {
+                rejected.work.disarm();
+                error_of(rejected.error)
+            }
+        }
+    })
+}
+
+/// Copies `n` future handles out of a C array; `None` if the array or an element is
+/// NULL.
+///
+/// # Safety
+/// `fs` is NULL or points to `n` readable pointers, each NULL or a held reference.
+unsafe fn handles(fs: *const *mut future_t, n: usize) -> Option<Vec<Future<CKind>>> {
+    if fs.is_null() {
+        return (n == 0).then(Vec::new);
+    }
+    // SAFETY: per the contract above.
+    let pointers = unsafe { std::slice::from_raw_parts(fs, n) };
+    pointers
+        .iter()
+        // SAFETY: each element is NULL or a held reference.
+        .map(|&f| unsafe { borrow(f) }.map(|f| Future::clone(&f)))
+        .collect()
+}
+
+/// A future that ends BRIDGE_OK when all of `fs` have ended BRIDGE_OK; BRIDGE_FAILED
+/// (with that input's code and message) as soon as one fails; otherwise
+/// BRIDGE_CANCELLED as soon as one is cancelled.
+///
+/// Inputs are never cancelled by it, may come from different bridges, and may be
+/// released by the caller right after this call. Its value is NULL. n == 0 gives a
+/// future that is BRIDGE_OK at once. A failure it hands on counts as observed on the
+/// input; the combined future reports it if nobody looks at it.
+/// @param fs an array of `n` futures (borrowed for the call).
+/// @param out receives the new future (one reference, the caller's).
+/// @return BRIDGE_OK; BRIDGE_E_INVALID (NULL `out`, NULL `fs` with n > 0, a NULL
+///         element); BRIDGE_E_NOT_RUNNING in a fork child.
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn future_all(
+    fs: *const *mut future_t,
+    n: usize,
+    out: *mut *mut future_t,
+) -> bridge_status {
+    boundary(|| {
+        // SAFETY: `fs` is NULL or an array of `n` held references per the API.
+        let (Some(inputs), false) = (unsafe { handles(fs, n) }, out.is_null()) else {
+            return BRIDGE_E_INVALID;
+        };
+        match Future::all(&inputs) {
+            Ok(all) => {
+                // SAFETY: `out` is non-NULL and writable per the API.
+                unsafe { out.write(into_c_future(all)) };
+                BRIDGE_OK
+            }
+            Err(error) => error_of(error),
+        }
+    })
+}
+
+unsafe extern "C" fn free_malloced(ptr: *mut c_void) {
+    // SAFETY: `ptr` came from libc::malloc in future_any's value.
+    unsafe { libc::free(ptr) }
+}
+
+/// A size_t in malloc'ed memory (C may free() it), or NULL if memory ran out.
+fn malloced_index(index: usize) -> *mut c_void {
+    // SAFETY: malloc of a size_t; written only if it succeeded.
+    unsafe {
+        let p = libc::malloc(std::mem::size_of::<usize>()).cast::<usize>();
+        if !p.is_null() {
+            p.write(index);
+        }
+        p.cast()
+    }
+}
+
+/// A future that ends BRIDGE_OK as soon as the first of `fs` ends, whatever that
+/// input's outcome; its value points to a size_t holding that input's index in `fs`.
+///
+/// The value is freed with the future; taken with future_take_value(), free() it.
+/// Inputs are never cancelled by it, may come from different bridges, and may be
+/// released by the caller right after this call. Inputs finished already count in
+/// array order.
+/// @param fs an array of `n` futures (borrowed for the call).
+/// @param out receives the new future (one reference, the caller's).
+/// @return BRIDGE_OK; BRIDGE_E_INVALID (n == 0, NULL `fs` or `out`, a NULL element);
+///         BRIDGE_E_NOT_RUNNING in a fork child.
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn future_any(
+    fs: *const *mut future_t,
+    n: usize,
+    out: *mut *mut future_t,
+) -> bridge_status {
+    boundary(|| {
+        // SAFETY: `fs` is NULL or an array of `n` held references per the API.
+        let (Some(inputs), false) = (unsafe { handles(fs, n) }, out.is_null()) else {
+            return BRIDGE_E_INVALID;
+        };
+        let value_of = |index| CValue::new(malloced_index(index), Some(free_malloced));
+        match Future::any(&inputs, value_of) {
+            Ok(any) => {
+                // SAFETY: `out` is non-NULL and writable per the API.
+                unsafe { out.write(into_c_future(any)) };
+                BRIDGE_OK
+            }
+            Err(error) => error_of(error),
         }
     })
 }

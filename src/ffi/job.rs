@@ -2,8 +2,11 @@
 
 use std::ffi::{c_char, c_void, CStr};
 
+use std::sync::Arc;
+
 use crate::ffi::boundary::{boundary, SendPtr};
-use crate::ffi::future::{CKind, CValue};
+use crate::ffi::future::{future_t, CKind, CValue};
+use crate::future::Future;
 use crate::job::Job;
 
 /// The context passed to running work: set the value, fail, check for cancellation,
@@ -26,12 +29,27 @@ pub type bridge_free_fn = Option<unsafe extern "C" fn(ptr: *mut c_void)>;
 pub type bridge_work_fn =
     Option<unsafe extern "C" fn(job: *mut bridge_job_t, arg: *mut c_void) -> i32>;
 
+/// Work chained after a future: runs with the finished `prev` borrowed for the call.
+pub type bridge_then_fn = Option<
+    unsafe extern "C" fn(job: *mut bridge_job_t, prev: *mut future_t, arg: *mut c_void) -> i32,
+>;
+
+/// The function of submitted C work.
+enum WorkFn {
+    Plain(unsafe extern "C" fn(job: *mut bridge_job_t, arg: *mut c_void) -> i32),
+    /// Chained by future_then: the future it follows is held until the work is gone.
+    Then(
+        unsafe extern "C" fn(*mut bridge_job_t, *mut future_t, *mut c_void) -> i32,
+        Future<CKind>,
+    ),
+}
+
 /// Submitted C work: the function, its argument and the argument's free function.
 ///
 /// Dropping it frees the argument, so it is freed exactly once whether the work ran
 /// or was dropped unrun.
 pub struct CWork {
-    func: unsafe extern "C" fn(job: *mut bridge_job_t, arg: *mut c_void) -> i32,
+    func: WorkFn,
     arg: SendPtr,
     arg_free: bridge_free_fn,
 }
@@ -43,7 +61,21 @@ impl CWork {
         arg_free: bridge_free_fn,
     ) -> CWork {
         CWork {
-            func,
+            func: WorkFn::Plain(func),
+            arg: SendPtr(arg),
+            arg_free,
+        }
+    }
+
+    /// Work that runs after `prev`, which it receives borrowed.
+    pub(crate) fn then(
+        func: unsafe extern "C" fn(*mut bridge_job_t, *mut future_t, *mut c_void) -> i32,
+        prev: Future<CKind>,
+        arg: *mut c_void,
+        arg_free: bridge_free_fn,
+    ) -> CWork {
+        CWork {
+            func: WorkFn::Then(func, prev),
             arg: SendPtr(arg),
             arg_free,
         }
@@ -59,9 +91,16 @@ impl CWork {
         let job_ptr = (job as *const Job<'_, CKind>)
             .cast_mut()
             .cast::<bridge_job_t>();
-        // SAFETY: `func` is the C work given to bridge_submit with this `arg`; the job
-        // pointer stays valid for the call.
-        unsafe { (self.func)(job_ptr, self.arg.get()) }
+        match &self.func {
+            // SAFETY: `func` is the C work given to bridge_submit with this `arg`; the
+            // job pointer stays valid for the call.
+            WorkFn::Plain(func) => unsafe { func(job_ptr, self.arg.get()) },
+            WorkFn::Then(func, prev) => {
+                let prev = Arc::as_ptr(prev.as_arc()).cast_mut().cast::<future_t>();
+                // SAFETY: as above; `prev` is held by this work for the call.
+                unsafe { func(job_ptr, prev, self.arg.get()) }
+            }
+        }
     }
 }
 

@@ -1,0 +1,305 @@
+//! Time and composition: timeouts on futures, work chained after a future, and
+//! futures that combine others (all, any). Nothing here blocks a loop thread: each
+//! step is a callback of the library's own, run by the thread that finishes a future,
+//! or a task on the bridge's runtime.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::time::Duration;
+
+use crate::future::{Failure, Future, Kind, Queued};
+use crate::runtime::{Placement, Rejected};
+use crate::status::{Error, Status};
+use crate::sync::{Arc, Ordering};
+
+impl<K: Kind> Future<K> {
+    /// Gives the future `limit`: still pending then, its work is cancelled and it
+    /// ends `Failed` with `Error::TimedOut`'s code and a message naming the limit.
+    /// Finished first (or cancelled first): no effect.
+    ///
+    /// The timer runs on the future's bridge; `Error::NotRunning` if that bridge is
+    /// gone or shut down while the future is still pending.
+    pub fn set_timeout(&self, limit: Duration) -> Result<(), Error> {
+        if self.status().is_final() {
+            return Ok(());
+        }
+        let bridge = match self.owner().bridge() {
+            Some(bridge) if bridge.is_running() => bridge,
+            _ => return Err(Error::NotRunning),
+        };
+        let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        let target = self.internal();
+        let timer = bridge.handle().spawn(async move {
+            tokio::time::sleep(limit).await;
+            target.time_out(ms);
+        });
+        // Finishing first stops the timer, so it does not hold the future for long.
+        let abort = timer.abort_handle();
+        self.on_done_internal(Box::new(move |_| abort.abort()))
+    }
+
+    /// Runs `work` on this future's bridge once this future has finished, whatever
+    /// its outcome; returns the new future for it.
+    ///
+    /// Cancelling the new future before this one finishes cancels only the new one
+    /// (its work is dropped unrun). If this future's bridge is shut down (now or before
+    /// this finishes), the new future ends `Cancelled` and its work is dropped unrun.
+    /// Refused only by `max_pending` (`Error::Busy`) or in a fork child.
+    pub fn then(
+        &self,
+        work: K::Work,
+        placement: Placement,
+    ) -> Result<Future<K>, Rejected<K::Work>> {
+        let owner = self.owner().clone();
+        if owner.orphaned() {
+            return Err(Rejected {
+                error: Error::NotRunning,
+                work,
+            });
+        }
+        if let Err(error) = owner.admit() {
+            return Err(Rejected { error, work });
+        }
+        let next = Future::<K>::waiting(owner.clone(), Some(work));
+        let item: Arc<dyn Queued> = next.as_arc().clone();
+        let schedule = move |_: &Future<K>| {
+            let refused = match owner.bridge() {
+                Some(bridge) if bridge.is_running() => {
+                    bridge.push(item.clone(), placement).is_err()
+                }
+                _ => true,
+            };
+            if refused {
+                item.cancel_queued();
+            }
+        };
+        if let Err(error) = self.on_done_internal(Box::new(schedule)) {
+            // A fork child: nothing was registered; take the work back.
+            return match next.take_queued_work() {
+                Some(work) => {
+                    next.owner().retract();
+                    Err(Rejected { error, work })
+                }
+                None => Ok(next),
+            };
+        }
+        Ok(next)
+    }
+
+    /// A future that ends `Ok` when every input has ended `Ok`; `Failed` (with that
+    /// input's code and message) as soon as one fails; otherwise `Cancelled` as soon
+    /// as one is cancelled. Inputs are never cancelled by it; they may come from
+    /// different bridges, and may be released by the caller right away. With no
+    /// inputs it ends `Ok` at once. Its value is none.
+    pub fn all(inputs: &[Future<K>]) -> Result<Future<K>, Error> {
+        let combined = Future::<K>::combined(inputs)?;
+        if inputs.is_empty() {
+            combined.finish(Ok(None));
+            return Ok(combined);
+        }
+        let remaining = Arc::new(AtomicUsize::new(inputs.len()));
+        for input in inputs {
+            let (target, remaining) = (combined.internal(), remaining.clone());
+            let step = move |done: &Future<K>| match done.status_unobserved() {
+                Status::Ok => {
+                    if remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+                        target.finish(Ok(None));
+                    }
+                }
+                Status::Failed => {
+                    // The failure is handed on: looking at the combination is looking
+                    // at it, and the input is not reported again.
+                    done.mark_observed();
+                    let failure = done
+                        .failure_unobserved()
+                        .cloned()
+                        .unwrap_or_else(|| Failure::from_code(0));
+                    target.finish(Err(failure));
+                }
+                _ => {
+                    target.request_cancel();
+                    target.finish(Ok(None));
+                }
+            };
+            input.on_done_internal(Box::new(step))?;
+        }
+        Ok(combined)
+    }
+
+    /// A future that ends `Ok` as soon as the first input ends, whatever that input's
+    /// outcome; its value is `value_of(index)` of that input. Inputs are never
+    /// cancelled by it. No inputs is `Error::Invalid`.
+    pub fn any(
+        inputs: &[Future<K>],
+        value_of: impl Fn(usize) -> K::Value + Send + Sync + 'static,
+    ) -> Result<Future<K>, Error> {
+        if inputs.is_empty() {
+            return Err(Error::Invalid);
+        }
+        let combined = Future::<K>::combined(inputs)?;
+        let value_of = Arc::new(value_of);
+        let decided = Arc::new(AtomicBool::new(false));
+        for (index, input) in inputs.iter().enumerate() {
+            let (target, value_of, decided) =
+                (combined.internal(), value_of.clone(), decided.clone());
+            let step = move |_: &Future<K>| {
+                // Only the first makes a value: a later one would be made and dropped.
+                if !decided.swap(true, Ordering::AcqRel) {
+                    target.finish(Ok(Some(value_of(index))));
+                }
+            };
+            input.on_done_internal(Box::new(step))?;
+        }
+        Ok(combined)
+    }
+
+    /// A new future for a combination of `inputs`, kept by the first input's
+    /// bridge's bookkeeping companion (same unhandled-error hook, counted apart).
+    fn combined(inputs: &[Future<K>]) -> Result<Future<K>, Error> {
+        let owner = match inputs.first() {
+            Some(first) => first.owner().companion(),
+            None => crate::owner::Owner::new(0, None),
+        };
+        if inputs
+            .iter()
+            .any(|f| !f.status_unobserved().is_final() && f.owner().orphaned())
+        {
+            return Err(Error::NotRunning);
+        }
+        let owner = Arc::new(owner);
+        owner.admit()?;
+        Ok(Future::waiting(owner, None))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::future::Boxed;
+    use crate::runtime::{Bridge, Config};
+    use std::time::Instant;
+
+    type K = Boxed<usize>;
+    const LONG: Option<Duration> = Some(Duration::from_secs(30));
+
+    fn bridge() -> Bridge {
+        Bridge::start(Config::default()).unwrap()
+    }
+
+    #[test]
+    fn sleep_never_ends_early() {
+        let b = bridge();
+        for ms in [0u64, 1, 5, 20] {
+            let started = Instant::now();
+            let f = b.sleep::<K>(Duration::from_millis(ms)).unwrap();
+            assert_eq!(f.wait(LONG), Ok(Status::Ok));
+            assert!(started.elapsed() >= Duration::from_millis(ms));
+        }
+    }
+
+    #[test]
+    fn timeout_fails_pending_work_and_spares_finished_work() {
+        let b = bridge();
+        let slow = b
+            .submit::<K>(
+                Box::new(|job| {
+                    while !job.is_cancelled() {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Ok(())
+                }),
+                Placement::Blocking,
+            )
+            .unwrap();
+        slow.set_timeout(Duration::from_millis(20)).unwrap();
+        assert_eq!(slow.wait(LONG), Ok(Status::Failed));
+        let failure = slow.failure().unwrap();
+        assert_eq!(failure.code(), Error::TimedOut.code());
+        assert_eq!(failure.message(), c"timed out after 20 ms");
+
+        let quick = b.sleep::<K>(Duration::ZERO).unwrap();
+        assert_eq!(quick.wait(LONG), Ok(Status::Ok));
+        quick.set_timeout(Duration::ZERO).unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+        assert_eq!(quick.status(), Status::Ok);
+    }
+
+    #[test]
+    fn then_runs_after_any_outcome_and_cancels_alone() {
+        let b = bridge();
+        let failing = b
+            .submit::<K>(
+                Box::new(|_| Err(Failure::new(3, "first"))),
+                Placement::OnLoop,
+            )
+            .unwrap();
+        let next = failing
+            .then(
+                Box::new(|job| {
+                    job.set_value(9);
+                    Ok(())
+                }),
+                Placement::Blocking,
+            )
+            .unwrap();
+        assert_eq!(next.wait(LONG), Ok(Status::Ok));
+        assert_eq!(next.take_value(), Some(9));
+
+        let gate = b.sleep::<K>(Duration::from_millis(50)).unwrap();
+        let never = gate
+            .then(
+                Box::new(|_| panic!("cancelled before its turn")),
+                Placement::OnLoop,
+            )
+            .unwrap();
+        assert_eq!(never.cancel(), Ok(Status::Ok));
+        assert_eq!(never.status(), Status::Cancelled);
+        assert_eq!(gate.wait(LONG), Ok(Status::Ok));
+    }
+
+    #[test]
+    fn then_on_a_shut_down_bridge_is_cancelled() {
+        let b = bridge();
+        let prev = b.sleep::<K>(Duration::from_secs(3600)).unwrap();
+        let next = prev.then(Box::new(|_| Ok(())), Placement::OnLoop).unwrap();
+        assert_eq!(b.shutdown(Some(Duration::ZERO)), Ok(Status::Ok));
+        assert_eq!(prev.status(), Status::Cancelled);
+        assert_eq!(next.wait(LONG), Ok(Status::Cancelled));
+        let after = prev.then(Box::new(|_| Ok(())), Placement::OnLoop).unwrap();
+        assert_eq!(after.status(), Status::Cancelled);
+    }
+
+    #[test]
+    fn all_and_any() {
+        let b = bridge();
+        let sleeps: Vec<_> = [30u64, 5, 15]
+            .iter()
+            .map(|&ms| b.sleep::<K>(Duration::from_millis(ms)).unwrap())
+            .collect();
+        let all = Future::all(&sleeps).unwrap();
+        let any = Future::any(&sleeps, |i| i).unwrap();
+        assert_eq!(any.wait(LONG), Ok(Status::Ok));
+        assert_eq!(any.take_value(), Some(1));
+        assert_eq!(all.wait(LONG), Ok(Status::Ok));
+
+        let failing = b
+            .submit::<K>(
+                Box::new(|_| Err(Failure::new(8, "eight"))),
+                Placement::OnLoop,
+            )
+            .unwrap();
+        let pending = b.sleep::<K>(Duration::from_secs(3600)).unwrap();
+        let all = Future::all(&[pending.clone(), failing]).unwrap();
+        assert_eq!(all.wait(LONG), Ok(Status::Failed));
+        assert_eq!(all.failure().unwrap().code(), 8);
+        assert_eq!(
+            pending.status(),
+            Status::Pending,
+            "inputs are never cancelled"
+        );
+        pending.cancel().unwrap();
+        let all = Future::all(&[pending]).unwrap();
+        assert_eq!(all.wait(LONG), Ok(Status::Cancelled));
+        assert_eq!(Future::<K>::all(&[]).unwrap().status(), Status::Ok);
+        assert!(matches!(Future::<K>::any(&[], |i| i), Err(Error::Invalid)));
+    }
+}
