@@ -98,6 +98,18 @@ struct bridge_job;
 struct bridge_queue;
 
 /**
+ * A watch of a Unix signal. Made by bridge_signal_start(), stopped by
+ * bridge_signal_stop(), freed by bridge_signal_free(). Thread-safe.
+ */
+struct bridge_signal;
+
+/**
+ * A periodic timer of a bridge. Made by bridge_timer_start(), stopped by
+ * bridge_timer_stop(), freed by bridge_timer_free(). Thread-safe.
+ */
+struct bridge_timer;
+
+/**
  * How bridge_start() starts a bridge. Initialise it with bridge_config_init(), then
  * change the fields you need.
  */
@@ -224,6 +236,33 @@ typedef struct bridge_queue bridge_queue_t;
  * borrowed for the call. It must not block, throw or longjmp.
  */
 typedef void (*future_progress_fn)(future_t *f, uint64_t done, uint64_t total, void *user_data);
+
+/**
+ * A watch of a Unix signal (see struct bridge_signal).
+ */
+typedef struct bridge_signal bridge_signal_t;
+
+/**
+ * Signal arrivals: `count` is how many times `signum` arrived since the previous
+ * call (at least 1). Runs outside the signal handler, so it may do anything a normal
+ * callback may; it must not block, throw or longjmp.
+ */
+typedef void (*bridge_signal_fn)(bridge_signal_t *watch,
+                                 int32_t signum,
+                                 uint64_t count,
+                                 void *user_data);
+
+/**
+ * A periodic timer (see struct bridge_timer).
+ */
+typedef struct bridge_timer bridge_timer_t;
+
+/**
+ * A timer tick: `ticks` is how many periods have passed since the previous call
+ * (1, or more when ticks came late and were coalesced). Must not block, throw or
+ * longjmp; may call bridge_timer_stop() on its own timer.
+ */
+typedef void (*bridge_timer_fn)(bridge_timer_t *timer, uint64_t ticks, void *user_data);
 
 /**
  * Success; the future holds its value.
@@ -803,6 +842,56 @@ bridge_status future_on_progress_via(future_t *f,
 size_t future_withdraw_via(future_t *f, bridge_queue_t *q, void *user_data);
 
 /**
+ * Watches a Unix signal (SIGINT, SIGTERM, SIGUSR1, SIGHUP, ...).
+ *
+ * Every arrival is counted inside the signal handler, which does nothing else; the
+ * counts are delivered to `cb` outside it: on the loop thread, or through a queue.
+ * Arrivals that come before a call has run add to its count, so the counts add up
+ * to the number of arrivals. Several watches of one signal all see every arrival.
+ * Stopping a watch removes only its own action: other watches, and any handler
+ * installed before the first watch, keep running.
+ *
+ * Signals that arrive while no watch exists: before the first watch of a signal,
+ * its usual disposition applies (e.g. SIGTERM terminates). Once a signal has been
+ * watched, a handler for it stays installed for the life of the process: arrivals
+ * while no watch exists are dropped (a handler installed before the first watch is
+ * still called) and the default action no longer happens.
+ * @param signum the signal; SIGKILL, SIGSTOP, SIGSEGV, SIGBUS, SIGILL and SIGFPE are
+ *        refused.
+ * @param q NULL: `cb` runs on the loop thread; else inside bridge_queue_dispatch(q).
+ *        If `q` is freed, the watch stops.
+ * @param out receives the watch; the caller owns it and frees it with
+ *        bridge_signal_free().
+ * @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `b`, `cb` or `out`, or a refused or
+ *         unknown signal; BRIDGE_E_NOT_RUNNING once the bridge is shut down.
+ * Any thread.
+ */
+bridge_status bridge_signal_start(bridge_t *b,
+                                  int32_t signum,
+                                  bridge_queue_t *q,
+                                  bridge_signal_fn cb,
+                                  void *user_data,
+                                  bridge_signal_t **out);
+
+/**
+ * Stops the watch: no call starts after this returns; its signal action is removed.
+ *
+ * A call running on another thread is waited for; called from the watch's own
+ * callback it returns at once.
+ * @param w the watch; NULL does nothing. Stopping twice is harmless.
+ * Any thread.
+ */
+void bridge_signal_stop(bridge_signal_t *w);
+
+/**
+ * Stops the watch (as bridge_signal_stop()) and frees the handle.
+ *
+ * @param w the watch; NULL does nothing. Using it afterwards is undefined.
+ * Any thread.
+ */
+void bridge_signal_free(bridge_signal_t *w);
+
+/**
  * Describes a status or error code in words.
  *
  * @param status any value; unknown ones get "unknown status".
@@ -819,6 +908,52 @@ const char *bridge_status_str(int32_t status);
  * Any thread.
  */
 const char *bridge_version(void);
+
+/**
+ * Starts a periodic timer on the bridge's loop.
+ *
+ * The first tick comes `first_ms` after this call, then one every `period_ms`
+ * (0: the timer ticks once). Ticks never come early. A tick that comes late counts
+ * the periods that passed (`ticks` > 1) and the next one stays on the original
+ * schedule: missed ticks are coalesced, never delivered in a burst. The same holds
+ * while a tick waits in a queue: later ticks add to its count.
+ * @param q NULL: `cb` runs on the loop thread (it must not block); else `cb` runs
+ *        inside bridge_queue_dispatch(q). If `q` is freed, the timer stops.
+ * @param cb called for each (coalesced) tick.
+ * @param user_data passed to `cb`.
+ * @param out receives the timer; the caller owns it and frees it with
+ *        bridge_timer_free(). It keeps ticking until stopped, freed, or the bridge
+ *        shuts down.
+ * @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `b`, `cb` or `out`;
+ *         BRIDGE_E_NOT_RUNNING once the bridge is shut down.
+ * Any thread.
+ */
+bridge_status bridge_timer_start(bridge_t *b,
+                                 uint64_t first_ms,
+                                 uint64_t period_ms,
+                                 bridge_queue_t *q,
+                                 bridge_timer_fn cb,
+                                 void *user_data,
+                                 bridge_timer_t **out);
+
+/**
+ * Stops the timer: no tick starts after this returns.
+ *
+ * A tick running on another thread is waited for (ticks must not block); called
+ * from the timer's own callback it returns at once. Ticks already queued are dropped.
+ * @param t the timer; NULL does nothing. Stopping twice is harmless.
+ * Any thread.
+ */
+void bridge_timer_stop(bridge_timer_t *t);
+
+/**
+ * Stops the timer (as bridge_timer_stop()) and frees the handle.
+ *
+ * @param t the timer; NULL does nothing. Using it afterwards is undefined; it may be
+ *        freed from its own callback.
+ * Any thread.
+ */
+void bridge_timer_free(bridge_timer_t *t);
 
 #ifdef __cplusplus
 }  // extern "C"

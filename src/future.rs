@@ -639,7 +639,7 @@ impl<K: Kind> Future<K> {
             // every push of this future's entries holds too.
             let entries = queue.remove(self, |entry| match entry {
                 Entry::Done { callback, .. } => done(callback),
-                Entry::Progress { .. } => false,
+                Entry::Progress { .. } | Entry::Source(_) => false,
             });
             (entries, withdrawn_watches)
         };

@@ -38,6 +38,8 @@ pub mod job;
 mod owner;
 pub mod queue;
 #[cfg(not(asyncbridge_loom))]
+pub mod recurring;
+#[cfg(not(asyncbridge_loom))]
 pub mod runtime;
 pub mod status;
 mod sync;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::future::{Future, Kind};
 use crate::status::{Error, Status};
-use crate::sync::{lock, Condvar, Mutex};
+use crate::sync::{lock, Arc, Condvar, Mutex};
 use crate::thread_role;
 use crate::wakeup::Wakeup;
 
@@ -29,12 +29,21 @@ pub(crate) enum Entry<K: Kind> {
     },
     /// The latest progress of `future`, for its progress watch `watch`.
     Progress { future: Future<K>, watch: u64 },
+    /// A call of a recurring source (a timer tick, a signal watch's arrivals).
+    Source(Arc<dyn Deliver>),
+}
+
+/// Something a queue runs in its dispatch that is not a future's callback.
+pub trait Deliver: Send + Sync {
+    /// Runs on the dispatching thread.
+    fn deliver(&self);
 }
 
 impl<K: Kind> Entry<K> {
-    fn future(&self) -> &Future<K> {
+    fn future(&self) -> Option<&Future<K>> {
         match self {
-            Entry::Done { future, .. } | Entry::Progress { future, .. } => future,
+            Entry::Done { future, .. } | Entry::Progress { future, .. } => Some(future),
+            Entry::Source(_) => None,
         }
     }
 
@@ -42,6 +51,22 @@ impl<K: Kind> Entry<K> {
         match self {
             Entry::Done { future, callback } => K::call(callback, &future),
             Entry::Progress { future, watch } => future.deliver_progress(watch),
+            Entry::Source(source) => source.deliver(),
+        }
+    }
+}
+
+#[cfg(not(asyncbridge_loom))]
+impl<K: Kind> crate::recurring::Delivery for CompletionQueue<K> {
+    fn deliver(&self, what: Arc<dyn Deliver>) -> bool {
+        match self.push(Entry::Source(what)) {
+            Ok(edge) => {
+                if edge {
+                    self.call_notify();
+                }
+                true
+            }
+            Err(_) => false,
         }
     }
 }
@@ -225,7 +250,7 @@ impl<K: Kind> CompletionQueue<K> {
         let mut removed = Vec::new();
         let mut kept = VecDeque::with_capacity(state.entries.len());
         for entry in state.entries.drain(..) {
-            if entry.future().same_as(future) && matches(&entry) {
+            if entry.future().is_some_and(|f| f.same_as(future)) && matches(&entry) {
                 removed.push(entry);
             } else {
                 kept.push_back(entry);

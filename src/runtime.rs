@@ -271,6 +271,12 @@ impl Bridge {
         self.shared.spawn(work)
     }
 
+    /// The bridge's shared state, for a recurring source; refused once shut down.
+    pub(crate) fn shared_for_sources(&self) -> Result<&Arc<Shared>, Error> {
+        self.check_running()?;
+        Ok(&self.shared)
+    }
+
     /// A future that ends `Ok` (with no value) after `duration`, never earlier.
     pub fn sleep<K: Kind>(&self, duration: Duration) -> Result<Future<K>, Error> {
         self.spawn(async move {

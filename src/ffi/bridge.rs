@@ -71,7 +71,7 @@ pub type bridge_stats_t = bridge_stats;
 ///
 /// # Safety
 /// `b` is NULL or a handle from bridge_start()/bridge_default() not yet freed.
-unsafe fn borrow<'a>(b: *const bridge_t) -> Option<&'a Bridge> {
+pub(crate) unsafe fn borrow<'a>(b: *const bridge_t) -> Option<&'a Bridge> {
     // SAFETY: per the contract above, a non-NULL handle points to a live Bridge.
     unsafe { b.cast::<Bridge>().as_ref() }
 }

@@ -16,4 +16,6 @@ pub mod bridge;
 pub mod future;
 pub mod job;
 pub mod queue;
+pub mod signal;
 pub mod status;
+pub mod timer;

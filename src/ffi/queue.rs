@@ -29,7 +29,9 @@ pub type bridge_queue_t = bridge_queue;
 ///
 /// # Safety
 /// `q` is NULL or a handle from bridge_queue_new() not yet freed.
-unsafe fn borrow(q: *const bridge_queue_t) -> Option<ManuallyDrop<Arc<CompletionQueue<CKind>>>> {
+pub(crate) unsafe fn borrow(
+    q: *const bridge_queue_t,
+) -> Option<ManuallyDrop<Arc<CompletionQueue<CKind>>>> {
     if q.is_null() {
         return None;
     }

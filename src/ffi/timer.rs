@@ -1,0 +1,127 @@
+//! `bridge_timer_t`: periodic timers.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::ffi::boundary::{boundary, error_of, SendPtr};
+use crate::ffi::bridge::{borrow as borrow_bridge, bridge_t};
+use crate::ffi::queue::{borrow as borrow_queue, bridge_queue_t};
+use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID, BRIDGE_OK};
+use crate::recurring::{Delivery, Source};
+
+/// A periodic timer of a bridge. Made by bridge_timer_start(), stopped by
+/// bridge_timer_stop(), freed by bridge_timer_free(). Thread-safe.
+pub struct bridge_timer {
+    _private: [u8; 0],
+}
+
+/// A periodic timer (see struct bridge_timer).
+pub type bridge_timer_t = bridge_timer;
+
+/// A timer tick: `ticks` is how many periods have passed since the previous call
+/// (1, or more when ticks came late and were coalesced). Must not block, throw or
+/// longjmp; may call bridge_timer_stop() on its own timer.
+pub type bridge_timer_fn =
+    Option<unsafe extern "C" fn(timer: *mut bridge_timer_t, ticks: u64, user_data: *mut c_void)>;
+
+/// The delivery of a source: through a queue, or on the loop for NULL.
+///
+/// # Safety
+/// `q` is NULL or a live queue handle.
+pub(crate) unsafe fn delivery(q: *mut bridge_queue_t) -> Option<Arc<dyn Delivery>> {
+    // SAFETY: per the contract above.
+    unsafe { borrow_queue(q) }.map(|queue| {
+        let queue: Arc<dyn Delivery> = Arc::<crate::queue::CompletionQueue<_>>::clone(&queue);
+        queue
+    })
+}
+
+/// Starts a periodic timer on the bridge's loop.
+///
+/// The first tick comes `first_ms` after this call, then one every `period_ms`
+/// (0: the timer ticks once). Ticks never come early. A tick that comes late counts
+/// the periods that passed (`ticks` > 1) and the next one stays on the original
+/// schedule: missed ticks are coalesced, never delivered in a burst. The same holds
+/// while a tick waits in a queue: later ticks add to its count.
+/// @param q NULL: `cb` runs on the loop thread (it must not block); else `cb` runs
+///        inside bridge_queue_dispatch(q). If `q` is freed, the timer stops.
+/// @param cb called for each (coalesced) tick.
+/// @param user_data passed to `cb`.
+/// @param out receives the timer; the caller owns it and frees it with
+///        bridge_timer_free(). It keeps ticking until stopped, freed, or the bridge
+///        shuts down.
+/// @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `b`, `cb` or `out`;
+///         BRIDGE_E_NOT_RUNNING once the bridge is shut down.
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn bridge_timer_start(
+    b: *mut bridge_t,
+    first_ms: u64,
+    period_ms: u64,
+    q: *mut bridge_queue_t,
+    cb: bridge_timer_fn,
+    user_data: *mut c_void,
+    out: *mut *mut bridge_timer_t,
+) -> bridge_status {
+    boundary(|| {
+        // SAFETY: `b` is NULL or a live handle per the API.
+        let (Some(bridge), Some(cb), false) = (unsafe { borrow_bridge(b) }, cb, out.is_null())
+        else {
+            return BRIDGE_E_INVALID;
+        };
+        let user_data = SendPtr(user_data);
+        let callback = Box::new(move |source: &Source, ticks: u64| {
+            let timer = (source as *const Source)
+                .cast_mut()
+                .cast::<bridge_timer_t>();
+            // SAFETY: the callback and user data were given for this timer; the
+            // handle is the source's own address and outlives the call.
+            unsafe { cb(timer, ticks, user_data.get()) }
+        });
+        // SAFETY: `q` is NULL or a live handle per the API.
+        let delivery = unsafe { delivery(q) };
+        let first = Duration::from_millis(first_ms);
+        let period = Duration::from_millis(period_ms);
+        match Source::timer(bridge, first, period, callback, delivery) {
+            Ok(timer) => {
+                // SAFETY: `out` is non-NULL and writable per the API.
+                unsafe { out.write(Arc::into_raw(timer).cast_mut().cast()) };
+                BRIDGE_OK
+            }
+            Err(error) => error_of(error),
+        }
+    })
+}
+
+/// Stops the timer: no tick starts after this returns.
+///
+/// A tick running on another thread is waited for (ticks must not block); called
+/// from the timer's own callback it returns at once. Ticks already queued are dropped.
+/// @param t the timer; NULL does nothing. Stopping twice is harmless.
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn bridge_timer_stop(t: *mut bridge_timer_t) {
+    boundary(|| {
+        if !t.is_null() {
+            // SAFETY: a non-NULL `t` is a live timer handle per the API.
+            unsafe { &*t.cast::<Source>() }.stop();
+        }
+    })
+}
+
+/// Stops the timer (as bridge_timer_stop()) and frees the handle.
+///
+/// @param t the timer; NULL does nothing. Using it afterwards is undefined; it may be
+///        freed from its own callback.
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn bridge_timer_free(t: *mut bridge_timer_t) {
+    boundary(|| {
+        if !t.is_null() {
+            // SAFETY: the caller gives up the handle made by Arc::into_raw.
+            let timer = unsafe { Arc::from_raw(t.cast::<Source>().cast_const()) };
+            timer.stop();
+        }
+    })
+}
