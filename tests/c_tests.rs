@@ -122,6 +122,71 @@ fn run(exe: &Path, args: &[&str]) -> (bool, String, String) {
     }
 }
 
+/// Runs `exe` with `args` like `run`, but lets `drive` talk to it while it runs: `drive`
+/// gets the child's pid (to send it signals) and its stdout lines as they come. The
+/// child is killed if `drive` panics or the watchdog runs out. Returns (success, stdout,
+/// stderr).
+fn run_driven(
+    exe: &Path,
+    args: &[&str],
+    drive: impl FnOnce(i32, &std::sync::mpsc::Receiver<String>),
+) -> (bool, String, String) {
+    use std::io::{BufRead, Read};
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = i32::try_from(child.id()).unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    let out_reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            all.push_str(&line);
+            all.push('\n');
+            let _ = lines_tx.send(line);
+        }
+        all
+    });
+    let mut stderr = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        let _ = stderr.read_to_string(&mut all);
+        all
+    });
+    let started = Instant::now();
+    let driven = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drive(pid, &lines)));
+    let mut hung = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if driven.is_err() || started.elapsed() > WATCHDOG {
+            hung = driven.is_ok();
+            let _ = child.kill();
+            break child.wait().unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    let stdout = out_reader.join().unwrap();
+    let stderr = err_reader.join().unwrap();
+    if let Err(panic) = driven {
+        eprintln!("{} stdout:\n{stdout}\nstderr:\n{stderr}", exe.display());
+        std::panic::resume_unwind(panic);
+    }
+    assert!(
+        !hung,
+        "{} hung for {:?} (watchdog)\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        exe.display(),
+        WATCHDOG
+    );
+    (status.success(), stdout, stderr)
+}
+
 /// Compiles and runs one C program; fails with its output unless it exits 0.
 /// Returns its stdout.
 fn build_and_run(source: &str, args: &[&str]) -> String {
@@ -148,7 +213,7 @@ macro_rules! c_tests {
     };
 }
 
-c_tests!(smoke, futures, cancel, callbacks, bridge, threads, fork);
+c_tests!(smoke, futures, cancel, callbacks, bridge, threads, fork, time, signal);
 
 #[test]
 fn every_c_test_file_is_listed() {
@@ -257,4 +322,62 @@ fn readme_example_compiles_and_runs() {
         ok && stdout.trim() == "49",
         "stdout: {stdout}\nstderr: {stderr}"
     );
+}
+
+#[test]
+fn example_timer_signal() {
+    let exe = compile(&root().join("c_examples/timer_signal.c"));
+    let (ok, out, err) = run_driven(&exe, &["--wait"], |pid, lines| {
+        // Reads lines until one satisfies `want`; panics (killing the child) if none
+        // comes within 30 s.
+        let wait_for = |want: &dyn Fn(&str) -> bool, what: &str| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match lines.recv_timeout(left) {
+                    Ok(line) if want(&line) => return line,
+                    Ok(_) => {}
+                    Err(e) => panic!("no {what} line within 30 s: {e:?}"),
+                }
+            }
+        };
+        let ready = wait_for(&|l| l.starts_with("ready pid="), "ready");
+        assert_eq!(ready, format!("ready pid={pid}"));
+        let send = |signal: i32| {
+            // SAFETY: kill() has no memory-safety preconditions; `pid` is our child.
+            let rc = unsafe { libc::kill(pid, signal) };
+            assert_eq!(rc, 0, "kill({pid}, {signal})");
+        };
+        // Some reports first, then the signals, one at a time with pauses.
+        wait_for(&|l| l.starts_with("report 1 done"), "first report");
+        send(libc::SIGUSR1);
+        wait_for(&|l| l.starts_with("cleanup 1 done"), "first cleanup");
+        std::thread::sleep(Duration::from_millis(100));
+        send(libc::SIGUSR1);
+        wait_for(&|l| l.starts_with("cleanup 2 done"), "second cleanup");
+        std::thread::sleep(Duration::from_millis(100));
+        send(libc::SIGTERM);
+        wait_for(&|l| l.starts_with("SIGTERM: shutting down"), "shutdown");
+    });
+    print!("{out}");
+    eprint!("{err}");
+    assert!(ok, "timer_signal failed:\nstdout:\n{out}\nstderr:\n{err}");
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("summary: "))
+        .unwrap_or_else(|| panic!("a summary line:\n{out}"));
+    let field = |name: &str| -> u32 {
+        let at = summary
+            .find(&format!("{name} "))
+            .unwrap_or_else(|| panic!("{name} in {summary}"));
+        summary[at + name.len() + 1..]
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("a number after {name} in {summary}"))
+    };
+    assert_eq!(field("cleanups"), 2, "{summary}");
+    assert!(field("reports") >= 1, "{summary}");
+    assert_eq!(field("failed"), 0, "{summary}");
+    assert!(summary.ends_with("shutdown ok"), "{summary}");
 }
