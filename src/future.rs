@@ -173,6 +173,8 @@ struct Inner<K: Kind> {
     progress: (u64, u64),
     /// The value was released (dropped, or the failure reported) once nobody held it.
     released: bool,
+    /// A done callback has started: progress is no longer delivered.
+    done_delivered: bool,
 }
 
 /// The shared state behind every [`Future`] handle of one submission.
@@ -264,6 +266,7 @@ impl<K: Kind> Future<K> {
                     waker: None,
                     progress: (0, 0),
                     released: false,
+                    done_delivered: false,
                 }),
                 finished: Condvar::new(),
             }),
@@ -625,22 +628,33 @@ impl<K: Kind> Future<K> {
         count
     }
 
-    /// Runs a queued progress delivery: the latest values, unless the future has
-    /// finished or the watch was withdrawn.
-    pub(crate) fn deliver_progress(&self, watch: u64) {
+    /// Runs a queued progress delivery with the latest values, unless a done callback
+    /// of the future has started or the watch was withdrawn. Returns whether it called.
+    pub(crate) fn deliver_progress(&self, watch: u64) -> bool {
         let found = {
             let mut inner = self.lock();
-            let progress = inner.progress;
-            inner.watches.iter_mut().find(|w| w.id == watch).map(|w| {
-                w.queued = false;
-                (w.callback.clone(), progress)
-            })
+            let (progress, over) = (inner.progress, inner.done_delivered);
+            inner
+                .watches
+                .iter_mut()
+                .find(|w| w.id == watch)
+                .and_then(|w| {
+                    w.queued = false;
+                    (!over).then(|| (w.callback.clone(), progress))
+                })
         };
-        if let Some((callback, (done, total))) = found {
-            if !self.peek().is_final() {
+        match found {
+            Some((callback, (done, total))) => {
                 K::call_progress(&callback, self, done, total);
+                true
             }
+            None => false,
         }
+    }
+
+    /// A done callback of this future is about to run: no progress after it.
+    pub(crate) fn mark_done_delivered(&self) {
+        self.lock().done_delivered = true;
     }
 
     /// Calls `f` with the value of a future that ended `Ok` and still holds it.
@@ -825,12 +839,11 @@ impl<K: Kind> Future<K> {
         inner.staged_message = None;
         inner.waker = None;
         let registrations = std::mem::replace(&mut inner.callbacks, Callbacks::new());
-        let watches = std::mem::take(&mut inner.watches);
-        // Queued callbacks are pushed now, under the lock, where a withdrawal can find
-        // them; each entry holds a handle until it has run.
+        // Each queued callback's entry holds a handle until it has run; the entries are
+        // pushed below, once the status is final, still under the lock, where a
+        // withdrawal can find them.
         let mut callbacks = Callbacks::new();
-        let mut notify = Vec::new();
-        let mut refused = Vec::new();
+        let mut entries = Vec::new();
         for registration in registrations.into_iter() {
             match registration {
                 Registration::Direct(callback) => callbacks.push(callback),
@@ -839,13 +852,13 @@ impl<K: Kind> Future<K> {
                         future: self.handle(),
                         callback,
                     };
-                    match queue.push(entry) {
-                        Ok(true) => notify.push(queue),
-                        Ok(false) => {}
-                        Err(entry) => refused.push(entry),
-                    }
+                    entries.push((queue, entry));
                 }
             }
+        }
+        // Progress must not be delivered after a done callback has started.
+        if !callbacks.is_empty() {
+            inner.done_delivered = true;
         }
         // Callbacks hold a handle while they run, taken before the future can be seen
         // finished: the value stays alive until the last of them returns. Without
@@ -865,13 +878,23 @@ impl<K: Kind> Future<K> {
         self.completion
             .status
             .store(status.code(), Ordering::Release);
+        // Only now may a dispatching thread see the entries: their callbacks see the
+        // final state.
+        let mut notify = Vec::new();
+        let mut refused = Vec::new();
+        for (queue, entry) in entries {
+            match queue.push(entry) {
+                Ok(true) => notify.push(queue),
+                Ok(false) => {}
+                Err(entry) => refused.push(entry),
+            }
+        }
         // No longer pending once final, and before the callbacks run: a shutdown
         // waiting for pending work must not wait for a callback that may be waiting
         // for it.
         owner.leave();
         drop(inner);
         // Outside the lock: a refused entry holds a handle whose drop may take it.
-        drop(watches);
         drop(refused);
         if wake {
             self.completion.finished.notify_all();
