@@ -232,6 +232,12 @@ typedef int32_t (*bridge_then_fn)(bridge_job_t *job, future_t *prev, void *arg);
 typedef struct bridge_queue bridge_queue_t;
 
 /**
+ * The hook of bridge_queue_set_notify(): called from any thread when callbacks become
+ * pending. It must not block, throw, or call into the library.
+ */
+typedef void (*bridge_notify_fn)(void *user_data);
+
+/**
  * A progress callback: the latest `done` and `total` reported by the work. `f` is
  * borrowed for the call. It must not block, throw or longjmp.
  */
@@ -741,22 +747,25 @@ bridge_status bridge_queue_new(bridge_queue_t **out);
  *         (use bridge_queue_set_notify() then).
  * Any thread.
  */
-int32_t bridge_queue_fd(const bridge_queue_t *q);
+int bridge_queue_fd(const bridge_queue_t *q);
 
 /**
  * Sets the hook called each time the queue goes from empty to non-empty, and again
  * by a dispatch that returns with callbacks still pending.
  *
  * The hook runs on any thread (a bridge thread, or one that cancelled a future); it
- * must not block, throw or call into the library: post a message to your loop (Qt:
- * QMetaObject::invokeMethod(..., Qt::QueuedConnection); Win32: PostMessage; GLib:
- * g_main_context_invoke) and dispatch from there.
+ * must not block, throw or call into the library: post a message to your loop and
+ * dispatch from there (Qt: QMetaObject::invokeMethod(..., Qt::QueuedConnection);
+ * Win32: PostMessage; GLib: attach an idle source, g_idle_add() or
+ * g_source_attach(g_idle_source_new(), ctx) -- not g_main_context_invoke(), which runs
+ * the function at once, on the calling thread, whenever the context is free). A hook
+ * that dispatches at once anyway is not called again from inside that dispatch.
  * @param notify the hook; NULL removes it.
  * @param user_data passed to `notify`.
  * Once this returns, the previous hook is not running and will not be called again.
  * `q` NULL does nothing. Any thread, but not from inside the hook itself.
  */
-void bridge_queue_set_notify(bridge_queue_t *q, void (*notify)(void *user_data), void *user_data);
+void bridge_queue_set_notify(bridge_queue_t *q, bridge_notify_fn notify, void *user_data);
 
 /**
  * Runs pending callbacks on the calling thread.
@@ -765,8 +774,9 @@ void bridge_queue_set_notify(bridge_queue_t *q, void (*notify)(void *user_data),
  * completions arriving meanwhile wait for the next dispatch, so a steady stream
  * cannot hold the caller forever. If it returns with callbacks still pending, the
  * descriptor stays readable and the notify hook is called again before it returns.
- * @param max the most callbacks to run; 0: all that are pending.
- * @return how many callbacks ran; 0 for NULL.
+ * @param max the most deliveries to take; 0: all that are pending.
+ * @return how many callbacks ran (a progress delivery that was due after its
+ *         future's done callback calls nothing and is not counted); 0 for NULL.
  * Any thread (the callbacks run on it); callbacks may call into the library,
  * including bridge_queue_dispatch() on the same queue.
  */
@@ -787,8 +797,12 @@ bridge_status bridge_queue_wait(bridge_queue_t *q, int64_t timeout_ms);
 /**
  * Runs the callbacks still pending on the calling thread, then frees the queue and
  * closes its descriptor. Completions that arrive afterwards for this queue are
- * dropped: their callbacks never run.
+ * dropped: their callbacks never run (values are still freed exactly once).
  *
+ * Teardown order for an owner that goes away (a window): first stop watching the
+ * descriptor (it is closed here and its number may be reused) and remove the notify
+ * hook; withdraw the callbacks that must not run any more (future_withdraw_via());
+ * then free the queue.
  * @param q the queue; NULL does nothing. Using it afterwards is undefined.
  * Any thread; not from inside one of this queue's callbacks.
  */
@@ -816,8 +830,9 @@ bridge_status future_on_done_via(future_t *f,
  * time the work reports progress with bridge_job_set_progress().
  *
  * Coalesced: at most one delivery per registration is pending; when it runs it reads
- * the latest values. None runs once the future has finished, so none runs after its
- * done callback (the last values may be skipped). Withdraw it with
+ * the latest values. None runs once a done callback of the future has started, so
+ * none runs after it; a delivery queued before the done callback in the same queue
+ * runs first, so the last values reported are seen. Withdraw it with
  * future_withdraw_via().
  * @return BRIDGE_OK (also on a finished future, where it never runs); BRIDGE_E_INVALID
  *         for NULL `f`, `q` or `cb`; BRIDGE_E_NOT_RUNNING for a pending future in a

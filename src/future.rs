@@ -189,6 +189,8 @@ struct Inner<K: Kind> {
     timed_out: Option<u64>,
     /// A thread is finishing the future; another (a combination's second input) backs off.
     finishing: bool,
+    /// A done callback has started: progress is no longer delivered.
+    done_delivered: bool,
 }
 
 /// The shared state behind every [`Future`] handle of one submission.
@@ -288,6 +290,7 @@ impl<K: Kind> Future<K> {
                     released: false,
                     timed_out: None,
                     finishing: false,
+                    done_delivered: false,
                 }),
                 finished: Condvar::new(),
             }),
@@ -649,21 +652,27 @@ impl<K: Kind> Future<K> {
         count
     }
 
-    /// Runs a queued progress delivery: the latest values, unless the future has
-    /// finished or the watch was withdrawn.
-    pub(crate) fn deliver_progress(&self, watch: u64) {
+    /// Runs a queued progress delivery with the latest values, unless a done callback
+    /// of the future has started or the watch was withdrawn. Returns whether it called.
+    pub(crate) fn deliver_progress(&self, watch: u64) -> bool {
         let found = {
             let mut inner = self.lock();
-            let progress = inner.progress;
-            inner.watches.iter_mut().find(|w| w.id == watch).map(|w| {
-                w.queued = false;
-                (w.callback.clone(), progress)
-            })
+            let (progress, over) = (inner.progress, inner.done_delivered);
+            inner
+                .watches
+                .iter_mut()
+                .find(|w| w.id == watch)
+                .and_then(|w| {
+                    w.queued = false;
+                    (!over).then(|| (w.callback.clone(), progress))
+                })
         };
-        if let Some((callback, (done, total))) = found {
-            if !self.peek().is_final() {
+        match found {
+            Some((callback, (done, total))) => {
                 K::call_progress(&callback, self, done, total);
+                true
             }
+            None => false,
         }
     }
 
@@ -719,6 +728,11 @@ impl<K: Kind> Future<K> {
     /// Marks a failure as observed (its code and message are passed on elsewhere).
     pub(crate) fn mark_observed(&self) {
         self.completion.observed.store(true, Ordering::Relaxed);
+    }
+
+    /// A done callback of this future is about to run: no progress after it.
+    pub(crate) fn mark_done_delivered(&self) {
+        self.lock().done_delivered = true;
     }
 
     /// Calls `f` with the value of a future that ended `Ok` and still holds it.
@@ -913,28 +927,31 @@ impl<K: Kind> Future<K> {
         inner.staged_message = None;
         inner.waker = None;
         let registrations = std::mem::replace(&mut inner.callbacks, Callbacks::new());
-        let watches = std::mem::take(&mut inner.watches);
-        // Queued callbacks are pushed now, under the lock, where a withdrawal can find
-        // them; each entry holds a handle until it has run.
+        // Each queued callback's entry holds a handle until it has run; the entries are
+        // pushed below, once the status is final, still under the lock, where a
+        // withdrawal can find them.
         let mut callbacks = Callbacks::new();
-        let mut notify = Vec::new();
-        let mut refused = Vec::new();
+        let mut entries = Vec::new();
+        let mut user_callbacks = false;
         for registration in registrations.into_iter() {
             match registration {
-                Registration::Direct(callback) => callbacks.push(Direct::User(callback)),
+                Registration::Direct(callback) => {
+                    user_callbacks = true;
+                    callbacks.push(Direct::User(callback))
+                }
                 Registration::Internal(callback) => callbacks.push(Direct::Internal(callback)),
                 Registration::Via(queue, callback) => {
                     let entry = Entry::Done {
                         future: self.handle(),
                         callback,
                     };
-                    match queue.push(entry) {
-                        Ok(true) => notify.push(queue),
-                        Ok(false) => {}
-                        Err(entry) => refused.push(entry),
-                    }
+                    entries.push((queue, entry));
                 }
             }
+        }
+        // Progress must not be delivered after a done callback has started.
+        if user_callbacks {
+            inner.done_delivered = true;
         }
         // Callbacks hold a handle while they run, taken before the future can be seen
         // finished: the value stays alive until the last of them returns. Without
@@ -954,13 +971,23 @@ impl<K: Kind> Future<K> {
         self.completion
             .status
             .store(status.code(), Ordering::Release);
+        // Only now may a dispatching thread see the entries: their callbacks see the
+        // final state.
+        let mut notify = Vec::new();
+        let mut refused = Vec::new();
+        for (queue, entry) in entries {
+            match queue.push(entry) {
+                Ok(true) => notify.push(queue),
+                Ok(false) => {}
+                Err(entry) => refused.push(entry),
+            }
+        }
         // No longer pending once final, and before the callbacks run: a shutdown
         // waiting for pending work must not wait for a callback that may be waiting
         // for it.
         owner.leave();
         drop(inner);
         // Outside the lock: a refused entry holds a handle whose drop may take it.
-        drop(watches);
         drop(refused);
         if wake {
             self.completion.finished.notify_all();

@@ -81,10 +81,16 @@ impl Owner {
     /// Bookkeeping for a future combined from this bridge's futures: the same
     /// unhandled-error hook, counted apart (it is no work of the bridge's).
     pub(crate) fn companion(&self) -> Owner {
-        Owner {
+        let companion = Owner {
             fork_generation: self.fork_generation,
             ..Owner::with_hook(0, self.on_unhandled.clone())
+        };
+        // Chained work and timeouts of a combined future run on this bridge.
+        #[cfg(not(asyncbridge_loom))]
+        if let Some(bridge) = self.bridge.get() {
+            let _ = companion.bridge.set(bridge.clone());
         }
+        companion
     }
 
     /// Remembers the bridge this bookkeeping belongs to.

@@ -19,6 +19,11 @@ use crate::wakeup::Wakeup;
 /// Called on each empty→non-empty edge of a queue, from any thread.
 pub type NotifyHook = Box<dyn Fn() + Send + Sync>;
 
+thread_local! {
+    /// The calling thread is inside a notify hook.
+    static IN_HOOK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// One delivery waiting in a queue. Each holds a handle to its future, so the value
 /// stays alive until the delivery has run.
 pub(crate) enum Entry<K: Kind> {
@@ -35,8 +40,8 @@ pub(crate) enum Entry<K: Kind> {
 
 /// Something a queue runs in its dispatch that is not a future's callback.
 pub trait Deliver: Send + Sync {
-    /// Runs on the dispatching thread.
-    fn deliver(&self);
+    /// Runs on the dispatching thread; returns whether it called a callback.
+    fn deliver(&self) -> bool;
 }
 
 impl<K: Kind> Entry<K> {
@@ -47,9 +52,15 @@ impl<K: Kind> Entry<K> {
         }
     }
 
-    fn run(self) {
+    /// Runs the delivery; returns whether a callback was called (a progress delivery
+    /// after the done callback, or of a withdrawn watch, calls nothing).
+    fn run(self) -> bool {
         match self {
-            Entry::Done { future, callback } => K::call(callback, &future),
+            Entry::Done { future, callback } => {
+                future.mark_done_delivered();
+                K::call(callback, &future);
+                true
+            }
             Entry::Progress { future, watch } => future.deliver_progress(watch),
             Entry::Source(source) => source.deliver(),
         }
@@ -72,7 +83,10 @@ impl<K: Kind> crate::recurring::Delivery for CompletionQueue<K> {
 }
 
 struct State<K: Kind> {
-    entries: VecDeque<Entry<K>>,
+    /// Deliveries with the sequence number they were queued under.
+    entries: VecDeque<(u64, Entry<K>)>,
+    /// The sequence number of the next delivery queued.
+    next: u64,
     /// Freed by its owner: nothing is queued any more.
     closed: bool,
     /// Threads in `wait`; notifying nobody costs a syscall, so count.
@@ -103,6 +117,7 @@ impl<K: Kind> CompletionQueue<K> {
         CompletionQueue {
             state: Mutex::new(State {
                 entries: VecDeque::new(),
+                next: 0,
                 closed: false,
                 waiters: 0,
                 wakeup: Wakeup::new().ok(),
@@ -125,8 +140,24 @@ impl<K: Kind> CompletionQueue<K> {
     }
 
     /// Calls the hook, if any. Callers hold no lock of a future: the hook is user code.
+    ///
+    /// A hook that dispatches right away (GLib's g_main_context_invoke does, when the
+    /// context is free) would re-enter here from its own dispatch; that nested call is
+    /// skipped rather than deadlocking on the hook's lock.
     pub(crate) fn call_notify(&self) {
+        if IN_HOOK.with(|h| h.get()) {
+            return;
+        }
         if let Some(hook) = lock(&self.notify).as_ref() {
+            IN_HOOK.with(|h| h.set(true));
+            // Reset even if a Rust hook panics.
+            struct Reset;
+            impl Drop for Reset {
+                fn drop(&mut self) {
+                    IN_HOOK.with(|h| h.set(false));
+                }
+            }
+            let _reset = Reset;
             hook();
         }
     }
@@ -141,7 +172,9 @@ impl<K: Kind> CompletionQueue<K> {
             return Err(entry);
         }
         let edge = state.entries.is_empty();
-        state.entries.push_back(entry);
+        let seq = state.next;
+        state.next += 1;
+        state.entries.push_back((seq, entry));
         if edge {
             if let Some(wakeup) = &state.wakeup {
                 wakeup.raise();
@@ -159,13 +192,21 @@ impl<K: Kind> CompletionQueue<K> {
     /// `max` of them (0: all). Returns how many ran. If callbacks are still pending
     /// when it returns, the descriptor stays readable and the hook is called again.
     pub fn dispatch(&self, max: usize) -> usize {
-        let pending = lock(&self.state).entries.len();
+        // Deliveries queued from now on (by callbacks or other threads) wait for the
+        // next dispatch, even if a callback withdraws some of those pending now.
+        let (end, pending) = {
+            let state = lock(&self.state);
+            (state.next, state.entries.len())
+        };
         let limit = if max == 0 { pending } else { pending.min(max) };
-        let mut ran = 0;
-        while ran < limit {
+        let (mut taken, mut ran) = (0, 0);
+        while taken < limit {
             let entry = {
                 let mut state = lock(&self.state);
-                let entry = state.entries.pop_front();
+                let entry = match state.entries.front() {
+                    Some((seq, _)) if *seq < end => state.entries.pop_front().map(|(_, e)| e),
+                    _ => None,
+                };
                 if state.entries.is_empty() {
                     if let Some(wakeup) = &state.wakeup {
                         wakeup.clear();
@@ -174,8 +215,10 @@ impl<K: Kind> CompletionQueue<K> {
                 entry
             };
             let Some(entry) = entry else { break };
-            entry.run();
-            ran += 1;
+            taken += 1;
+            if entry.run() {
+                ran += 1;
+            }
         }
         let more = !lock(&self.state).entries.is_empty();
         if more {
@@ -232,11 +275,11 @@ impl<K: Kind> CompletionQueue<K> {
         };
         drop(wakeup);
         self.set_notify(None);
-        let ran = entries.len();
-        for entry in entries {
-            entry.run();
-        }
-        ran
+        entries
+            .into_iter()
+            .map(|(_, entry)| entry.run())
+            .filter(|&ran| ran)
+            .count()
     }
 
     /// Removes the pending deliveries of `future` that `matches` selects; they will
@@ -249,11 +292,11 @@ impl<K: Kind> CompletionQueue<K> {
         let mut state = lock(&self.state);
         let mut removed = Vec::new();
         let mut kept = VecDeque::with_capacity(state.entries.len());
-        for entry in state.entries.drain(..) {
+        for (seq, entry) in state.entries.drain(..) {
             if entry.future().is_some_and(|f| f.same_as(future)) && matches(&entry) {
                 removed.push(entry);
             } else {
-                kept.push_back(entry);
+                kept.push_back((seq, entry));
             }
         }
         state.entries = kept;
@@ -425,7 +468,7 @@ mod tests {
     }
 
     #[test]
-    fn progress_is_coalesced_and_never_after_the_end() {
+    fn progress_is_coalesced_and_never_after_the_done_callback() {
         let queue = Arc::new(CompletionQueue::<K>::new());
         let seen = Arc::new(StdMutex::new(Vec::new()));
         let s = seen.clone();
@@ -441,10 +484,27 @@ mod tests {
         assert_eq!(queue.len(), 1, "one pending delivery");
         assert_eq!(queue.dispatch(0), 1);
         assert_eq!(*seen.lock().unwrap(), vec![(5, 5)], "the latest values win");
+        // Queued before the done callback: delivered, and first.
         f.set_progress(6, 9);
+        let s = seen.clone();
+        f.on_done_via(&queue, Box::new(move |_| s.lock().unwrap().push((0, 0))))
+            .unwrap();
         f.finish(Ok(None));
-        assert_eq!(queue.dispatch(0), 1);
-        assert_eq!(seen.lock().unwrap().len(), 1, "nothing once finished");
+        assert_eq!(queue.dispatch(0), 2);
+        assert_eq!(*seen.lock().unwrap(), vec![(5, 5), (6, 9), (0, 0)]);
+        // After the done callback has run: nothing.
+        let g = future();
+        let s = seen.clone();
+        g.on_progress_via(
+            &queue,
+            Arc::new(move |_, d, t| s.lock().unwrap().push((d, t))),
+        )
+        .unwrap();
+        g.on_done(Box::new(|_| {})).unwrap();
+        g.set_progress(1, 1);
+        g.finish(Ok(None));
+        assert_eq!(queue.dispatch(0), 0, "the delivery calls nothing");
+        assert_eq!(seen.lock().unwrap().len(), 3);
     }
 
     #[test]

@@ -218,14 +218,16 @@ impl Source {
         }
     }
 
-    fn call(&self, events: u64) {
+    /// Calls the callback unless stopped; returns whether it did.
+    fn call(&self, events: u64) -> bool {
         let _calling = lock(&self.calling);
         if lock(&self.counts).stopped {
-            return;
+            return false;
         }
         self.caller.store(thread_token(), Ordering::SeqCst);
         (self.callback)(self, events);
         self.caller.store(0, Ordering::SeqCst);
+        true
     }
 
     /// Stops the source: no call starts after this returns. A call running on another
@@ -250,18 +252,16 @@ impl Source {
 }
 
 impl Deliver for Source {
-    fn deliver(&self) {
+    fn deliver(&self) -> bool {
         let events = {
             let mut counts = lock(&self.counts);
             counts.queued = false;
             if counts.stopped {
-                return;
+                return false;
             }
             std::mem::take(&mut counts.pending)
         };
-        if events > 0 {
-            self.call(events);
-        }
+        events > 0 && self.call(events)
     }
 }
 

@@ -50,6 +50,12 @@ fn lib_dir() -> &'static Path {
 }
 
 fn compile(source: &Path) -> PathBuf {
+    compile_with(source, &[])
+}
+
+/// Like [`compile`], with `extra_args` after the source: e.g. the output of
+/// `pkg-config --cflags --libs` for a library an example uses.
+fn compile_with(source: &Path, extra_args: &[String]) -> PathBuf {
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c_bin");
     std::fs::create_dir_all(&out_dir).unwrap();
     let exe = out_dir.join(source.file_stem().unwrap());
@@ -72,6 +78,7 @@ fn compile(source: &Path) -> PathBuf {
         .arg("-I")
         .arg(root().join("tests/c"))
         .arg(source)
+        .args(extra_args)
         .arg("-o")
         .arg(&exe)
         .arg(format!("-L{}", lib.display()))
@@ -213,7 +220,7 @@ macro_rules! c_tests {
     };
 }
 
-c_tests!(smoke, futures, cancel, callbacks, bridge, threads, fork, time, signal);
+c_tests!(smoke, futures, cancel, callbacks, bridge, threads, fork, queue, time, signal);
 
 #[test]
 fn every_c_test_file_is_listed() {
@@ -322,6 +329,76 @@ fn readme_example_compiles_and_runs() {
         ok && stdout.trim() == "49",
         "stdout: {stdout}\nstderr: {stderr}"
     );
+}
+
+#[test]
+fn example_poll_loop() {
+    let out = build_and_run("c_examples/poll_loop.c", &[]);
+    // The program exits non-zero unless every callback ran on the main thread with the
+    // right result and every input line was read; here the output is read back too.
+    for id in 0..20u32 {
+        let line = format!("done: job {id} -> {}", id * id);
+        assert!(out.contains(&line), "no \"{line}\" in:\n{out}");
+    }
+    for n in 1..=6 {
+        assert!(out.contains(&format!("input: line {n}")), "{out}");
+    }
+    assert!(out.contains("all 20 jobs done"), "{out}");
+    assert!(
+        out.contains("callbacks off the main thread: 0, wrong results: 0"),
+        "{out}"
+    );
+}
+
+/// Needs GLib's development files: skipped without them, unless
+/// `ASYNCBRIDGE_REQUIRE_GUI` is set (as in CI), where their absence is a failure.
+#[test]
+fn example_glib_main_loop() {
+    let required = std::env::var_os("ASYNCBRIDGE_REQUIRE_GUI").is_some();
+    let pkg_config = |args: &[&str]| {
+        Command::new("pkg-config")
+            .args(args)
+            .output()
+            .ok()
+            .filter(|out| out.status.success())
+    };
+    let flags = match (
+        pkg_config(&["--exists", "glib-2.0"]),
+        pkg_config(&["--cflags", "--libs", "glib-2.0"]),
+    ) {
+        (Some(_), Some(out)) => String::from_utf8(out.stdout).unwrap(),
+        _ => {
+            assert!(
+                !required,
+                "ASYNCBRIDGE_REQUIRE_GUI is set, but glib-2.0 is not installed \
+                 (apt-get install libglib2.0-dev pkg-config)"
+            );
+            println!("skipped: glib-2.0 not installed (apt-get install libglib2.0-dev)");
+            return;
+        }
+    };
+    let flags: Vec<String> = flags.split_whitespace().map(str::to_owned).collect();
+    let exe = compile_with(&root().join("c_examples/glib_main_loop.c"), &flags);
+    for (mode, args) in [("fd", &[][..]), ("notify", &["notify"][..])] {
+        let (ok, stdout, stderr) = run(&exe, args);
+        print!("{stdout}");
+        eprint!("{stderr}");
+        assert!(
+            ok,
+            "glib_main_loop {mode} failed:\nstdout:\n{stdout}\nstderr:\n{stderr}"
+        );
+        assert!(
+            stdout.contains(&format!("mode {mode}: 40 jobs done, 3 failed as planned")),
+            "{stdout}"
+        );
+        assert!(
+            stdout.contains(&format!(
+                "mode {mode}: callbacks off the main loop: 0, wrong: 0"
+            )),
+            "{stdout}"
+        );
+        assert!(stdout.contains(&format!("mode {mode}: ok")), "{stdout}");
+    }
 }
 
 #[test]

@@ -96,7 +96,7 @@ fn boxed(n: u64) -> *mut c_void {
 
 #[test]
 fn submit_wait_value_progress_release() {
-    let _serial = SERIAL.lock().unwrap();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let b = start();
     assert!(unsafe { bridge_is_running(b) });
     assert!(!unsafe { bridge_in_loop(b) });
@@ -177,7 +177,7 @@ fn submit_wait_value_progress_release() {
 
 #[test]
 fn failure_cancel_callbacks_and_deadlock() {
-    let _serial = SERIAL.lock().unwrap();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let b = start();
     let mut f = null_mut();
     assert_eq!(
@@ -267,6 +267,12 @@ fn failure_cancel_callbacks_and_deadlock() {
         BRIDGE_CANCELLED,
         "finished: unchanged"
     );
+    // A wait returns once the future is final; its callback may still be running on
+    // the thread that finished it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while CALLBACKS.load(Ordering::SeqCst) < calls + 2 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
+    }
     assert_eq!(CALLBACKS.load(Ordering::SeqCst), calls + 2);
     unsafe {
         future_release(waiter);
@@ -277,7 +283,7 @@ fn failure_cancel_callbacks_and_deadlock() {
 
 #[test]
 fn unobserved_failure_reaches_the_hook() {
-    let _serial = SERIAL.lock().unwrap();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     static SEEN: Mutex<Vec<(i32, String)>> = Mutex::new(Vec::new());
     let seen = &SEEN;
     let mut cfg = std::mem::MaybeUninit::<bridge_config_t>::uninit();
@@ -308,7 +314,7 @@ fn unobserved_failure_reaches_the_hook() {
 
 #[test]
 fn null_and_invalid_arguments() {
-    let _serial = SERIAL.lock().unwrap();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     unsafe {
         bridge_config_init(null_mut());
         assert_eq!(bridge_start(null(), null_mut()), BRIDGE_E_INVALID);
@@ -392,7 +398,7 @@ fn null_and_invalid_arguments() {
 
 #[test]
 fn default_bridge_is_shared_and_not_freed() {
-    let _serial = SERIAL.lock().unwrap();
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let d = bridge_default();
     assert!(!d.is_null());
     assert_eq!(d, bridge_default());

@@ -1,7 +1,7 @@
 //! `bridge_queue_t`: completion queues that deliver callbacks on the application's
 //! own thread.
 
-use std::ffi::c_void;
+use std::ffi::{c_int, c_void};
 use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
@@ -24,6 +24,10 @@ pub struct bridge_queue {
 
 /// A completion queue (see struct bridge_queue).
 pub type bridge_queue_t = bridge_queue;
+
+/// The hook of bridge_queue_set_notify(): called from any thread when callbacks become
+/// pending. It must not block, throw, or call into the library.
+pub type bridge_notify_fn = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
 
 /// Borrows the queue behind a C handle as a shared reference.
 ///
@@ -70,7 +74,7 @@ pub unsafe extern "C" fn bridge_queue_new(out: *mut *mut bridge_queue_t) -> brid
 ///         (use bridge_queue_set_notify() then).
 /// Any thread.
 #[no_mangle]
-pub unsafe extern "C" fn bridge_queue_fd(q: *const bridge_queue_t) -> i32 {
+pub unsafe extern "C" fn bridge_queue_fd(q: *const bridge_queue_t) -> c_int {
     // SAFETY: `q` is NULL or a live handle per the API.
     boundary(|| unsafe { borrow(q) }.and_then(|q| q.fd()).unwrap_or(-1))
 }
@@ -79,9 +83,12 @@ pub unsafe extern "C" fn bridge_queue_fd(q: *const bridge_queue_t) -> i32 {
 /// by a dispatch that returns with callbacks still pending.
 ///
 /// The hook runs on any thread (a bridge thread, or one that cancelled a future); it
-/// must not block, throw or call into the library: post a message to your loop (Qt:
-/// QMetaObject::invokeMethod(..., Qt::QueuedConnection); Win32: PostMessage; GLib:
-/// g_main_context_invoke) and dispatch from there.
+/// must not block, throw or call into the library: post a message to your loop and
+/// dispatch from there (Qt: QMetaObject::invokeMethod(..., Qt::QueuedConnection);
+/// Win32: PostMessage; GLib: attach an idle source, g_idle_add() or
+/// g_source_attach(g_idle_source_new(), ctx) -- not g_main_context_invoke(), which runs
+/// the function at once, on the calling thread, whenever the context is free). A hook
+/// that dispatches at once anyway is not called again from inside that dispatch.
 /// @param notify the hook; NULL removes it.
 /// @param user_data passed to `notify`.
 /// Once this returns, the previous hook is not running and will not be called again.
@@ -89,7 +96,7 @@ pub unsafe extern "C" fn bridge_queue_fd(q: *const bridge_queue_t) -> i32 {
 #[no_mangle]
 pub unsafe extern "C" fn bridge_queue_set_notify(
     q: *mut bridge_queue_t,
-    notify: Option<unsafe extern "C" fn(user_data: *mut c_void)>,
+    notify: bridge_notify_fn,
     user_data: *mut c_void,
 ) {
     boundary(|| {
@@ -113,8 +120,9 @@ pub unsafe extern "C" fn bridge_queue_set_notify(
 /// completions arriving meanwhile wait for the next dispatch, so a steady stream
 /// cannot hold the caller forever. If it returns with callbacks still pending, the
 /// descriptor stays readable and the notify hook is called again before it returns.
-/// @param max the most callbacks to run; 0: all that are pending.
-/// @return how many callbacks ran; 0 for NULL.
+/// @param max the most deliveries to take; 0: all that are pending.
+/// @return how many callbacks ran (a progress delivery that was due after its
+///         future's done callback calls nothing and is not counted); 0 for NULL.
 /// Any thread (the callbacks run on it); callbacks may call into the library,
 /// including bridge_queue_dispatch() on the same queue.
 #[no_mangle]
@@ -150,8 +158,12 @@ pub unsafe extern "C" fn bridge_queue_wait(
 
 /// Runs the callbacks still pending on the calling thread, then frees the queue and
 /// closes its descriptor. Completions that arrive afterwards for this queue are
-/// dropped: their callbacks never run.
+/// dropped: their callbacks never run (values are still freed exactly once).
 ///
+/// Teardown order for an owner that goes away (a window): first stop watching the
+/// descriptor (it is closed here and its number may be reused) and remove the notify
+/// hook; withdraw the callbacks that must not run any more (future_withdraw_via());
+/// then free the queue.
 /// @param q the queue; NULL does nothing. Using it afterwards is undefined.
 /// Any thread; not from inside one of this queue's callbacks.
 #[no_mangle]
@@ -201,8 +213,9 @@ pub unsafe extern "C" fn future_on_done_via(
 /// time the work reports progress with bridge_job_set_progress().
 ///
 /// Coalesced: at most one delivery per registration is pending; when it runs it reads
-/// the latest values. None runs once the future has finished, so none runs after its
-/// done callback (the last values may be skipped). Withdraw it with
+/// the latest values. None runs once a done callback of the future has started, so
+/// none runs after it; a delivery queued before the done callback in the same queue
+/// runs first, so the last values reported are seen. Withdraw it with
 /// future_withdraw_via().
 /// @return BRIDGE_OK (also on a finished future, where it never runs); BRIDGE_E_INVALID
 ///         for NULL `f`, `q` or `cb`; BRIDGE_E_NOT_RUNNING for a pending future in a
