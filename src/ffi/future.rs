@@ -504,7 +504,8 @@ unsafe fn handles(fs: *const *mut future_t, n: usize) -> Option<Vec<Future<CKind
 /// Inputs are never cancelled by it, may come from different bridges, and may be
 /// released by the caller right after this call. Its value is NULL. n == 0 gives a
 /// future that is BRIDGE_OK at once. A failure it hands on counts as observed on the
-/// input; the combined future reports it if nobody looks at it.
+/// input; the combined future reports it if nobody looks at it. future_then() and
+/// future_set_timeout() on the combined future use the first input's bridge.
 /// @param fs an array of `n` futures (borrowed for the call).
 /// @param out receives the new future (one reference, the caller's).
 /// @return BRIDGE_OK; BRIDGE_E_INVALID (NULL `out`, NULL `fs` with n > 0, a NULL
@@ -555,7 +556,8 @@ fn malloced_index(index: usize) -> *mut c_void {
 /// The value is freed with the future; taken with future_take_value(), free() it.
 /// Inputs are never cancelled by it, may come from different bridges, and may be
 /// released by the caller right after this call. Inputs finished already count in
-/// array order.
+/// array order. future_then() and future_set_timeout() on the combined future use the
+/// first input's bridge.
 /// @param fs an array of `n` futures (borrowed for the call).
 /// @param out receives the new future (one reference, the caller's).
 /// @return BRIDGE_OK; BRIDGE_E_INVALID (n == 0, NULL `fs` or `out`, a NULL element);
