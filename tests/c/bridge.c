@@ -3,6 +3,7 @@
  * argument checks. */
 #define _POSIX_C_SOURCE 200809L
 #include "check.h"
+#include "util.h"
 
 #include <sched.h>
 
@@ -13,40 +14,6 @@
 #include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
-
-static int64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int64_t ms) {
-    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-#define WAIT_UNTIL(cond, limit_ms)                                                         \
-    do {                                                                                   \
-        int64_t wait_until_end_ = now_ms() + (limit_ms);                                   \
-        while (!(cond) && now_ms() < wait_until_end_) sleep_ms(1);                         \
-    } while (0)
-
-static void wait_flag(atomic_int *flag) {
-    int64_t end = now_ms() + 10000;
-    while (!atomic_load(flag) && now_ms() < end) sleep_ms(1);
-}
-
-typedef struct {
-    atomic_int freed;
-} token_t;
-
-static void token_free(void *p) { atomic_fetch_add(&((token_t *)p)->freed, 1); }
-
-static int32_t nop_work(bridge_job_t *job, void *arg) {
-    (void)job;
-    (void)arg;
-    return 0;
-}
 
 /* Work held on a gate; counts its arg_free. */
 typedef struct {

@@ -2,6 +2,7 @@
  * futures return BRIDGE_E_NOT_RUNNING, promptly), new bridges work; the parent goes on. */
 #define _POSIX_C_SOURCE 200809L
 #include "check.h"
+#include "util.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -12,29 +13,6 @@
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
-
-static int64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int64_t ms) {
-    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-#define WAIT_UNTIL(cond, limit_ms)                                                         \
-    do {                                                                                   \
-        int64_t wait_until_end_ = now_ms() + (limit_ms);                                   \
-        while (!(cond) && now_ms() < wait_until_end_) sleep_ms(1);                         \
-    } while (0)
-
-typedef struct {
-    atomic_int freed;
-} token_t;
-
-static void token_free(void *p) { atomic_fetch_add(&((token_t *)p)->freed, 1); }
 
 typedef struct {
     atomic_int gate;
@@ -54,12 +32,6 @@ static int32_t gated_work(bridge_job_t *job, void *arg) {
     int64_t end = now_ms() + 15000;
     while (!atomic_load(&g->gate) && now_ms() < end) sleep_ms(1);
     bridge_job_set_value(job, &g->value, token_free);
-    return 0;
-}
-
-static int32_t nop_work(bridge_job_t *job, void *arg) {
-    (void)job;
-    (void)arg;
     return 0;
 }
 

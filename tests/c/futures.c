@@ -2,36 +2,14 @@
  * and value_free timing, progress, and NULL arguments of every future_* function. */
 #define _POSIX_C_SOURCE 200809L
 #include "check.h"
+#define TEST_UTIL_OWN_TOKEN /* token_t below also carries a payload */
+#include "util.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <string.h>
 #include <time.h>
-
-static int64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int64_t ms) {
-    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-/* Polls `cond` every millisecond until it holds or `limit_ms` ran out; CHECK it afterwards. */
-#define WAIT_UNTIL(cond, limit_ms)                                                         \
-    do {                                                                                   \
-        int64_t wait_until_end_ = now_ms() + (limit_ms);                                   \
-        while (!(cond) && now_ms() < wait_until_end_) sleep_ms(1);                         \
-    } while (0)
-
-/* Waits (at most 10 s, so a failing test never hangs) until *flag is non-zero. */
-static void wait_flag(atomic_int *flag) {
-    int64_t end = now_ms() + 10000;
-    while (!atomic_load(flag) && now_ms() < end) sleep_ms(1);
-}
 
 /* A value or argument whose free function only counts: a double free shows as 2. */
 typedef struct {

@@ -3,6 +3,7 @@
  * shutdown, value lifetime, progress coalescing, withdrawal, NULL arguments, two bridges. */
 #define _POSIX_C_SOURCE 200809L
 #include "check.h"
+#include "util.h"
 
 #include <poll.h>
 #include <pthread.h>
@@ -11,23 +12,6 @@
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
-
-static int64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int64_t ms) {
-    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-#define WAIT_UNTIL(cond, limit_ms)                                                         \
-    do {                                                                                   \
-        int64_t wait_until_end_ = now_ms() + (limit_ms);                                   \
-        while (!(cond) && now_ms() < wait_until_end_) sleep_ms(1);                         \
-    } while (0)
 
 static pthread_t main_thread;
 static bridge_t *bridge;
@@ -56,12 +40,6 @@ static bool readable(const bridge_queue_t *q) {
 }
 
 /* ---- work ---- */
-
-typedef struct {
-    atomic_int freed;
-} token_t;
-
-static void token_free(void *p) { atomic_fetch_add(&((token_t *)p)->freed, 1); }
 
 /* Work that waits on `gate`; with `progress`, then reports progress (1, 2), sets
  * `reported` and waits on `gate2`; then sets `value` and returns `ret`. */

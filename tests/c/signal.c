@@ -3,6 +3,7 @@
  * watches of one signal, stop semantics, coalesced ticks, ticks never early. */
 #define _POSIX_C_SOURCE 200809L
 #include "check.h"
+#include "util.h"
 
 #include <pthread.h>
 #include <signal.h>
@@ -12,30 +13,11 @@
 #include <string.h>
 #include <time.h>
 
-static int64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static int64_t now_ms(void) { return now_ns() / 1000000; }
-
-static void sleep_ms(int64_t ms) {
-    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 static void spin_ms(int64_t ms) {
     int64_t end = now_ns() + ms * 1000000;
     while (now_ns() < end) {
     }
 }
-
-#define WAIT_UNTIL(cond, limit_ms)                                                         \
-    do {                                                                                   \
-        int64_t wait_until_end_ = now_ms() + (limit_ms);                                   \
-        while (!(cond) && now_ms() < wait_until_end_) sleep_ms(1);                         \
-    } while (0)
 
 /* Dispatches `q` on the calling thread until `cond` holds or `limit_ms` passed. */
 #define DISPATCH_UNTIL(q, cond, limit_ms)                                                  \

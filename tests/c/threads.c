@@ -2,29 +2,13 @@
  * completion, reference counting from many threads, bridges started and stopped in parallel. */
 #define _POSIX_C_SOURCE 200809L
 #include "check.h"
+#include "util.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <string.h>
 #include <time.h>
-
-static int64_t now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-static void sleep_ms(int64_t ms) {
-    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
-#define WAIT_UNTIL(cond, limit_ms)                                                         \
-    do {                                                                                   \
-        int64_t wait_until_end_ = now_ms() + (limit_ms);                                   \
-        while (!(cond) && now_ms() < wait_until_end_) sleep_ms(1);                         \
-    } while (0)
 
 static atomic_int unhandled;
 static void count_unhandled(int32_t code, const char *message, void *user_data) {
@@ -347,12 +331,6 @@ static void retain_release_from_many_threads(void) {
 }
 
 /* ---- bridges started and stopped in parallel ---- */
-
-static int32_t nop_work(bridge_job_t *job, void *arg) {
-    (void)job;
-    (void)arg;
-    return 0;
-}
 
 static void *bridge_lifecycle(void *p) {
     int *errors = p;

@@ -3,6 +3,7 @@
  * long chains without stack growth, large combinations across two bridges. */
 #define _POSIX_C_SOURCE 200809L
 #include "check.h"
+#include "util.h"
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -11,41 +12,16 @@
 #include <string.h>
 #include <time.h>
 
-static int64_t now_ns(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-}
-
-static int64_t now_ms(void) { return now_ns() / 1000000; }
-
-static void sleep_ms(int64_t ms) {
-    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
-    nanosleep(&ts, NULL);
-}
-
 static void sleep_us(long us) {
     struct timespec ts = {0, us * 1000L};
     nanosleep(&ts, NULL);
 }
-
-#define WAIT_UNTIL(cond, limit_ms)                                                         \
-    do {                                                                                   \
-        int64_t wait_until_end_ = now_ms() + (limit_ms);                                   \
-        while (!(cond) && now_ms() < wait_until_end_) sleep_ms(1);                         \
-    } while (0)
 
 #define HOUR_MS 3600000u
 
 static bridge_t *bridge; /* the default bridge of these tests */
 
 /* ---- helpers ---------------------------------------------------------------------- */
-
-typedef struct {
-    atomic_int freed;
-} token_t;
-
-static void token_free(void *p) { atomic_fetch_add(&((token_t *)p)->freed, 1); }
 
 /* Blocking work that waits for a gate (or, if cooperative, for cancellation), then sets
  * a value and returns `ret` (with a message when non-zero). */
