@@ -464,7 +464,7 @@ fn example_timer_signal() {
 fn null_call(prototype: &str) -> Option<String> {
     let open = prototype.find('(')?;
     let head = prototype[..open].trim();
-    let name_at = head.rfind(|c: char| c == ' ' || c == '*')? + 1;
+    let name_at = head.rfind([' ', '*'])? + 1;
     let (ret, name) = (head[..name_at].trim(), &head[name_at..]);
     let params = prototype[open + 1..prototype.rfind(')')?].trim();
     let args: Vec<&str> = if params == "void" {
