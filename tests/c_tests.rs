@@ -220,7 +220,7 @@ macro_rules! c_tests {
     };
 }
 
-c_tests!(smoke, futures, cancel, callbacks, bridge, threads, fork, queue, time, signal);
+c_tests!(smoke, futures, cancel, callbacks, bridge, threads, fork, queue, time, signal, reentrant);
 
 #[test]
 fn every_c_test_file_is_listed() {
