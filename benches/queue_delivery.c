@@ -11,7 +11,10 @@
  * rounds (ABAB...). Prints numbers; nothing here passes or fails on time.
  *
  * Usage: queue_delivery [samples per kind, default 10000] [rounds, default 5]
- * Build and run: scripts/bench-queue */
+ * Build and run: scripts/bench-queue
+ *
+ * benches/bench_c.c includes this file with QUEUE_DELIVERY_NO_MAIN defined and runs
+ * run_queue() and run_eventfd() in its own rounds, for scripts/bench (workload 4). */
 #define _GNU_SOURCE
 #include <asyncbridge.h>
 #include <errno.h>
@@ -145,6 +148,8 @@ static int run_eventfd(uint64_t *out, int n) {
     return done == n ? 0 : -1;
 }
 
+#ifndef QUEUE_DELIVERY_NO_MAIN
+
 /* ---- statistics ---- */
 
 static int cmp_u64(const void *a, const void *b) {
@@ -184,8 +189,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "setup failed\n");
         return 1;
     }
-    /* warm-up: threads, page faults, the loop's first wake-ups */
-    if (run_queue(b, q, queue_ns, 200) != 0 || run_eventfd(floor_ns, 200) != 0) {
+    /* warm-up: threads, page faults, the loop's first wake-ups (into a buffer of its
+     * own: the sample arrays may be shorter than the warm-up) */
+    static uint64_t warm_ns[200];
+    if (run_queue(b, q, warm_ns, 200) != 0 || run_eventfd(warm_ns, 200) != 0) {
         fprintf(stderr, "warm-up failed\n");
         return 1;
     }
@@ -220,3 +227,5 @@ int main(int argc, char **argv) {
     free(floor_ns);
     return 0;
 }
+
+#endif /* QUEUE_DELIVERY_NO_MAIN */
