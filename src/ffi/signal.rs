@@ -7,7 +7,7 @@ use crate::ffi::boundary::{boundary, error_of, SendPtr};
 use crate::ffi::bridge::{borrow as borrow_bridge, bridge_t};
 use crate::ffi::queue::bridge_queue_t;
 use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID, BRIDGE_OK};
-use crate::ffi::timer::delivery;
+use crate::ffi::timer::{delivery, free_source, stop_source};
 use crate::recurring::Source;
 
 /// A watch of a Unix signal. Made by bridge_signal_start(), stopped by
@@ -99,12 +99,8 @@ pub unsafe extern "C" fn bridge_signal_start(
 /// Any thread.
 #[no_mangle]
 pub unsafe extern "C" fn bridge_signal_stop(w: *mut bridge_signal_t) {
-    boundary(|| {
-        if !w.is_null() {
-            // SAFETY: a non-NULL `w` is a live watch handle per the API.
-            unsafe { &*w.cast::<Source>() }.stop();
-        }
-    })
+    // SAFETY: `w` is NULL or a live watch handle per the API.
+    boundary(|| unsafe { stop_source(w.cast()) })
 }
 
 /// Stops the watch (as bridge_signal_stop()) and frees the handle.
@@ -113,11 +109,6 @@ pub unsafe extern "C" fn bridge_signal_stop(w: *mut bridge_signal_t) {
 /// Any thread.
 #[no_mangle]
 pub unsafe extern "C" fn bridge_signal_free(w: *mut bridge_signal_t) {
-    boundary(|| {
-        if !w.is_null() {
-            // SAFETY: the caller gives up the handle made by Arc::into_raw.
-            let watch = unsafe { Arc::from_raw(w.cast::<Source>().cast_const()) };
-            watch.stop();
-        }
-    })
+    // SAFETY: the caller gives up a live watch handle (or passes NULL) per the API.
+    boundary(|| unsafe { free_source(w.cast()) })
 }

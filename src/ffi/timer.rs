@@ -102,12 +102,33 @@ pub unsafe extern "C" fn bridge_timer_start(
 /// Any thread.
 #[no_mangle]
 pub unsafe extern "C" fn bridge_timer_stop(t: *mut bridge_timer_t) {
-    boundary(|| {
-        if !t.is_null() {
-            // SAFETY: a non-NULL `t` is a live timer handle per the API.
-            unsafe { &*t.cast::<Source>() }.stop();
-        }
-    })
+    // SAFETY: `t` is NULL or a live timer handle per the API.
+    boundary(|| unsafe { stop_source(t.cast()) })
+}
+
+/// Stops the source behind a timer or signal-watch handle; NULL does nothing.
+///
+/// # Safety
+/// `handle` is NULL or a live handle made by Arc::into_raw of a Source.
+pub(crate) unsafe fn stop_source(handle: *const Source) {
+    // SAFETY: per the contract above.
+    if let Some(source) = unsafe { handle.as_ref() } {
+        source.stop();
+    }
+}
+
+/// Stops the source behind a timer or signal-watch handle and drops the handle's
+/// reference; NULL does nothing.
+///
+/// # Safety
+/// `handle` is NULL or a live handle made by Arc::into_raw of a Source, which the
+/// caller gives up.
+pub(crate) unsafe fn free_source(handle: *const Source) {
+    if !handle.is_null() {
+        // SAFETY: per the contract above.
+        let source = unsafe { Arc::from_raw(handle) };
+        source.stop();
+    }
 }
 
 /// Stops the timer (as bridge_timer_stop()) and frees the handle.
@@ -117,11 +138,6 @@ pub unsafe extern "C" fn bridge_timer_stop(t: *mut bridge_timer_t) {
 /// Any thread.
 #[no_mangle]
 pub unsafe extern "C" fn bridge_timer_free(t: *mut bridge_timer_t) {
-    boundary(|| {
-        if !t.is_null() {
-            // SAFETY: the caller gives up the handle made by Arc::into_raw.
-            let timer = unsafe { Arc::from_raw(t.cast::<Source>().cast_const()) };
-            timer.stop();
-        }
-    })
+    // SAFETY: the caller gives up a live timer handle (or passes NULL) per the API.
+    boundary(|| unsafe { free_source(t.cast()) })
 }
