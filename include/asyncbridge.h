@@ -115,8 +115,9 @@ struct bridge_timer;
  */
 struct bridge_config {
     /**
-     * sizeof(bridge_config_t), set by bridge_config_init(); a smaller value than this
-     * header's is BRIDGE_E_INVALID.
+     * sizeof(bridge_config_t), set by bridge_config_init(). Fields beyond it are not
+     * read (programs built against an older header); one that does not reach the
+     * fields of version 0.1 is BRIDGE_E_INVALID.
      */
     uint32_t size;
     /**
@@ -145,6 +146,15 @@ struct bridge_config {
      * Passed to on_unhandled_error.
      */
     void *user_data;
+    /**
+     * Low-latency mode, off (0) by default: the loop, once idle, and any thread
+     * waiting in future_wait() spin this many microseconds before they sleep, which
+     * turns a wake-up (tens of microseconds on a busy machine) into a few. It burns
+     * CPU for that long after each burst of work and in each wait: see README,
+     * "Performance". At most 1000000. Read only if `size` covers it, so programs built
+     * against a header without this field keep working.
+     */
+    uint32_t spin_us;
 };
 
 /**
@@ -347,9 +357,10 @@ void bridge_config_init(bridge_config_t *cfg);
  *        bridge_config_init().
  * @param out receives the bridge on success; the caller owns it and frees it with
  *        bridge_free() (which shuts it down first if needed).
- * @return BRIDGE_OK; BRIDGE_E_INVALID if `out` is NULL, `cfg->size` is smaller than
- *         sizeof(bridge_config_t) or a field is out of range; BRIDGE_E_NOT_RUNNING if
- *         the runtime or its thread could not be created.
+ * @return BRIDGE_OK; BRIDGE_E_INVALID if `out` is NULL, `cfg->size` does not cover
+ *         the fields of version 0.1 (size up to and including user_data) or a field is
+ *         out of range; BRIDGE_E_NOT_RUNNING if the runtime or its thread could not be
+ *         created.
  * Any thread, including a loop thread of another bridge.
  */
 bridge_status bridge_start(const bridge_config_t *cfg, bridge_t **out);

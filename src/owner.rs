@@ -36,6 +36,8 @@ pub struct Stats {
 pub(crate) struct Owner {
     fork_generation: u64,
     max_pending: u64,
+    /// How long the loop and waiters spin before parking (zero: they park at once).
+    spin: Duration,
     in_flight: AtomicU64,
     submitted: AtomicU64,
     completed: AtomicU64,
@@ -63,6 +65,7 @@ impl Owner {
         Owner {
             fork_generation: fork::generation(),
             max_pending,
+            spin: Duration::ZERO,
             in_flight: AtomicU64::new(0),
             submitted: AtomicU64::new(0),
             completed: AtomicU64::new(0),
@@ -103,6 +106,17 @@ impl Owner {
     #[cfg(not(asyncbridge_loom))]
     pub(crate) fn bridge(&self) -> Option<std::sync::Arc<crate::runtime::Shared>> {
         self.bridge.get().and_then(std::sync::Weak::upgrade)
+    }
+
+    /// Lets the loop and waiters spin for `spin` before parking.
+    pub(crate) fn spinning(mut self, spin: Duration) -> Owner {
+        self.spin = spin;
+        self
+    }
+
+    /// How long the loop and waiters spin before parking.
+    pub(crate) fn spin(&self) -> Duration {
+        self.spin
     }
 
     /// Whether this process is a fork child of the one this bridge was started in.

@@ -30,6 +30,10 @@ pub struct Config {
     pub thread_name: String,
     /// Receives failures nobody observed; `None`: they are printed to stderr.
     pub on_unhandled_error: Option<UnhandledHook>,
+    /// Low-latency mode: the loop, once idle, and a thread waiting for a future spin
+    /// this long before they park (burning CPU meanwhile). Zero (the default): they
+    /// park at once.
+    pub spin: Duration,
 }
 
 impl Default for Config {
@@ -40,6 +44,7 @@ impl Default for Config {
             max_pending: 0,
             thread_name: "asyncbridge".to_owned(),
             on_unhandled_error: None,
+            spin: Duration::ZERO,
         }
     }
 }
@@ -98,6 +103,8 @@ pub(crate) struct Shared {
     state: AtomicU8,
     handle: tokio::runtime::Handle,
     on_loop: Mutex<WorkQueue>,
+    /// Items in `on_loop`, for the dispatcher to watch while it spins without the lock.
+    on_loop_len: std::sync::atomic::AtomicUsize,
     on_loop_ready: Notify,
     blocking: Mutex<WorkQueue>,
 }
@@ -156,10 +163,13 @@ impl Bridge {
             .map_err(|_| Error::NotRunning)?;
         let shared = Arc::new(Shared {
             id,
-            owner: Arc::new(Owner::new(config.max_pending, config.on_unhandled_error)),
+            owner: Arc::new(
+                Owner::new(config.max_pending, config.on_unhandled_error).spinning(config.spin),
+            ),
             state: AtomicU8::new(RUNNING),
             handle: runtime.handle().clone(),
             on_loop: WorkQueue::new(),
+            on_loop_len: std::sync::atomic::AtomicUsize::new(0),
             on_loop_ready: Notify::new(),
             blocking: WorkQueue::new(),
         });
@@ -384,6 +394,7 @@ impl Shared {
             return Err(Error::NotRunning);
         }
         queue.items.push_back(item);
+        self.on_loop_len.store(queue.items.len(), Ordering::SeqCst);
         // One wakeup per batch: while the dispatcher has not drained the queue, it
         // will see this item without being told.
         let wake = !queue.scheduled;
@@ -512,6 +523,7 @@ impl<K: Kind> Drop for FinishOnDrop<K> {
 
 /// Runs the bridge's on-loop work in submission order, one wakeup per batch.
 async fn dispatch_on_loop(shared: Arc<Shared>) {
+    let spin = shared.owner.spin();
     loop {
         shared.on_loop_ready.notified().await;
         let mut ran = 0;
@@ -519,12 +531,20 @@ async fn dispatch_on_loop(shared: Arc<Shared>) {
             let next = {
                 let mut queue = lock(&shared.on_loop);
                 let next = queue.items.pop_front();
-                if next.is_none() {
+                shared
+                    .on_loop_len
+                    .store(queue.items.len(), Ordering::SeqCst);
+                if next.is_none() && spin.is_zero() {
                     queue.scheduled = false;
                 }
                 next
             };
-            let Some(item) = next else { break };
+            let Some(item) = next else {
+                if spin.is_zero() || !spin_for_more(&shared, spin) {
+                    break;
+                }
+                continue;
+            };
             item.run();
             ran += 1;
             if ran % DISPATCH_BATCH == 0 {
@@ -532,6 +552,24 @@ async fn dispatch_on_loop(shared: Arc<Shared>) {
                 tokio::task::yield_now().await;
             }
         }
+    }
+}
+
+/// Low-latency mode, with the on-loop queue found empty: spins up to `spin` (without
+/// its lock, the queue still marked scheduled so a submission meanwhile costs no
+/// wake-up) and returns whether work came. If none did, marks the queue unscheduled,
+/// so the next submission wakes the dispatcher as usual.
+fn spin_for_more(shared: &Shared, spin: Duration) -> bool {
+    let until = Instant::now() + spin;
+    while shared.on_loop_len.load(Ordering::SeqCst) == 0 && Instant::now() < until {
+        std::hint::spin_loop();
+    }
+    let mut queue = lock(&shared.on_loop);
+    if queue.items.is_empty() {
+        queue.scheduled = false;
+        false
+    } else {
+        true
     }
 }
 
@@ -962,6 +1000,49 @@ mod tests {
             .unwrap();
         assert_eq!(blocking.wait(LONG), Ok(Status::Ok));
         assert_eq!(bridge.shutdown(LONG), Ok(Status::Ok));
+    }
+
+    #[test]
+    fn spin_mode_round_trips_run_timers_and_shut_down() {
+        let bridge = Bridge::start(Config {
+            spin: Duration::from_micros(50),
+            ..Config::default()
+        })
+        .unwrap();
+        for i in 0..2000u32 {
+            let f = bridge
+                .submit::<K>(
+                    work(move |job| {
+                        job.set_value(i);
+                        Ok(())
+                    }),
+                    Placement::OnLoop,
+                )
+                .unwrap();
+            assert_eq!(f.wait(LONG), Ok(Status::Ok));
+            assert_eq!(f.take_value(), Some(i));
+        }
+        // The loop still runs timers and async work between spins.
+        let slept = bridge
+            .spawn::<K, _>(async {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                Ok(Some(1))
+            })
+            .unwrap();
+        assert_eq!(slept.wait(LONG), Ok(Status::Ok));
+        // A wait shorter than the spin still times out.
+        let pending = bridge
+            .spawn::<K, _>(async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                Ok(None)
+            })
+            .unwrap();
+        assert_eq!(
+            pending.wait(Some(Duration::from_micros(10))),
+            Ok(Status::Timeout)
+        );
+        assert_eq!(bridge.shutdown(Some(Duration::ZERO)), Ok(Status::Ok));
+        assert_eq!(pending.status(), Status::Cancelled);
     }
 
     #[test]

@@ -321,7 +321,7 @@ fn null_and_invalid_arguments() {
         let mut cfg = std::mem::MaybeUninit::<bridge_config_t>::uninit();
         bridge_config_init(cfg.as_mut_ptr());
         let mut cfg = cfg.assume_init();
-        cfg.size -= 1;
+        cfg.size = std::mem::offset_of!(bridge_config_t, spin_us) as u32 - 1;
         let mut b = null_mut();
         assert_eq!(bridge_start(&cfg, &mut b), BRIDGE_E_INVALID);
         assert!(b.is_null(), "out is written only on success");

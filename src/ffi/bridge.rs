@@ -26,8 +26,9 @@ pub type bridge_t = bridge;
 /// change the fields you need.
 #[repr(C)]
 pub struct bridge_config {
-    /// sizeof(bridge_config_t), set by bridge_config_init(); a smaller value than this
-    /// header's is BRIDGE_E_INVALID.
+    /// sizeof(bridge_config_t), set by bridge_config_init(). Fields beyond it are not
+    /// read (programs built against an older header); one that does not reach the
+    /// fields of version 0.1 is BRIDGE_E_INVALID.
     pub size: u32,
     /// 0: one loop thread driving a current-thread runtime (default); N: N runtime
     /// workers (at most 1024).
@@ -44,6 +45,13 @@ pub struct bridge_config {
         Option<unsafe extern "C" fn(code: i32, message: *const c_char, user_data: *mut c_void)>,
     /// Passed to on_unhandled_error.
     pub user_data: *mut c_void,
+    /// Low-latency mode, off (0) by default: the loop, once idle, and any thread
+    /// waiting in future_wait() spin this many microseconds before they sleep, which
+    /// turns a wake-up (tens of microseconds on a busy machine) into a few. It burns
+    /// CPU for that long after each burst of work and in each wait: see README,
+    /// "Performance". At most 1000000. Read only if `size` covers it, so programs built
+    /// against a header without this field keep working.
+    pub spin_us: u32,
 }
 
 /// How bridge_start() starts a bridge (see struct bridge_config).
@@ -96,6 +104,7 @@ pub unsafe extern "C" fn bridge_config_init(cfg: *mut bridge_config_t) {
             thread_name: std::ptr::null(),
             on_unhandled_error: None,
             user_data: std::ptr::null_mut(),
+            spin_us: 0,
         };
         // SAFETY: `cfg` is non-NULL and, per the API, points to a writable
         // bridge_config_t; `write` does not read the old (possibly uninitialised) value.
@@ -109,9 +118,10 @@ pub unsafe extern "C" fn bridge_config_init(cfg: *mut bridge_config_t) {
 ///        bridge_config_init().
 /// @param out receives the bridge on success; the caller owns it and frees it with
 ///        bridge_free() (which shuts it down first if needed).
-/// @return BRIDGE_OK; BRIDGE_E_INVALID if `out` is NULL, `cfg->size` is smaller than
-///         sizeof(bridge_config_t) or a field is out of range; BRIDGE_E_NOT_RUNNING if
-///         the runtime or its thread could not be created.
+/// @return BRIDGE_OK; BRIDGE_E_INVALID if `out` is NULL, `cfg->size` does not cover
+///         the fields of version 0.1 (size up to and including user_data) or a field is
+///         out of range; BRIDGE_E_NOT_RUNNING if the runtime or its thread could not be
+///         created.
 /// Any thread, including a loop thread of another bridge.
 #[no_mangle]
 pub unsafe extern "C" fn bridge_start(
@@ -150,15 +160,23 @@ unsafe fn config_from_c(cfg: *const bridge_config_t) -> Option<Config> {
         return Some(config);
     }
     // SAFETY: `size` is the first field, always present.
-    let size = unsafe { std::ptr::addr_of!((*cfg).size).read() };
-    if (size as usize) < std::mem::size_of::<bridge_config_t>() {
+    let size = unsafe { std::ptr::addr_of!((*cfg).size).read() } as usize;
+    // The fields of the 0.1 contract must all be there; later ones are read if present.
+    if size < std::mem::offset_of!(bridge_config_t, spin_us) {
         return None;
     }
-    // SAFETY: the caller's struct is at least as large as ours, so every field is readable.
+    // SAFETY: the caller's struct holds at least the contract's fields, which are all
+    // this reads through `c` (later fields are read below only if `size` covers them).
     let c = unsafe { &*cfg };
     config.worker_threads = c.worker_threads as usize;
     config.max_blocking_threads = c.max_blocking_threads as usize;
     config.max_pending = u64::from(c.max_pending);
+    if size >= std::mem::size_of::<bridge_config_t>() {
+        if c.spin_us > 1_000_000 {
+            return None;
+        }
+        config.spin = std::time::Duration::from_micros(u64::from(c.spin_us));
+    }
     if !c.thread_name.is_null() {
         // SAFETY: a non-NULL thread_name is a NUL-terminated string per the API.
         let name = unsafe { CStr::from_ptr(c.thread_name) };

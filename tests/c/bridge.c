@@ -6,6 +6,7 @@
 #include "util.h"
 
 #include <sched.h>
+#include <stddef.h>
 
 #include <pthread.h>
 #include <stdatomic.h>
@@ -121,9 +122,21 @@ static void config_invalid(void) {
     bridge_config_t cfg;
     bridge_t *b = NULL;
     bridge_config_init(&cfg);
-    cfg.size = (uint32_t)sizeof(bridge_config_t) - 1;
+    /* short of the fields of version 0.1 (through user_data) */
+    cfg.size = (uint32_t)offsetof(bridge_config_t, spin_us) - 1;
     CHECK_STATUS(bridge_start(&cfg, &b), BRIDGE_E_INVALID);
     CHECK(b == NULL); /* out untouched on error */
+    /* a program built against the 0.1 header: later fields are not read */
+    cfg.size = (uint32_t)offsetof(bridge_config_t, spin_us);
+    cfg.spin_us = 2000000; /* out of range, but beyond `size`: ignored */
+    CHECK_STATUS(bridge_start(&cfg, &b), BRIDGE_OK);
+    CHECK_STATUS(bridge_shutdown(b, 1000), BRIDGE_OK);
+    bridge_free(b);
+    b = NULL;
+    bridge_config_init(&cfg);
+    cfg.spin_us = 2000000; /* at most 1000000 */
+    CHECK_STATUS(bridge_start(&cfg, &b), BRIDGE_E_INVALID);
+    CHECK(b == NULL);
     cfg.size = 0;
     CHECK_STATUS(bridge_start(&cfg, &b), BRIDGE_E_INVALID);
     CHECK(b == NULL);
