@@ -655,7 +655,8 @@ bridge_status future_then(future_t *prev,
  * released by the caller right after this call. Its value is NULL. n == 0 gives a
  * future that is BRIDGE_OK at once. A failure it hands on counts as observed on the
  * input; the combined future reports it if nobody looks at it. future_then() and
- * future_set_timeout() on the combined future use the first input's bridge.
+ * future_set_timeout() on the combined future use the bridge of the first input that
+ * has one.
  * @param fs an array of `n` futures (borrowed for the call).
  * @param out receives the new future (one reference, the caller's).
  * @return BRIDGE_OK; BRIDGE_E_INVALID (NULL `out`, NULL `fs` with n > 0, a NULL
@@ -672,7 +673,7 @@ bridge_status future_all(future_t *const *fs, size_t n, future_t **out);
  * Inputs are never cancelled by it, may come from different bridges, and may be
  * released by the caller right after this call. Inputs finished already count in
  * array order. future_then() and future_set_timeout() on the combined future use the
- * first input's bridge.
+ * bridge of the first input that has one.
  * @param fs an array of `n` futures (borrowed for the call).
  * @param out receives the new future (one reference, the caller's).
  * @return BRIDGE_OK; BRIDGE_E_INVALID (n == 0, NULL `fs` or `out`, a NULL element);

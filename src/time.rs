@@ -152,11 +152,17 @@ impl<K: Kind> Future<K> {
         Ok(combined)
     }
 
-    /// A new future for a combination of `inputs`, kept by the first input's
-    /// bridge's bookkeeping companion (same unhandled-error hook, counted apart).
+    /// A new future for a combination of `inputs`, kept by a bookkeeping companion of
+    /// the first input's bridge (same unhandled-error hook, counted apart).
     fn combined(inputs: &[Future<K>]) -> Result<Future<K>, Error> {
-        let owner = match inputs.first() {
-            Some(first) => first.owner().companion(),
+        // The first input that belongs to a bridge (a combination of nothing belongs
+        // to none) lends its hook and bridge.
+        let lender = inputs
+            .iter()
+            .find(|f| f.owner().bridge().is_some())
+            .or(inputs.first());
+        let owner = match lender {
+            Some(input) => input.owner().companion(),
             None => crate::owner::Owner::new(0, None),
         };
         if inputs
@@ -266,6 +272,17 @@ mod tests {
         assert_eq!(next.wait(LONG), Ok(Status::Cancelled));
         let after = prev.then(Box::new(|_| Ok(())), Placement::OnLoop).unwrap();
         assert_eq!(after.status(), Status::Cancelled);
+    }
+
+    #[test]
+    fn a_combination_takes_the_bridge_of_an_input_that_has_one() {
+        let b = bridge();
+        let nothing = Future::<K>::all(&[]).unwrap(); // belongs to no bridge
+        let pending = b.sleep::<K>(Duration::from_secs(3600)).unwrap();
+        let both = Future::all(&[nothing, pending]).unwrap();
+        assert_eq!(both.set_timeout(Duration::from_millis(5)), Ok(()));
+        assert_eq!(both.wait(LONG), Ok(Status::Failed));
+        assert_eq!(both.failure().unwrap().code(), Error::TimedOut.code());
     }
 
     #[test]

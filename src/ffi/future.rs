@@ -505,7 +505,8 @@ unsafe fn handles(fs: *const *mut future_t, n: usize) -> Option<Vec<Future<CKind
 /// released by the caller right after this call. Its value is NULL. n == 0 gives a
 /// future that is BRIDGE_OK at once. A failure it hands on counts as observed on the
 /// input; the combined future reports it if nobody looks at it. future_then() and
-/// future_set_timeout() on the combined future use the first input's bridge.
+/// future_set_timeout() on the combined future use the bridge of the first input that
+/// has one.
 /// @param fs an array of `n` futures (borrowed for the call).
 /// @param out receives the new future (one reference, the caller's).
 /// @return BRIDGE_OK; BRIDGE_E_INVALID (NULL `out`, NULL `fs` with n > 0, a NULL
@@ -557,7 +558,7 @@ fn malloced_index(index: usize) -> *mut c_void {
 /// Inputs are never cancelled by it, may come from different bridges, and may be
 /// released by the caller right after this call. Inputs finished already count in
 /// array order. future_then() and future_set_timeout() on the combined future use the
-/// first input's bridge.
+/// bridge of the first input that has one.
 /// @param fs an array of `n` futures (borrowed for the call).
 /// @param out receives the new future (one reference, the caller's).
 /// @return BRIDGE_OK; BRIDGE_E_INVALID (n == 0, NULL `fs` or `out`, a NULL element);
