@@ -392,7 +392,7 @@ impl<K: Kind> Future<K> {
     }
 
     /// The status without observing a failure (see [`Future::status`]).
-    fn peek(&self) -> Status {
+    pub(crate) fn peek(&self) -> Status {
         Status::from_code(self.completion.status.load(Ordering::Acquire))
     }
 
@@ -722,11 +722,6 @@ impl<K: Kind> Future<K> {
             inner.timed_out = Some(ms);
         }
         let _ = self.cancel();
-    }
-
-    /// The status, without counting as observing a failure.
-    pub(crate) fn status_unobserved(&self) -> Status {
-        self.peek()
     }
 
     /// The failure, without counting as observing it.

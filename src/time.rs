@@ -99,7 +99,7 @@ impl<K: Kind> Future<K> {
         let remaining = Arc::new(AtomicUsize::new(inputs.len()));
         for input in inputs {
             let (target, remaining) = (combined.internal(), remaining.clone());
-            let step = move |done: &Future<K>| match done.status_unobserved() {
+            let step = move |done: &Future<K>| match done.peek() {
                 Status::Ok => {
                     if remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
                         target.finish(Ok(None));
@@ -167,7 +167,7 @@ impl<K: Kind> Future<K> {
         };
         if inputs
             .iter()
-            .any(|f| !f.status_unobserved().is_final() && f.owner().orphaned())
+            .any(|f| !f.peek().is_final() && f.owner().orphaned())
         {
             return Err(Error::NotRunning);
         }

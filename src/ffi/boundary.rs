@@ -59,11 +59,6 @@ pub fn status_of(result: Result<Status, Error>) -> bridge_status {
     }
 }
 
-/// A core error as a C status.
-pub fn error_of(error: Error) -> bridge_status {
-    error.code()
-}
-
 /// A `void *` that C hands over to be passed back later, on any thread.
 ///
 /// The C API documents that such pointers (work arguments, values, user data) cross

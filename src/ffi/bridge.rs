@@ -2,7 +2,7 @@
 
 use std::ffi::{c_char, c_void, CStr};
 
-use crate::ffi::boundary::{boundary, error_of, status_of, SendPtr};
+use crate::ffi::boundary::{boundary, status_of, SendPtr};
 use crate::ffi::future::{future_t, into_c_future, CKind};
 use crate::ffi::job::{bridge_free_fn, bridge_work_fn, CWork};
 use crate::ffi::status::{
@@ -145,7 +145,7 @@ pub unsafe extern "C" fn bridge_start(
                 unsafe { out.write(handle) };
                 BRIDGE_OK
             }
-            Err(error) => error_of(error),
+            Err(error) => error.code(),
         }
     })
 }
@@ -257,7 +257,7 @@ pub unsafe extern "C" fn bridge_shutdown(b: *mut bridge_t, timeout_ms: i64) -> b
         };
         match timeout_from_ms(timeout_ms) {
             Ok(timeout) => status_of(bridge.shutdown(timeout)),
-            Err(error) => error_of(error),
+            Err(error) => error.code(),
         }
     })
 }
@@ -376,7 +376,7 @@ pub unsafe extern "C" fn bridge_submit(
             Err(rejected) => {
                 // The caller keeps `arg`: its free function must not run.
                 rejected.work.disarm();
-                error_of(rejected.error)
+                rejected.error.code()
             }
         }
     })
@@ -407,7 +407,7 @@ pub unsafe extern "C" fn bridge_sleep(
                 unsafe { out.write(into_c_future(future)) };
                 BRIDGE_OK
             }
-            Err(error) => error_of(error),
+            Err(error) => error.code(),
         }
     })
 }

@@ -4,7 +4,7 @@ use std::ffi::{c_char, c_void};
 use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
-use crate::ffi::boundary::{boundary, error_of, status_of, SendPtr};
+use crate::ffi::boundary::{boundary, status_of, SendPtr};
 use crate::ffi::job::{bridge_free_fn, bridge_then_fn, CWork};
 use crate::ffi::status::{
     bridge_status, BRIDGE_E_INVALID, BRIDGE_OK, BRIDGE_RUN_BLOCKING, BRIDGE_RUN_ON_LOOP,
@@ -189,7 +189,7 @@ pub unsafe extern "C" fn future_wait(f: *mut future_t, timeout_ms: i64) -> bridg
         };
         match timeout_from_ms(timeout_ms) {
             Ok(timeout) => status_of(future.wait(timeout)),
-            Err(error) => error_of(error),
+            Err(error) => error.code(),
         }
     })
 }
@@ -331,7 +331,7 @@ pub unsafe extern "C" fn future_progress(
                 }
                 BRIDGE_OK
             }
-            Err(error) => error_of(error),
+            Err(error) => error.code(),
         }
     })
 }
@@ -361,7 +361,7 @@ pub unsafe extern "C" fn future_on_done(
         };
         match future.on_done(CCallback::new(func, user_data)) {
             Ok(()) => BRIDGE_OK,
-            Err(error) => error_of(error),
+            Err(error) => error.code(),
         }
     })
 }
@@ -420,7 +420,7 @@ pub unsafe extern "C" fn future_set_timeout(f: *mut future_t, ms: u64) -> bridge
         };
         match future.set_timeout(std::time::Duration::from_millis(ms)) {
             Ok(()) => BRIDGE_OK,
-            Err(error) => error_of(error),
+            Err(error) => error.code(),
         }
     })
 }
@@ -473,7 +473,7 @@ pub unsafe extern "C" fn future_then(
             }
             Err(rejected) => {
                 rejected.work.disarm();
-                error_of(rejected.error)
+                rejected.error.code()
             }
         }
     })
@@ -529,7 +529,7 @@ pub unsafe extern "C" fn future_all(
                 unsafe { out.write(into_c_future(all)) };
                 BRIDGE_OK
             }
-            Err(error) => error_of(error),
+            Err(error) => error.code(),
         }
     })
 }
@@ -582,7 +582,7 @@ pub unsafe extern "C" fn future_any(
                 unsafe { out.write(into_c_future(any)) };
                 BRIDGE_OK
             }
-            Err(error) => error_of(error),
+            Err(error) => error.code(),
         }
     })
 }

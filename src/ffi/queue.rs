@@ -5,7 +5,7 @@ use std::ffi::{c_int, c_void};
 use std::mem::ManuallyDrop;
 use std::sync::Arc;
 
-use crate::ffi::boundary::{boundary, error_of, status_of, SendPtr};
+use crate::ffi::boundary::{boundary, status_of, SendPtr};
 use crate::ffi::future::{borrow as borrow_future, future_done_fn, future_progress_fn, future_t};
 use crate::ffi::future::{CCallback, CKind, CProgress};
 use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID, BRIDGE_OK};
@@ -151,7 +151,7 @@ pub unsafe extern "C" fn bridge_queue_wait(
         };
         match timeout_from_ms(timeout_ms) {
             Ok(timeout) => status_of(queue.wait(timeout)),
-            Err(error) => error_of(error),
+            Err(error) => error.code(),
         }
     })
 }
@@ -204,7 +204,7 @@ pub unsafe extern "C" fn future_on_done_via(
         };
         match future.on_done_via(&queue, CCallback::new(func, user_data)) {
             Ok(()) => BRIDGE_OK,
-            Err(error) => error_of(error),
+            Err(error) => error.code(),
         }
     })
 }
@@ -237,7 +237,7 @@ pub unsafe extern "C" fn future_on_progress_via(
         };
         match future.on_progress_via(&queue, CProgress::new(func, user_data)) {
             Ok(()) => BRIDGE_OK,
-            Err(error) => error_of(error),
+            Err(error) => error.code(),
         }
     })
 }

@@ -3,7 +3,7 @@
 use std::ffi::c_void;
 use std::sync::Arc;
 
-use crate::ffi::boundary::{boundary, error_of, SendPtr};
+use crate::ffi::boundary::{boundary, SendPtr};
 use crate::ffi::bridge::{borrow as borrow_bridge, bridge_t};
 use crate::ffi::queue::bridge_queue_t;
 use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID, BRIDGE_OK};
@@ -86,7 +86,7 @@ pub unsafe extern "C" fn bridge_signal_start(
                 unsafe { out.write(Arc::into_raw(watch).cast_mut().cast()) };
                 BRIDGE_OK
             }
-            Err(error) => error_of(error),
+            Err(error) => error.code(),
         }
     })
 }

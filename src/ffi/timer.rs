@@ -4,7 +4,7 @@ use std::ffi::c_void;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::ffi::boundary::{boundary, error_of, SendPtr};
+use crate::ffi::boundary::{boundary, SendPtr};
 use crate::ffi::bridge::{borrow as borrow_bridge, bridge_t};
 use crate::ffi::queue::{borrow as borrow_queue, bridge_queue_t};
 use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID, BRIDGE_OK};
@@ -89,7 +89,7 @@ pub unsafe extern "C" fn bridge_timer_start(
                 unsafe { out.write(Arc::into_raw(timer).cast_mut().cast()) };
                 BRIDGE_OK
             }
-            Err(error) => error_of(error),
+            Err(error) => error.code(),
         }
     })
 }
