@@ -83,6 +83,10 @@ struct WorkQueue {
     items: VecDeque<Arc<dyn Queued>>,
     /// On-loop queue only: the dispatcher task has been woken and not yet drained it.
     scheduled: bool,
+    /// Blocking queue only: pool tasks draining it, and how many of them have not yet
+    /// taken their first item. A pending item costs a queue slot, not a pool task.
+    runners: usize,
+    starting: usize,
     closed: bool,
 }
 
@@ -91,6 +95,8 @@ impl WorkQueue {
         Mutex::new(WorkQueue {
             items: VecDeque::new(),
             scheduled: false,
+            runners: 0,
+            starting: 0,
             closed: false,
         })
     }
@@ -107,6 +113,8 @@ pub(crate) struct Shared {
     on_loop_len: std::sync::atomic::AtomicUsize,
     on_loop_ready: Notify,
     blocking: Mutex<WorkQueue>,
+    /// At most this many pool tasks drain `blocking`: the pool's own bound.
+    max_runners: usize,
 }
 
 /// The part of a bridge only shutdown touches.
@@ -131,6 +139,13 @@ static GLOBAL: OnceCell<Bridge> = OnceCell::new();
 
 /// How many on-loop items the dispatcher runs before it lets other tasks run.
 const DISPATCH_BATCH: usize = 64;
+
+/// tokio's bound on its blocking pool when none is configured.
+const DEFAULT_MAX_BLOCKING_THREADS: usize = 512;
+
+/// A queue emptied by a drain gives back its memory above this many slots, so a burst
+/// of work does not pin its peak for the life of the bridge.
+const KEEP_QUEUE_SLOTS: usize = 1024;
 
 impl Bridge {
     /// Starts a bridge: its runtime, its loop thread and its (lazily grown) blocking pool.
@@ -172,6 +187,10 @@ impl Bridge {
             on_loop_len: std::sync::atomic::AtomicUsize::new(0),
             on_loop_ready: Notify::new(),
             blocking: WorkQueue::new(),
+            max_runners: match config.max_blocking_threads {
+                0 => DEFAULT_MAX_BLOCKING_THREADS,
+                n => n,
+            },
         });
         shared.owner.set_bridge(Arc::downgrade(&shared));
         runtime.spawn(dispatch_on_loop(shared.clone()));
@@ -412,33 +431,54 @@ impl Shared {
             return Err(Error::NotRunning);
         }
         queue.items.push_back(item.clone());
+        // A pool task drains the queue until it finds it empty, so an item needs a new
+        // task only when those not yet started are fewer than the items waiting (and
+        // the pool has room). Work still starts in submission order.
+        let spawn = queue.items.len() > queue.starting && queue.runners < self.max_runners;
+        if spawn {
+            queue.runners += 1;
+            queue.starting += 1;
+        }
         drop(queue);
-        // One pool task per item; each takes whichever item is first, so work starts
-        // in submission order.
+        if !spawn {
+            return Ok(());
+        }
         let shared = self.clone();
         let spawned = catch_unwind(AssertUnwindSafe(|| {
-            drop(
-                self.handle
-                    .spawn_blocking(move || shared.run_one_blocking()),
-            );
+            drop(self.handle.spawn_blocking(move || shared.drain_blocking()));
         }));
         if spawned.is_err() {
-            // tokio panics when it cannot start a thread; undo the push if the item
-            // is still ours to undo.
+            // tokio panics when it cannot start a thread. With no other task left to
+            // run it, the item is taken back, if still queued, and refused.
             let mut queue = lock(&self.blocking);
-            if let Some(at) = queue.items.iter().position(|i| Arc::ptr_eq(i, &item)) {
-                queue.items.remove(at);
-                return Err(Error::NotRunning);
+            queue.runners -= 1;
+            queue.starting -= 1;
+            if queue.runners == 0 {
+                if let Some(at) = queue.items.iter().position(|i| Arc::ptr_eq(i, &item)) {
+                    queue.items.remove(at);
+                    return Err(Error::NotRunning);
+                }
             }
         }
         Ok(())
     }
 
-    fn run_one_blocking(&self) {
+    /// A pool task: runs queued blocking work, oldest first, until none is left.
+    fn drain_blocking(&self) {
         thread_role::enter_blocking(self.id);
-        let next = lock(&self.blocking).items.pop_front();
-        if let Some(item) = next {
+        let mut queue = lock(&self.blocking);
+        queue.starting -= 1;
+        loop {
+            let Some(item) = queue.items.pop_front() else {
+                queue.runners -= 1;
+                if queue.items.capacity() > KEEP_QUEUE_SLOTS {
+                    queue.items.shrink_to(KEEP_QUEUE_SLOTS);
+                }
+                return;
+            };
+            drop(queue);
             item.run();
+            queue = lock(&self.blocking);
         }
     }
 
@@ -534,8 +574,13 @@ async fn dispatch_on_loop(shared: Arc<Shared>) {
                 shared
                     .on_loop_len
                     .store(queue.items.len(), Ordering::SeqCst);
-                if next.is_none() && spin.is_zero() {
-                    queue.scheduled = false;
+                if next.is_none() {
+                    if queue.items.capacity() > KEEP_QUEUE_SLOTS {
+                        queue.items.shrink_to(KEEP_QUEUE_SLOTS);
+                    }
+                    if spin.is_zero() {
+                        queue.scheduled = false;
+                    }
                 }
                 next
             };
@@ -773,6 +818,68 @@ mod tests {
         assert_eq!(stubborn.status(), Status::Pending);
         release.store(true, std::sync::atomic::Ordering::SeqCst);
         assert_eq!(stubborn.wait(LONG), Ok(Status::Cancelled));
+    }
+
+    #[test]
+    fn blocking_work_fills_the_pool_and_no_more() {
+        // Three pool threads: three items block together (each waits for the other
+        // two), and 200 more wait in the queue without a pool task each.
+        let bridge = Bridge::start(Config {
+            max_blocking_threads: 3,
+            ..Config::default()
+        })
+        .unwrap();
+        let together = Arc::new(std::sync::Barrier::new(3));
+        let gate = Arc::new(AtomicBool::new(false));
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let mut futures = Vec::new();
+        for i in 0..203 {
+            let (t, g, r, m) = (
+                together.clone(),
+                gate.clone(),
+                running.clone(),
+                most.clone(),
+            );
+            futures.push(
+                bridge
+                    .submit::<K>(
+                        work(move |_| {
+                            let now = r.fetch_add(1, Ordering::SeqCst) + 1;
+                            m.fetch_max(now, Ordering::SeqCst);
+                            if i < 3 {
+                                t.wait();
+                                while !g.load(Ordering::SeqCst) {
+                                    std::thread::sleep(Duration::from_millis(1));
+                                }
+                            }
+                            r.fetch_sub(1, Ordering::SeqCst);
+                            Ok(())
+                        }),
+                        Placement::Blocking,
+                    )
+                    .unwrap(),
+            );
+        }
+        while running.load(Ordering::SeqCst) < 3 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        {
+            let queue = lock(&bridge.shared.blocking);
+            assert_eq!(queue.items.len(), 200);
+            assert_eq!(queue.runners, 3);
+        }
+        gate.store(true, Ordering::SeqCst);
+        for f in &futures {
+            assert_eq!(f.wait(LONG), Ok(Status::Ok));
+        }
+        assert_eq!(most.load(Ordering::SeqCst), 3);
+        // Every pool task ends once it finds the queue empty.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while lock(&bridge.shared.blocking).runners != 0 {
+            assert!(Instant::now() < deadline, "pool tasks did not end");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::ffi::c_void;
 use std::ptr::null_mut;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use asyncbridge::ffi::bridge::*;
 use asyncbridge::ffi::future::*;
@@ -74,14 +74,77 @@ fn per_round(b: *mut bridge_t, flags: u32) -> f64 {
     (after - before) as f64 / ROUNDS as f64
 }
 
+unsafe extern "C" fn wait_for_gate(_job: *mut bridge_job_t, gate: *mut c_void) -> i32 {
+    let gate = unsafe { &*gate.cast::<AtomicBool>() };
+    while !gate.load(Ordering::SeqCst) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    0
+}
+
+/// Allocations per blocking submission while many are pending: a one-thread pool is
+/// held by gated work while 2000 more are submitted.
+fn per_pending_blocking_item() -> f64 {
+    const ITEMS: usize = 2000;
+    let mut cfg = std::mem::MaybeUninit::<bridge_config_t>::uninit();
+    unsafe { bridge_config_init(cfg.as_mut_ptr()) };
+    let mut cfg = unsafe { cfg.assume_init() };
+    cfg.max_blocking_threads = 1;
+    let mut b = null_mut();
+    assert_eq!(unsafe { bridge_start(&cfg, &mut b) }, BRIDGE_OK);
+    let mut futures = vec![null_mut(); ITEMS];
+    let mut per_item = 0.0;
+    // The first round grows the bridge's queue; the second is counted.
+    for round in 0..2 {
+        let gate = AtomicBool::new(false);
+        let mut gated = null_mut();
+        let gate_arg = (&gate as *const AtomicBool).cast_mut().cast();
+        assert_eq!(
+            unsafe {
+                bridge_submit(
+                    b,
+                    Some(wait_for_gate),
+                    gate_arg,
+                    None,
+                    BRIDGE_RUN_BLOCKING,
+                    &mut gated,
+                )
+            },
+            BRIDGE_OK
+        );
+        let before = ALLOCATIONS.load(Ordering::Relaxed);
+        for f in futures.iter_mut() {
+            assert_eq!(
+                unsafe {
+                    bridge_submit(b, Some(nothing), null_mut(), None, BRIDGE_RUN_BLOCKING, f)
+                },
+                BRIDGE_OK
+            );
+        }
+        let after = ALLOCATIONS.load(Ordering::Relaxed);
+        gate.store(true, Ordering::SeqCst);
+        for f in futures.iter().chain([&gated]) {
+            assert_eq!(unsafe { future_wait(*f, 10_000) }, BRIDGE_OK);
+            unsafe { future_release(*f) };
+        }
+        if round == 1 {
+            per_item = (after - before) as f64 / ITEMS as f64;
+        }
+    }
+    unsafe { bridge_free(b) };
+    per_item
+}
+
 #[test]
 fn at_most_two_allocations_per_submission() {
     let mut b = null_mut();
     assert_eq!(unsafe { bridge_start(std::ptr::null(), &mut b) }, BRIDGE_OK);
     let on_loop = per_round(b, BRIDGE_RUN_ON_LOOP);
     let blocking = per_round(b, BRIDGE_RUN_BLOCKING);
+    let pending = per_pending_blocking_item();
     println!(
-        "allocations per submission: on the loop {on_loop:.2}, on the blocking pool {blocking:.2}"
+        "allocations per submission: on the loop {on_loop:.2}, on the blocking pool \
+         {blocking:.2} (one at a time), {pending:.2} (2000 pending at once)"
     );
     // Averages: now and then the blocking pool starts a thread (a handful of
     // allocations), which a whole extra allocation per submission would dwarf.
@@ -92,6 +155,11 @@ fn at_most_two_allocations_per_submission() {
     assert!(
         blocking < 2.5,
         "blocking submission allocates {blocking:.2} times"
+    );
+    // Pending blocking work waits in the bridge's own queue: no pool task each.
+    assert!(
+        pending < 1.5,
+        "pending blocking submissions allocate {pending:.2} times each"
     );
     unsafe { bridge_free(b) };
 }
