@@ -751,8 +751,9 @@ void bridge_job_set_progress(bridge_job_t *job, uint64_t done, uint64_t total);
 bridge_status bridge_queue_new(bridge_queue_t **out);
 
 /**
- * The queue's file descriptor: readable while callbacks are pending, not after the
- * queue is drained (level-triggered; written once per empty→non-empty transition).
+ * The queue's file descriptor: readable while callbacks are pending, and cleared by the
+ * bridge_queue_dispatch() that leaves none pending, before it returns (level-triggered;
+ * written once per empty→non-empty transition).
  *
  * Watch it (poll, QSocketNotifier, g_unix_fd_add) and call bridge_queue_dispatch()
  * when it is readable. Never read, write or close it.

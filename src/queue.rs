@@ -192,35 +192,35 @@ impl<K: Kind> CompletionQueue<K> {
     /// `max` of them (0: all). Returns how many ran. If callbacks are still pending
     /// when it returns, the descriptor stays readable and the hook is called again.
     pub fn dispatch(&self, max: usize) -> usize {
+        let mut state = lock(&self.state);
         // Deliveries queued from now on (by callbacks or other threads) wait for the
         // next dispatch, even if a callback withdraws some of those pending now.
-        let (end, pending) = {
-            let state = lock(&self.state);
-            (state.next, state.entries.len())
-        };
+        let end = state.next;
+        let pending = state.entries.len();
         let limit = if max == 0 { pending } else { pending.min(max) };
-        let (mut taken, mut ran) = (0, 0);
-        while taken < limit {
-            let entry = {
-                let mut state = lock(&self.state);
-                let entry = match state.entries.front() {
-                    Some((seq, _)) if *seq < end => state.entries.pop_front().map(|(_, e)| e),
-                    _ => None,
-                };
-                if state.entries.is_empty() {
-                    if let Some(wakeup) = &state.wakeup {
-                        wakeup.clear();
-                    }
-                }
-                entry
+        let mut ran = 0;
+        for _ in 0..limit {
+            let entry = match state.entries.front() {
+                Some((seq, _)) if *seq < end => state.entries.pop_front().map(|(_, e)| e),
+                _ => None,
             };
             let Some(entry) = entry else { break };
-            taken += 1;
+            drop(state);
             if entry.run() {
                 ran += 1;
             }
+            state = lock(&self.state);
         }
-        let more = !lock(&self.state).entries.is_empty();
+        // The descriptor is cleared here rather than when the last entry was taken:
+        // the first callback runs a system call sooner, and a poller woken meanwhile
+        // only finds nothing to do.
+        let more = !state.entries.is_empty();
+        if !more {
+            if let Some(wakeup) = &state.wakeup {
+                wakeup.clear();
+            }
+        }
+        drop(state);
         if more {
             // A loop driven by the hook alone must hear about what is left.
             self.call_notify();
