@@ -5,8 +5,9 @@
 //! Operations: submit on the loop or the blocking pool (with or without a future),
 //! wait with small timeouts, cancel, on_done, on_done_via with each thread's own queue,
 //! take_value, retain and hand a future to another thread, release; one thread shuts
-//! the bridge down in the middle while the others keep submitting. A watchdog fails
-//! the test if the run does not end in time.
+//! the bridge down in the middle while the others keep submitting; another forks now
+//! and then, and each child must find the bridge refusing work and exit at once. A
+//! watchdog fails the test if the run (or a child) does not end in time.
 
 use std::ffi::c_void;
 use std::ptr::null_mut;
@@ -32,6 +33,7 @@ struct Books {
     callbacks_registered: AtomicU64,
     callbacks_run: AtomicU64,
     operations: AtomicU64,
+    forks: AtomicU64,
 }
 
 static BOOKS: Books = Books {
@@ -44,6 +46,7 @@ static BOOKS: Books = Books {
     callbacks_registered: AtomicU64::new(0),
     callbacks_run: AtomicU64::new(0),
     operations: AtomicU64::new(0),
+    forks: AtomicU64::new(0),
 };
 
 /// The argument of a job: what it should do.
@@ -267,6 +270,13 @@ fn random_operations_under_shutdown_balance_the_books() {
             })
             .collect();
         drop(senders);
+        // Forks during the load, before and after the shutdown.
+        s.spawn(|| {
+            while Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(100));
+                fork_and_check(&bridge);
+            }
+        });
         // Shut down in the middle, while the workers keep submitting.
         std::thread::sleep(run / 2);
         let status = unsafe { bridge_shutdown(bridge.0, 50) };
@@ -301,10 +311,11 @@ fn random_operations_under_shutdown_balance_the_books() {
     unsafe { bridge_free(bridge.0) };
     let get = |c: &AtomicU64| c.load(Ordering::SeqCst);
     println!(
-        "stress: {:.1} s, {} operations, {} accepted, {} refused; completed {}, failed {}, cancelled {}; \
-         values set {}, freed {}, taken {}; callbacks {} of {}",
+        "stress: {:.1} s, {} operations, {} forks, {} accepted, {} refused; completed {}, failed {}, \
+         cancelled {}; values set {}, freed {}, taken {}; callbacks {} of {}",
         started.elapsed().as_secs_f64(),
         get(&BOOKS.operations),
+        get(&BOOKS.forks),
         get(&BOOKS.accepted),
         get(&BOOKS.refused),
         stats.completed,
@@ -337,10 +348,52 @@ fn random_operations_under_shutdown_balance_the_books() {
         get(&BOOKS.callbacks_registered),
         "every callback once"
     );
+    assert!(get(&BOOKS.forks) > 0, "forks happened under load");
     assert!(
         get(&BOOKS.refused) > 0,
         "the shutdown happened while submissions went on"
     );
+}
+
+/// Forks; the child, whose copy of the bridge has no threads, must be refused work at
+/// once and exits with what it found (only async-signal-safe steps and the library's
+/// own refusal run there). The parent waits for it, with a deadline.
+fn fork_and_check(b: &BridgePtr) {
+    // SAFETY: the child calls only bridge_submit (refused before it takes any lock)
+    // and _exit; nothing in it unwinds.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        let mut f = null_mut();
+        let s = unsafe { bridge_submit(b.0, Some(work), null_mut(), None, 0, &mut f) };
+        let code = if s == BRIDGE_E_NOT_RUNNING && f.is_null() {
+            0
+        } else {
+            1
+        };
+        unsafe { libc::_exit(code) };
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for our own child, without blocking.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        assert!(r >= 0, "waitpid failed");
+        if r == pid {
+            break;
+        }
+        if Instant::now() > deadline {
+            // SAFETY: our own child.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            panic!("a fork child hung");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "the fork child was not refused work (wait status {status})"
+    );
+    BOOKS.forks.fetch_add(1, Ordering::SeqCst);
 }
 
 unsafe extern "C" fn ignore_unhandled(
