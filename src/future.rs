@@ -940,8 +940,7 @@ impl<K: Kind> Future<K> {
         inner.waker = None;
         let registrations = std::mem::replace(&mut inner.callbacks, Callbacks::new());
         // Each queued callback's entry holds a handle until it has run; the entries are
-        // pushed below, once the status is final, still under the lock, where a
-        // withdrawal can find them.
+        // pushed below, under the lock, where a withdrawal can find them.
         let mut callbacks = Callbacks::new();
         let mut entries = Vec::new();
         let mut user_callbacks = false;
@@ -978,13 +977,11 @@ impl<K: Kind> Future<K> {
         };
         let wake = inner.waiters > 0;
         let owner = &self.completion.owner;
-        // Counted before it can be seen finished, so stats read after a wait add up.
-        owner.record(status);
-        self.completion
-            .status
-            .store(status.code(), Ordering::Release);
-        // Only now may a dispatching thread see the entries: their callbacks see the
-        // final state.
+        // Queued before the future can be seen finished: an owner that waits for it
+        // and then frees the queue finds the callback there (freeing runs it; a later
+        // delivery would be dropped). A dispatch that takes an entry early waits on
+        // this lock (`mark_done_delivered`) before its callback runs, so the callback
+        // still sees the final state.
         let mut notify = Vec::new();
         let mut refused = Vec::new();
         for (queue, entry) in entries {
@@ -994,6 +991,11 @@ impl<K: Kind> Future<K> {
                 Err(entry) => refused.push(entry),
             }
         }
+        // Counted before it can be seen finished, so stats read after a wait add up.
+        owner.record(status);
+        self.completion
+            .status
+            .store(status.code(), Ordering::Release);
         // No longer pending once final, and before the callbacks run: a shutdown
         // waiting for pending work must not wait for a callback that may be waiting
         // for it.

@@ -217,3 +217,37 @@ fn queue_edge_finishing_races_dispatch() {
         assert!((1..=3).contains(&notes), "{notes} notifications");
     });
 }
+
+#[test]
+fn queue_freed_once_its_future_is_seen_finished_still_runs_the_callback() {
+    // An owner that sees the future finished (by wait or status) and then frees the
+    // queue must find the callback there: freeing runs what is queued, and a delivery
+    // that came later would be dropped.
+    loom::model(|| {
+        let queue = Arc::new(crate::queue::CompletionQueue::<K>::new());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let f = Future::<K>::running(owner());
+        let c = calls.clone();
+        f.on_done_via(
+            &queue,
+            Box::new(move |done: &Future<K>| {
+                assert_eq!(done.status(), Status::Ok);
+                c.fetch_add(1, Ordering::SeqCst);
+            }),
+        )
+        .unwrap();
+        let work = f.internal();
+        let finisher = thread::spawn(move || work.finish(Ok(None)));
+        while !f.status().is_final() {
+            thread::yield_now();
+        }
+        queue.close();
+        assert_eq!(
+            calls.load(Ordering::SeqCst),
+            1,
+            "the callback ran in the close"
+        );
+        finisher.join().unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    });
+}

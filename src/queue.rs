@@ -57,6 +57,8 @@ impl<K: Kind> Entry<K> {
     fn run(self) -> bool {
         match self {
             Entry::Done { future, callback } => {
+                // Takes the future's lock: an entry is queued just before its future's
+                // status is published, under that lock, so the callback sees it final.
                 future.mark_done_delivered();
                 K::call(callback, &future);
                 true
