@@ -14,7 +14,7 @@ use crate::fork;
 use crate::future::{Failure, Future, Kind, Queued};
 use crate::owner::{Owner, Stats, UnhandledHook};
 use crate::status::{Error, Status};
-use crate::sync::{lock, Arc, Mutex, Ordering};
+use crate::sync::{lock, Arc, Condvar, Mutex, Ordering};
 use crate::thread_role;
 
 /// How a bridge is started.
@@ -83,10 +83,14 @@ struct WorkQueue {
     items: VecDeque<Arc<dyn Queued>>,
     /// On-loop queue only: the dispatcher task has been woken and not yet drained it.
     scheduled: bool,
-    /// Blocking queue only: pool tasks draining it, and how many of them have not yet
-    /// taken their first item. A pending item costs a queue slot, not a pool task.
+    /// Blocking queue only: pool tasks draining it (a pending item costs a queue slot,
+    /// not a pool task); of those, how many will take an item without being told
+    /// (just started, or woken for one), and how many sleep in `blocking_ready`
+    /// waiting for work. `wakeups` are sleepers told to get up that have not yet.
     runners: usize,
     starting: usize,
+    parked: usize,
+    wakeups: usize,
     closed: bool,
 }
 
@@ -97,6 +101,8 @@ impl WorkQueue {
             scheduled: false,
             runners: 0,
             starting: 0,
+            parked: 0,
+            wakeups: 0,
             closed: false,
         })
     }
@@ -113,6 +119,8 @@ pub(crate) struct Shared {
     on_loop_len: std::sync::atomic::AtomicUsize,
     on_loop_ready: Notify,
     blocking: Mutex<WorkQueue>,
+    /// Pool tasks with nothing to do sleep here for a while before they end.
+    blocking_ready: Condvar,
     /// At most this many pool tasks drain `blocking`: the pool's own bound.
     max_runners: usize,
 }
@@ -142,6 +150,12 @@ const DISPATCH_BATCH: usize = 64;
 
 /// tokio's bound on its blocking pool when none is configured.
 const DEFAULT_MAX_BLOCKING_THREADS: usize = 512;
+
+/// How long a pool task with nothing to do waits for more before it ends (and its
+/// thread goes back to tokio's pool, which keeps it another 10 s). Handing an item to a
+/// waiting task costs one wake-up; starting a task through tokio, when the thread that
+/// just finished is not yet back in tokio's pool, can start another thread.
+const RUNNER_KEEP_ALIVE: Duration = Duration::from_secs(1);
 
 /// A queue emptied by a drain gives back its memory above this many slots, so a burst
 /// of work does not pin its peak for the life of the bridge.
@@ -187,6 +201,7 @@ impl Bridge {
             on_loop_len: std::sync::atomic::AtomicUsize::new(0),
             on_loop_ready: Notify::new(),
             blocking: WorkQueue::new(),
+            blocking_ready: Condvar::new(),
             max_runners: match config.max_blocking_threads {
                 0 => DEFAULT_MAX_BLOCKING_THREADS,
                 n => n,
@@ -431,10 +446,22 @@ impl Shared {
             return Err(Error::NotRunning);
         }
         queue.items.push_back(item.clone());
-        // A pool task drains the queue until it finds it empty, so an item needs a new
-        // task only when those not yet started are fewer than the items waiting (and
-        // the pool has room). Work still starts in submission order.
-        let spawn = queue.items.len() > queue.starting && queue.runners < self.max_runners;
+        // A pool task drains the queue until it finds it empty, so an item needs another
+        // task only when those about to take one are fewer than the items waiting: a
+        // sleeping task is woken if there is one, else a new one started if the pool
+        // has room. Work still starts in submission order.
+        if queue.items.len() <= queue.starting {
+            return Ok(());
+        }
+        if queue.parked > 0 {
+            queue.parked -= 1;
+            queue.wakeups += 1;
+            queue.starting += 1;
+            drop(queue);
+            self.blocking_ready.notify_one();
+            return Ok(());
+        }
+        let spawn = queue.runners < self.max_runners;
         if spawn {
             queue.runners += 1;
             queue.starting += 1;
@@ -463,22 +490,47 @@ impl Shared {
         Ok(())
     }
 
-    /// A pool task: runs queued blocking work, oldest first, until none is left.
+    /// A pool task: runs queued blocking work, oldest first; with none left, waits
+    /// up to [`RUNNER_KEEP_ALIVE`] for more, then ends.
     fn drain_blocking(&self) {
         thread_role::enter_blocking(self.id);
         let mut queue = lock(&self.blocking);
         queue.starting -= 1;
         loop {
-            let Some(item) = queue.items.pop_front() else {
+            if let Some(item) = queue.items.pop_front() {
+                drop(queue);
+                item.run();
+                queue = lock(&self.blocking);
+                continue;
+            }
+            if queue.items.capacity() > KEEP_QUEUE_SLOTS {
+                queue.items.shrink_to(KEEP_QUEUE_SLOTS);
+            }
+            if queue.closed {
                 queue.runners -= 1;
-                if queue.items.capacity() > KEEP_QUEUE_SLOTS {
-                    queue.items.shrink_to(KEEP_QUEUE_SLOTS);
-                }
                 return;
-            };
-            drop(queue);
-            item.run();
-            queue = lock(&self.blocking);
+            }
+            queue.parked += 1;
+            let deadline = Instant::now() + RUNNER_KEEP_ALIVE;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                queue = match self.blocking_ready.wait_timeout(queue, left) {
+                    Ok((guard, _)) => guard,
+                    Err(poisoned) => poisoned.into_inner().0,
+                };
+                if queue.wakeups > 0 {
+                    // Told to take an item (whichever sleeper wakes first takes it).
+                    queue.wakeups -= 1;
+                    queue.starting -= 1;
+                    break;
+                }
+                if queue.closed || Instant::now() >= deadline {
+                    // Nobody told this one: it is still counted asleep.
+                    queue.parked -= 1;
+                    queue.runners -= 1;
+                    return;
+                }
+            }
         }
     }
 
@@ -497,6 +549,8 @@ impl Shared {
                 queue.closed = true;
                 std::mem::take(&mut queue.items)
             };
+            // Sleeping pool tasks end now rather than at their keep-alive.
+            self.blocking_ready.notify_all();
             for item in items {
                 item.cancel_queued();
             }
@@ -874,12 +928,43 @@ mod tests {
             assert_eq!(f.wait(LONG), Ok(Status::Ok));
         }
         assert_eq!(most.load(Ordering::SeqCst), 3);
-        // Every pool task ends once it finds the queue empty.
+        // Every pool task ends once it has found nothing to do for its keep-alive.
         let deadline = Instant::now() + Duration::from_secs(30);
         while lock(&bridge.shared.blocking).runners != 0 {
             assert!(Instant::now() < deadline, "pool tasks did not end");
             std::thread::sleep(Duration::from_millis(1));
         }
+    }
+
+    #[test]
+    fn an_idle_pool_task_waits_for_the_next_item_and_shutdown_ends_it() {
+        let bridge = start();
+        let round_trip = || {
+            let f = bridge
+                .submit::<K>(work(|_| Ok(())), Placement::Blocking)
+                .unwrap();
+            assert_eq!(f.wait(LONG), Ok(Status::Ok));
+        };
+        let settled = |parked: usize, runners: usize| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                {
+                    let queue = lock(&bridge.shared.blocking);
+                    if queue.parked == parked && queue.runners == runners {
+                        return;
+                    }
+                }
+                assert!(Instant::now() < deadline, "pool tasks did not settle");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        round_trip();
+        settled(1, 1);
+        // The sleeping task takes the next item: no second task.
+        round_trip();
+        settled(1, 1);
+        assert_eq!(bridge.shutdown(LONG), Ok(Status::Ok));
+        settled(0, 0);
     }
 
     #[test]
