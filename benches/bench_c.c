@@ -71,10 +71,11 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-static bridge_t *start_bridge(uint32_t max_blocking) {
+static bridge_t *start_bridge_with(uint32_t max_blocking, uint32_t spin_us) {
     bridge_config_t cfg;
     bridge_config_init(&cfg);
     cfg.max_blocking_threads = max_blocking;
+    cfg.spin_us = spin_us;
     bridge_t *b = NULL;
     if (bridge_start(&cfg, &b) != BRIDGE_OK) die("bridge_start failed");
     /* warm-up: the loop, one pool thread, page faults of the first futures */
@@ -88,6 +89,8 @@ static bridge_t *start_bridge(uint32_t max_blocking) {
     }
     return b;
 }
+
+static bridge_t *start_bridge(uint32_t max_blocking) { return start_bridge_with(max_blocking, 0); }
 
 /* ------------------------------------------------------------------------------------ */
 /* Floors: futex ping-pong and spin ping-pong                                            */
@@ -271,13 +274,26 @@ static void uv_round_trip(uvpeer_t *p, int pool) {
 /* ------------------------------------------------------------------------------------ */
 /* Workload 1: round trip                                                                 */
 
-enum { RT_BRIDGE_LOOP, RT_BRIDGE_POOL, RT_FUTEX, RT_SPIN, RT_UV_LOOP, RT_UV_POOL, RT_KINDS };
+enum {
+    RT_BRIDGE_LOOP,
+    RT_BRIDGE_POOL,
+    RT_FUTEX,
+    RT_SPIN,
+    RT_UV_LOOP,
+    RT_UV_POOL,
+    RT_BRIDGE_SPIN,
+    RT_KINDS
+};
+
+/* The low-latency mode's setting in the round-trip table (bridge_config_t.spin_us). */
+#define BENCH_SPIN_US 50
 
 static const struct {
     const char *peer, *variant;
 } rt_names[RT_KINDS] = {
     {"asyncbridge", "loop"}, {"asyncbridge", "blocking"}, {"futex floor", "loop"},
     {"spin floor", "loop"},  {"libuv", "loop"},           {"libuv", "blocking"},
+    {"asyncbridge, spin_us=50", "loop"},
 };
 
 static void bridge_round_trip(bridge_t *b, uint32_t flags) {
@@ -321,12 +337,13 @@ static void run_rtt(const bench_opts_t *o) {
         }
         for (int j = 0; j < RT_KINDS; j++) {
             int k = (chunk + j) % RT_KINDS;
-            if (k == RT_SPIN && skip_spin) continue;
-            /* The spin partner keeps a core busy: it runs only during its own turn. */
+            if ((k == RT_SPIN || k == RT_BRIDGE_SPIN) && skip_spin) continue;
+            /* The spinning peers keep a core busy: each runs only during its own turn. */
             if (k == RT_SPIN) {
                 pingpong_start(&sp, 1);
                 for (int i = 0; i < 200; i++) pingpong_once(&sp);
             }
+            bridge_t *spinning = k == RT_BRIDGE_SPIN ? start_bridge_with(0, BENCH_SPIN_US) : NULL;
             for (int i = 0; i < m; i++) {
                 uint64_t t = bench_now_ns();
                 switch (k) {
@@ -336,10 +353,12 @@ static void run_rtt(const bench_opts_t *o) {
                 case RT_SPIN: pingpong_once(&sp); break;
                 case RT_UV_LOOP: uv_round_trip(&uv, 0); break;
                 case RT_UV_POOL: uv_round_trip(&uv, 1); break;
+                case RT_BRIDGE_SPIN: bridge_round_trip(spinning, BRIDGE_RUN_ON_LOOP); break;
                 }
                 s[k][filled + i] = bench_now_ns() - t;
             }
             if (k == RT_SPIN) pingpong_stop(&sp);
+            if (spinning) bridge_free(spinning);
         }
         filled += m;
         pingpong_stop(&fx);
@@ -347,7 +366,7 @@ static void run_rtt(const bench_opts_t *o) {
         bridge_free(b);
     }
     for (int k = 0; k < RT_KINDS; k++) {
-        if (!(k == RT_SPIN && skip_spin))
+        if (!((k == RT_SPIN || k == RT_BRIDGE_SPIN) && skip_spin))
             bench_emit_samples(DRIVER, o->round, "rtt", rt_names[k].peer, rt_names[k].variant,
                                s[k], n);
         free(s[k]);
