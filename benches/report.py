@@ -313,7 +313,7 @@ def compute_goals(rtt, tput, mem, queue, cancel, shutdown, rtt_1, queue_1):
                 round(extra, 1),
                 extra <= 256,
                 f"{a['heap_bytes_per_pending']:.0f} B vs tokio {t['heap_bytes_per_pending']:.0f} B"
-                f" (+{extra:.0f} B)",
+                f" ({extra:+.0f} B)",
             )
     for rows, where in ((queue, "free placement"), (queue_1, "all threads on one CPU")):
         a = rows.get(("asyncbridge", "queue fd + dispatch"))
@@ -601,7 +601,8 @@ def plot(doc, parts, path):
     }
 
     def colour(peer):
-        return palette.get(peer, base)
+        # Variants of a peer ("asyncbridge, spin_us=50") take the peer's colour.
+        return palette.get(peer, palette.get(peer.split(",")[0], base))
 
     def wrap(text, width=18):
         import textwrap
