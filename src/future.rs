@@ -979,14 +979,13 @@ impl<K: Kind> Future<K> {
         let owner = &self.completion.owner;
         // Queued before the future can be seen finished: an owner that waits for it
         // and then frees the queue finds the callback there (freeing runs it; a later
-        // delivery would be dropped). The queue's sleepers are woken only once the
-        // status is out and this lock released; a dispatch already running that takes
-        // an entry early waits on this lock (`mark_done_delivered`) before its callback
-        // runs, so the callback still sees the final state.
+        // delivery would be dropped). A dispatch that takes an entry early waits on
+        // this lock (`mark_done_delivered`) before its callback runs, so the callback
+        // still sees the final state.
         let mut notify = Vec::new();
         let mut refused = Vec::new();
         for (queue, entry) in entries {
-            match queue.push_unannounced(entry) {
+            match queue.push(entry) {
                 Ok(true) => notify.push(queue),
                 Ok(false) => {}
                 Err(entry) => refused.push(entry),
@@ -1008,7 +1007,6 @@ impl<K: Kind> Future<K> {
             self.completion.finished.notify_all();
         }
         for queue in notify {
-            queue.announce();
             queue.call_notify();
         }
         match callback_handle {

@@ -169,18 +169,6 @@ impl<K: Kind> CompletionQueue<K> {
     /// [`CompletionQueue::call_notify`] if this returns `Ok(true)` (an empty→non-empty
     /// edge), once it has let go of that lock.
     pub(crate) fn push(&self, entry: Entry<K>) -> Result<bool, Entry<K>> {
-        let edge = self.push_unannounced(entry)?;
-        if edge {
-            self.announce();
-        }
-        Ok(edge)
-    }
-
-    /// Queues `entry` like [`CompletionQueue::push`] but raises neither the descriptor
-    /// nor `wait`: a dispatch already under way takes it, a sleeping one is not woken.
-    /// On an edge (`Ok(true)`) the caller must call [`CompletionQueue::announce`] soon
-    /// after, then [`CompletionQueue::call_notify`].
-    pub(crate) fn push_unannounced(&self, entry: Entry<K>) -> Result<bool, Entry<K>> {
         let mut state = lock(&self.state);
         if state.closed {
             return Err(entry);
@@ -189,25 +177,17 @@ impl<K: Kind> CompletionQueue<K> {
         let seq = state.next;
         state.next += 1;
         state.entries.push_back((seq, entry));
-        Ok(edge)
-    }
-
-    /// Makes the descriptor readable and wakes `wait`, if anything is pending: the
-    /// second half of an edge. (If a dispatch took everything meanwhile, there is
-    /// nothing to announce.)
-    pub(crate) fn announce(&self) {
-        let state = lock(&self.state);
-        if state.entries.is_empty() {
-            return;
+        if edge {
+            if let Some(wakeup) = &state.wakeup {
+                wakeup.raise();
+            }
         }
-        if let Some(wakeup) = &state.wakeup {
-            wakeup.raise();
-        }
-        let wake = state.waiters > 0;
+        let wake = edge && state.waiters > 0;
         drop(state);
         if wake {
             self.nonempty.notify_all();
         }
+        Ok(edge)
     }
 
     /// Runs callbacks on the calling thread: those pending when it was called, at most
