@@ -979,7 +979,8 @@ impl<K: Kind> Future<K> {
         let owner = &self.completion.owner;
         // Queued before the future can be seen finished: an owner that waits for it
         // and then frees the queue finds the callback there (freeing runs it; a later
-        // delivery would be dropped). A dispatch that takes an entry early waits on
+        // delivery would be dropped), and finds the descriptor readable already (a
+        // waiter and a poller agree). A dispatch that takes an entry early waits on
         // this lock (`mark_done_delivered`) before its callback runs, so the callback
         // still sees the final state.
         let mut notify = Vec::new();
