@@ -542,18 +542,22 @@ impl Shared {
         if timeout != Some(Duration::ZERO) {
             self.owner.wait_idle(deadline);
         }
-        self.owner.cancel_all();
-        for queue in [&self.on_loop, &self.blocking] {
-            let items = {
+        // The queues close before anything is cancelled: a pool task or the dispatcher
+        // could otherwise take a queued item meanwhile and finish it cancelled on its
+        // own thread. This way queued work is dropped, and its callbacks run, here.
+        let queued: Vec<_> = [&self.on_loop, &self.blocking]
+            .into_iter()
+            .flat_map(|queue| {
                 let mut queue = lock(queue);
                 queue.closed = true;
                 std::mem::take(&mut queue.items)
-            };
-            // Sleeping pool tasks end now rather than at their keep-alive.
-            self.blocking_ready.notify_all();
-            for item in items {
-                item.cancel_queued();
-            }
+            })
+            .collect();
+        // Sleeping pool tasks end now rather than at their keep-alive.
+        self.blocking_ready.notify_all();
+        self.owner.cancel_all();
+        for item in queued {
+            item.cancel_queued();
         }
         if let Some(stop) = control.stop.take() {
             let _ = stop.send(());
