@@ -106,6 +106,14 @@ impl WorkQueue {
             closed: false,
         })
     }
+
+    /// Gives back the memory of a burst once the queue has been drained, so its peak
+    /// is not kept for the life of the bridge.
+    fn release_excess(&mut self) {
+        if self.items.capacity() > KEEP_QUEUE_SLOTS {
+            self.items.shrink_to(KEEP_QUEUE_SLOTS);
+        }
+    }
 }
 
 /// What the bridge's threads and its futures share.
@@ -157,8 +165,7 @@ const DEFAULT_MAX_BLOCKING_THREADS: usize = 512;
 /// just finished is not yet back in tokio's pool, can start another thread.
 const RUNNER_KEEP_ALIVE: Duration = Duration::from_secs(1);
 
-/// A queue emptied by a drain gives back its memory above this many slots, so a burst
-/// of work does not pin its peak for the life of the bridge.
+/// A drained work queue keeps at most this many slots (see `WorkQueue::release_excess`).
 const KEEP_QUEUE_SLOTS: usize = 1024;
 
 impl Bridge {
@@ -503,9 +510,7 @@ impl Shared {
                 queue = lock(&self.blocking);
                 continue;
             }
-            if queue.items.capacity() > KEEP_QUEUE_SLOTS {
-                queue.items.shrink_to(KEEP_QUEUE_SLOTS);
-            }
+            queue.release_excess();
             if queue.closed {
                 queue.runners -= 1;
                 return;
@@ -633,9 +638,7 @@ async fn dispatch_on_loop(shared: Arc<Shared>) {
                     .on_loop_len
                     .store(queue.items.len(), Ordering::SeqCst);
                 if next.is_none() {
-                    if queue.items.capacity() > KEEP_QUEUE_SLOTS {
-                        queue.items.shrink_to(KEEP_QUEUE_SLOTS);
-                    }
+                    queue.release_excess();
                     if spin.is_zero() {
                         queue.scheduled = false;
                     }
