@@ -1004,11 +1004,8 @@ static int32_t coop_work(bridge_job_t *job, void *arg) {
 }
 
 static void bridge_free_shuts_down_running_bridge(void) {
-    bridge_config_t cfg;
-    bridge_config_init(&cfg);
-    cfg.max_blocking_threads = 1;
     bridge_t *b = NULL;
-    CHECK_STATUS(bridge_start(&cfg, &b), BRIDGE_OK);
+    CHECK_STATUS(start_bridge_with_one_pool_thread(&b), BRIDGE_OK);
     static coop_t running, queued;
     atomic_store(&running.started, 0);
     atomic_store(&running.saw_cancel, 0);
@@ -1341,11 +1338,8 @@ static void stats_counts(void) {
 /* ---- lifetime ---- */
 
 static void stopped_bridge_still_answers_and_futures_outlive_it(void) {
-    bridge_config_t cfg;
-    bridge_config_init(&cfg);
-    cfg.max_blocking_threads = 1;
     bridge_t *b = NULL;
-    CHECK_STATUS(bridge_start(&cfg, &b), BRIDGE_OK);
+    CHECK_STATUS(start_bridge_with_one_pool_thread(&b), BRIDGE_OK);
     static gated_t done, blk, queued;
     gated_reset(&done);
     gated_reset(&blk);

@@ -155,11 +155,8 @@ static void several_callbacks_run_once_in_order(void) {
 }
 
 static void callbacks_on_cancel_of_queued_work_run_on_cancelling_thread(void) {
-    bridge_config_t cfg;
-    bridge_config_init(&cfg);
-    cfg.max_blocking_threads = 1;
     bridge_t *b = NULL;
-    CHECK_STATUS(bridge_start(&cfg, &b), BRIDGE_OK);
+    CHECK_STATUS(start_bridge_with_one_pool_thread(&b), BRIDGE_OK);
     cb_bridge = b;
     static gated_t blk, queued;
     static seen_t s1, s2;
@@ -197,11 +194,8 @@ static void callbacks_on_cancel_of_queued_work_run_on_cancelling_thread(void) {
 }
 
 static void callbacks_on_shutdown_run_once(void) {
-    bridge_config_t cfg;
-    bridge_config_init(&cfg);
-    cfg.max_blocking_threads = 1;
     bridge_t *b = NULL;
-    CHECK_STATUS(bridge_start(&cfg, &b), BRIDGE_OK);
+    CHECK_STATUS(start_bridge_with_one_pool_thread(&b), BRIDGE_OK);
     cb_bridge = b;
     enum { N = 10 };
     static gated_t blk_pool, blk_loop, q[2 * N];
@@ -400,11 +394,8 @@ static void shutdown_again_cb(future_t *f, void *user_data) {
 }
 
 static void callback_run_by_shutdown_may_call_shutdown(void) {
-    bridge_config_t cfg;
-    bridge_config_init(&cfg);
-    cfg.max_blocking_threads = 1;
     bridge_t *b = NULL;
-    CHECK_STATUS(bridge_start(&cfg, &b), BRIDGE_OK);
+    CHECK_STATUS(start_bridge_with_one_pool_thread(&b), BRIDGE_OK);
     static gated_t blk, queued;
     gated_reset(&blk);
     gated_reset(&queued);

@@ -58,11 +58,8 @@ static int32_t victim_work(bridge_job_t *job, void *arg) {
 }
 
 static void cancel_queued_blocking_work(void) {
-    bridge_config_t cfg;
-    bridge_config_init(&cfg);
-    cfg.max_blocking_threads = 1;
     bridge_t *b = NULL;
-    CHECK_STATUS(bridge_start(&cfg, &b), BRIDGE_OK);
+    CHECK_STATUS(start_bridge_with_one_pool_thread(&b), BRIDGE_OK);
 
     static blocker_t blk;
     static victim_t vic;
@@ -374,11 +371,8 @@ static void cancel_finished_future_changes_nothing(void) {
 
 /* Cancelling one future leaves the others alone. */
 static void cancel_affects_only_its_future(void) {
-    bridge_config_t cfg;
-    bridge_config_init(&cfg);
-    cfg.max_blocking_threads = 1;
     bridge_t *b = NULL;
-    CHECK_STATUS(bridge_start(&cfg, &b), BRIDGE_OK);
+    CHECK_STATUS(start_bridge_with_one_pool_thread(&b), BRIDGE_OK);
     static blocker_t blk;
     blocker_reset(&blk);
     enum { N = 6 };

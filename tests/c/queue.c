@@ -510,11 +510,8 @@ static void arrivals_cb(future_t *f, void *user_data) {
 }
 
 static void completions_arriving_during_dispatch_wait_for_the_next_dispatch(void) {
-    bridge_config_t cfg;
-    bridge_config_init(&cfg);
-    cfg.max_blocking_threads = 1;
     bridge_t *b1 = NULL;
-    CHECK_STATUS(bridge_start(&cfg, &b1), BRIDGE_OK);
+    CHECK_STATUS(start_bridge_with_one_pool_thread(&b1), BRIDGE_OK);
     static gated_t blocker, queued, gated, first, fin;
     static rec_t r_queued, r_gated, r_fin;
     static hook_t h;
@@ -864,11 +861,8 @@ static void queue_free_runs_pending_on_caller_and_drops_later_completions(void) 
     static rec_t r_done[N], r_kept, r_released, r_queued;
     static hook_t h;
     hook_reset(&h, 0);
-    bridge_config_t cfg;
-    bridge_config_init(&cfg);
-    cfg.max_blocking_threads = 1;
     bridge_t *b1 = NULL;
-    CHECK_STATUS(bridge_start(&cfg, &b1), BRIDGE_OK);
+    CHECK_STATUS(start_bridge_with_one_pool_thread(&b1), BRIDGE_OK);
     bridge_queue_t *q = NULL;
     CHECK_STATUS(bridge_queue_new(&q), BRIDGE_OK);
     bridge_queue_set_notify(q, notify_hook, &h);
@@ -953,11 +947,8 @@ static void queue_free_runs_pending_on_caller_and_drops_later_completions(void) 
 /* ---- cancellation and shutdown ---- */
 
 static void cancel_of_queued_work_is_delivered_through_the_queue(void) {
-    bridge_config_t cfg;
-    bridge_config_init(&cfg);
-    cfg.max_blocking_threads = 1;
     bridge_t *b1 = NULL;
-    CHECK_STATUS(bridge_start(&cfg, &b1), BRIDGE_OK);
+    CHECK_STATUS(start_bridge_with_one_pool_thread(&b1), BRIDGE_OK);
     static gated_t blocker, queued;
     static rec_t r;
     gated_reset(&blocker);
@@ -996,11 +987,8 @@ static void cancel_of_queued_work_is_delivered_through_the_queue(void) {
 
 static void shutdown_is_delivered_through_the_queue(void) {
     enum { N = 8 };
-    bridge_config_t cfg;
-    bridge_config_init(&cfg);
-    cfg.max_blocking_threads = 1;
     bridge_t *b1 = NULL;
-    CHECK_STATUS(bridge_start(&cfg, &b1), BRIDGE_OK);
+    CHECK_STATUS(start_bridge_with_one_pool_thread(&b1), BRIDGE_OK);
     static gated_t run_pool, run_loop, g[N];
     static rec_t r_pool, r_loop, r[N];
     static hook_t h;

@@ -65,6 +65,15 @@ typedef struct {
 static inline void token_free(void *p) { atomic_fetch_add(&((token_t *)p)->freed, 1); }
 #endif
 
+/* Starts a bridge whose blocking pool has one thread, so blocking work submitted
+ * behind a running item stays queued. */
+static inline bridge_status start_bridge_with_one_pool_thread(bridge_t **out) {
+    bridge_config_t cfg;
+    bridge_config_init(&cfg);
+    cfg.max_blocking_threads = 1;
+    return bridge_start(&cfg, out);
+}
+
 /* Work that does nothing and succeeds. */
 static inline int32_t nop_work(bridge_job_t *job, void *arg) {
     (void)job;
