@@ -25,7 +25,8 @@ use crate::owner::Owner;
 use crate::queue::{CompletionQueue, Entry};
 use crate::status::{Error, Status};
 use crate::sync::{
-    lock, try_lock, Arc, AtomicBool, AtomicI32, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering,
+    lock, thread_local, try_lock, Arc, AtomicBool, AtomicI32, AtomicUsize, Condvar, Mutex,
+    MutexGuard, Ordering,
 };
 use crate::thread_role;
 
@@ -892,14 +893,19 @@ impl<K: Kind> Future<K> {
     ///
     /// `result` is the work's outcome; `Ok(Some(v))` replaces any staged value.
     /// Cancellation requested meanwhile wins over the outcome, and a value that does
-    /// not end up in an `Ok` future is dropped here, at once.
-    pub(crate) fn finish(&self, result: Result<Option<K::Value>, Failure>) {
+    /// not end up in an `Ok` future is dropped here, at once. Returns whether the
+    /// future took `result` as its outcome (false: it had finished, or was cancelled).
+    ///
+    /// Called while this thread runs done callbacks, the callbacks of this future run
+    /// after the current one returns, on this thread.
+    pub(crate) fn finish(&self, result: Result<Option<K::Value>, Failure>) -> bool {
         let mut inner = self.lock();
         if inner.stage == Stage::Done || inner.finishing {
-            return;
+            return false;
         }
         inner.finishing = true;
-        let (status, discarded) = if self.is_cancel_requested() {
+        let taken = !self.is_cancel_requested();
+        let (status, discarded) = if !taken {
             let staged = inner.value.take();
             let status = match inner.timed_out {
                 Some(ms) => {
@@ -1011,7 +1017,7 @@ impl<K: Kind> Future<K> {
             queue.call_notify();
         }
         match callback_handle {
-            Some(handle) => {
+            Some(handle) => run_unnested(move || {
                 for callback in callbacks.into_iter() {
                     // A panicking Rust callback must not keep the others from running.
                     let call = || match callback {
@@ -1024,8 +1030,71 @@ impl<K: Kind> Future<K> {
                 }
                 // Dropping the last handle releases the value, here and now.
                 drop(handle);
-            }
+            }),
             None => self.release(release),
+        }
+        taken
+    }
+}
+
+/// Done callbacks waiting to run on this thread, one after the other.
+type AfterCallbacks = std::collections::VecDeque<Box<dyn FnOnce()>>;
+
+thread_local! {
+    /// `Some` while this thread runs the done callbacks of a finish: futures finished
+    /// meanwhile (by those callbacks, or by the library's own, which finish chained
+    /// and combined futures) queue theirs here, and the outermost finish runs them
+    /// once the current callback returns. Completion never recurses, so chains and
+    /// nested combinations of any length cannot overflow the stack.
+    static AFTER: std::cell::RefCell<Option<AfterCallbacks>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `callbacks` now, or, when this thread is already running done callbacks, as
+/// soon as the one running returns (before the outermost finish returns).
+fn run_unnested<F: FnOnce() + 'static>(callbacks: F) {
+    let mut callbacks = Some(callbacks);
+    let nested = AFTER.try_with(|after| {
+        let mut after = after.borrow_mut();
+        match after.as_mut() {
+            Some(list) => {
+                if let Some(callbacks) = callbacks.take() {
+                    list.push_back(Box::new(callbacks));
+                }
+                true
+            }
+            None => {
+                *after = Some(AfterCallbacks::new());
+                false
+            }
+        }
+    });
+    let Some(callbacks) = callbacks else { return };
+    if nested.is_err() {
+        // This thread's locals are being destroyed (it is exiting): run them here.
+        callbacks();
+        return;
+    }
+    /// Ends the drain even if a Rust callback's panic escapes it.
+    struct Drained;
+    impl Drop for Drained {
+        fn drop(&mut self) {
+            let rest = AFTER.try_with(|after| after.borrow_mut().take());
+            // Left over only by a panic: run them rather than lose them.
+            if let Ok(Some(rest)) = rest {
+                for callbacks in rest {
+                    let _ = catch_unwind(AssertUnwindSafe(callbacks));
+                }
+            }
+        }
+    }
+    let _drained = Drained;
+    callbacks();
+    loop {
+        let next = AFTER.with(|after| after.borrow_mut().as_mut().and_then(|l| l.pop_front()));
+        match next {
+            Some(callbacks) => callbacks(),
+            None => break,
         }
     }
 }

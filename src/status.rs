@@ -62,6 +62,11 @@ pub enum Error {
     Panic = -5,
     /// The error code of a future failed by a timeout.
     TimedOut = -6,
+    /// The error code of a future whose producer went away without resolving it (a
+    /// promise freed unresolved, work whose thread exited before it returned).
+    Abandoned = -7,
+    /// The handle was closed while the operation waited on it.
+    Closed = -14,
 }
 
 impl Error {
@@ -93,6 +98,8 @@ pub fn describe(code: i32) -> &'static CStr {
         -4 => c"busy: max_pending reached",
         -5 => c"internal panic caught at the boundary",
         -6 => c"timed out",
+        -7 => c"abandoned: the producer went away without resolving the future",
+        -14 => c"closed: the handle was closed while the call waited on it",
         _ => c"unknown status",
     }
 }
@@ -126,7 +133,7 @@ mod tests {
 
     #[test]
     fn every_code_has_its_own_text() {
-        let texts: Vec<_> = (-6..=4).map(describe).collect();
+        let texts: Vec<_> = (-7..=4).chain([-14]).map(describe).collect();
         let mut unique = texts.clone();
         unique.sort();
         unique.dedup();

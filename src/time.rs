@@ -106,14 +106,17 @@ impl<K: Kind> Future<K> {
                     }
                 }
                 Status::Failed => {
-                    // The failure is handed on: looking at the combination is looking
-                    // at it, and the input is not reported again.
-                    done.mark_observed();
                     let failure = done
                         .failure_unobserved()
                         .cloned()
                         .unwrap_or_else(|| Failure::from_code(0));
-                    target.finish(Err(failure));
+                    // Only a failure the combination ends with is handed on: looking
+                    // at the combination is looking at it, and the input is not
+                    // reported again. One that comes after the combination finished
+                    // (another failure first, a cancellation) is the input's own.
+                    if target.finish(Err(failure)) {
+                        done.mark_observed();
+                    }
                 }
                 _ => {
                     target.request_cancel();
@@ -318,5 +321,92 @@ mod tests {
         assert_eq!(all.wait(LONG), Ok(Status::Cancelled));
         assert_eq!(Future::<K>::all(&[]).unwrap().status(), Status::Ok);
         assert!(matches!(Future::<K>::any(&[], |i| i), Err(Error::Invalid)));
+    }
+
+    /// Completion must not recurse: a 10,000-link chain cancelled by shutdown used to
+    /// cancel each link inside the previous one's finish, and overflowed the stack.
+    #[test]
+    fn a_long_chain_is_cancelled_by_shutdown_without_recursion() {
+        let b = bridge();
+        let head = b.sleep::<K>(Duration::from_secs(3600)).unwrap();
+        let mut last = head.clone();
+        for _ in 0..10_000 {
+            last = last.then(Box::new(|_| Ok(())), Placement::OnLoop).unwrap();
+        }
+        assert_eq!(b.shutdown(Some(Duration::ZERO)), Ok(Status::Ok));
+        assert_eq!(last.wait(LONG), Ok(Status::Cancelled));
+        assert_eq!(head.status(), Status::Cancelled);
+    }
+
+    #[test]
+    fn combinations_nested_ten_thousand_deep_finish_without_recursion() {
+        let b = bridge();
+        let gate = b.sleep::<K>(Duration::from_millis(20)).unwrap();
+        let mut all = gate.clone();
+        let mut any = gate.clone();
+        for _ in 0..10_000 {
+            all = Future::all(std::slice::from_ref(&all)).unwrap();
+            any = Future::any(std::slice::from_ref(&any), |i| i).unwrap();
+        }
+        assert_eq!(all.wait(LONG), Ok(Status::Ok));
+        assert_eq!(any.wait(LONG), Ok(Status::Ok));
+        assert_eq!(any.take_value(), Some(0));
+    }
+
+    /// A failure `all` does not end with is the input's own, and is reported when the
+    /// input is dropped unobserved; the one it ends with is not reported twice.
+    #[test]
+    fn all_hands_on_only_the_failure_it_ends_with() {
+        let reports = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let r = reports.clone();
+        let b = Bridge::start(Config {
+            on_unhandled_error: Some(Box::new(move |code, _| r.lock().unwrap().push(code))),
+            ..Config::default()
+        })
+        .unwrap();
+        let gated = |code: i32, gate: Arc<AtomicBool>| {
+            b.submit::<K>(
+                Box::new(move |_| {
+                    while !gate.load(Ordering::SeqCst) {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                    Err(Failure::from_code(code))
+                }),
+                Placement::Blocking,
+            )
+            .unwrap()
+        };
+        let settle = || {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while b.stats().pending > 0 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
+        // Cancelled first, then an input fails: nothing hands that failure on.
+        let gate = Arc::new(AtomicBool::new(false));
+        let p1 = gated(21, gate.clone());
+        let all = Future::all(std::slice::from_ref(&p1)).unwrap();
+        assert_eq!(all.cancel(), Ok(Status::Ok));
+        assert_eq!(all.status(), Status::Cancelled);
+        gate.store(true, Ordering::SeqCst);
+        settle();
+        drop(p1);
+        assert_eq!(*reports.lock().unwrap(), vec![21]);
+
+        // Two inputs fail: the first is handed on, the second is the input's own.
+        reports.lock().unwrap().clear();
+        let (g1, g2) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (p1, p2) = (gated(21, g1.clone()), gated(22, g2.clone()));
+        let all = Future::all(&[p1.clone(), p2.clone()]).unwrap();
+        g1.store(true, Ordering::SeqCst);
+        assert_eq!(all.wait(LONG), Ok(Status::Failed));
+        assert_eq!(all.failure().unwrap().code(), 21);
+        g2.store(true, Ordering::SeqCst);
+        settle();
+        drop((p1, p2, all));
+        assert_eq!(*reports.lock().unwrap(), vec![22]);
     }
 }

@@ -31,6 +31,12 @@ pub const BRIDGE_E_BUSY: bridge_status = -4;
 pub const BRIDGE_E_PANIC: bridge_status = -5;
 /// The error code of a future failed by future_set_timeout().
 pub const BRIDGE_E_TIMED_OUT: bridge_status = -6;
+/// The error code of a future whose producer went away without resolving it: work
+/// whose thread exited (pthread_exit) before the work returned.
+pub const BRIDGE_E_ABANDONED: bridge_status = -7;
+/// Call error: the handle was closed while the call waited on it (bridge_queue_wait()
+/// on a queue that another thread freed).
+pub const BRIDGE_E_CLOSED: bridge_status = -14;
 /// A timeout_ms meaning "no limit".
 pub const BRIDGE_FOREVER: i64 = -1;
 
@@ -79,11 +85,13 @@ mod tests {
         assert_eq!(BRIDGE_E_BUSY, Error::Busy.code());
         assert_eq!(BRIDGE_E_PANIC, Error::Panic.code());
         assert_eq!(BRIDGE_E_TIMED_OUT, Error::TimedOut.code());
+        assert_eq!(BRIDGE_E_ABANDONED, Error::Abandoned.code());
+        assert_eq!(BRIDGE_E_CLOSED, Error::Closed.code());
     }
 
     #[test]
     fn status_str_matches_the_core_texts() {
-        for code in -7..=5 {
+        for code in -15..=5 {
             // SAFETY: bridge_status_str returns a static NUL-terminated string.
             let text = unsafe { CStr::from_ptr(bridge_status_str(code)) };
             assert_eq!(text, describe(code));
