@@ -336,6 +336,18 @@ typedef void (*bridge_timer_fn)(bridge_timer_t *timer, uint64_t ticks, void *use
  */
 #define BRIDGE_E_TIMED_OUT (-6)
 
+/**
+ * The error code of a future whose producer went away without resolving it: work
+ * whose thread exited (pthread_exit) before the work returned.
+ */
+#define BRIDGE_E_ABANDONED (-7)
+
+/**
+ * Call error: the handle was closed while the call waited on it (bridge_queue_wait()
+ * on a queue that another thread freed).
+ */
+#define BRIDGE_E_CLOSED (-14)
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -372,7 +384,9 @@ bridge_status bridge_start(const bridge_config_t *cfg, bridge_t **out);
  *         may still be shut down with bridge_shutdown(), for good). NULL if it could
  *         not be started; a later call tries again.
  * Any thread; concurrent first calls start one bridge. In a fork child it is the
- * parent's bridge, which is not running there.
+ * parent's bridge, which is not running there; if the fork happened while a thread of
+ * the parent was inside the first bridge_default(), the child gets NULL, at once, from
+ * every call (that start cannot finish without the thread).
  */
 bridge_t *bridge_default(void);
 
@@ -413,6 +427,9 @@ bool bridge_in_loop(const bridge_t *b);
  * work must not block); only blocking-pool work is left behind.
  * Deadlock: must not be called from this bridge's own threads (work or callbacks
  * running there); call bridge_free() there instead, which does not block.
+ * A done callback that this shutdown runs may call bridge_free(b): the handle stays
+ * valid until this call returns, and the free finishes then (do not use `b` after).
+ * It may also call bridge_shutdown(b) again, which returns BRIDGE_OK at once.
  */
 bridge_status bridge_shutdown(bridge_t *b, int64_t timeout_ms);
 
@@ -422,8 +439,9 @@ bridge_status bridge_shutdown(bridge_t *b, int64_t timeout_ms);
  *
  * @param b the bridge; NULL, or the bridge of bridge_default(), does nothing.
  * Any thread. On one of the bridge's own threads it does not block: the loop thread
- * finishes the shutdown once the current call returns. Using `b` afterwards is
- * undefined.
+ * finishes the shutdown once the current call returns. Inside a done callback that a
+ * bridge_shutdown() of this bridge is running (on any thread), the free finishes when
+ * that bridge_shutdown() returns. Using `b` afterwards is undefined.
  */
 void bridge_free(bridge_t *b);
 

@@ -151,7 +151,11 @@ pub struct Bridge {
 }
 
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-static GLOBAL: OnceCell<Bridge> = OnceCell::new();
+static GLOBAL: OnceCell<Arc<Bridge>> = OnceCell::new();
+/// The threads inside the first start of the global bridge (low 32 bits) and the fork
+/// generation they belong to (high 32 bits), so that a fork child can tell that the
+/// start it would wait for belongs to a thread it does not have.
+static GLOBAL_STARTERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// How many on-loop items the dispatcher runs before it lets other tasks run.
 const DISPATCH_BATCH: usize = 64;
@@ -245,13 +249,52 @@ impl Bridge {
     /// The process-wide bridge, started with the default configuration on first use.
     ///
     /// If starting fails, the next call tries again.
+    ///
+    /// In a fork child of a process that had started it, it is that process's bridge,
+    /// which is not running here. In a fork child of a process in which a thread was
+    /// starting it at the time of the fork, it is `Error::NotRunning`, at once and for
+    /// good: that thread does not exist in the child, and its start never finishes.
     pub fn global() -> Result<&'static Bridge, Error> {
-        GLOBAL.get_or_try_init(|| Bridge::start(Config::default()))
+        Bridge::global_shared().map(|bridge| &**bridge)
+    }
+
+    /// The global bridge, shared (see [`Bridge::global`]).
+    pub(crate) fn global_shared() -> Result<&'static Arc<Bridge>, Error> {
+        use std::sync::atomic::Ordering as StdOrdering;
+        if let Some(bridge) = GLOBAL.get() {
+            return Ok(bridge);
+        }
+        // Before the count goes up: a fork after that must be seen as one.
+        fork::install_handler();
+        let generation = u64::from(fork::generation() as u32);
+        let mut starters = GLOBAL_STARTERS.load(StdOrdering::SeqCst);
+        loop {
+            let next = if starters >> 32 == generation {
+                starters + 1
+            } else if starters & u64::from(u32::MAX) == 0 {
+                (generation << 32) | 1
+            } else {
+                // The cell is half-made by a thread of the parent, for ever.
+                return Err(Error::NotRunning);
+            };
+            match GLOBAL_STARTERS.compare_exchange(
+                starters,
+                next,
+                StdOrdering::SeqCst,
+                StdOrdering::SeqCst,
+            ) {
+                Ok(_) => break,
+                Err(now) => starters = now,
+            }
+        }
+        let bridge = GLOBAL.get_or_try_init(|| Bridge::start(Config::default()).map(Arc::new));
+        GLOBAL_STARTERS.fetch_sub(1, StdOrdering::SeqCst);
+        bridge
     }
 
     /// Whether this is the bridge [`Bridge::global`] returns (never starts it).
     pub fn is_global(&self) -> bool {
-        matches!(GLOBAL.get(), Some(global) if std::ptr::eq(global, self))
+        matches!(GLOBAL.get(), Some(global) if std::ptr::eq(&**global, self))
     }
 
     /// Whether the bridge accepts work: started, not shut down, and not inherited

@@ -1,6 +1,7 @@
 //! `bridge_t`: starting, stopping and submitting to a bridge.
 
 use std::ffi::{c_char, c_void, CStr};
+use std::sync::Arc;
 
 use crate::ffi::boundary::{boundary, status_of, SendPtr};
 use crate::ffi::future::{future_t, into_c_future, CKind};
@@ -77,11 +78,32 @@ pub type bridge_stats_t = bridge_stats;
 
 /// Borrows the bridge behind a C handle.
 ///
+/// A handle is a pointer made by `Arc::into_raw` (bridge_start), or the pointer of the
+/// global bridge's `Arc`, which its static holds for good (bridge_default).
+///
 /// # Safety
 /// `b` is NULL or a handle from bridge_start()/bridge_default() not yet freed.
 pub(crate) unsafe fn borrow<'a>(b: *const bridge_t) -> Option<&'a Bridge> {
     // SAFETY: per the contract above, a non-NULL handle points to a live Bridge.
     unsafe { b.cast::<Bridge>().as_ref() }
+}
+
+/// Takes one more reference to the bridge behind a C handle, so that it outlives a
+/// call that runs user callbacks (which may free the handle).
+///
+/// # Safety
+/// As [`borrow`].
+unsafe fn retain(b: *const bridge_t) -> Option<Arc<Bridge>> {
+    if b.is_null() {
+        return None;
+    }
+    let b = b.cast::<Bridge>();
+    // SAFETY: a live handle is an `Arc` pointer whose count is at least one (see
+    // `borrow`); the count taken here is given back when the returned `Arc` drops.
+    unsafe {
+        Arc::increment_strong_count(b);
+        Some(Arc::from_raw(b))
+    }
 }
 
 /// Fills `cfg` with the defaults: size = sizeof(bridge_config_t), one loop thread,
@@ -140,7 +162,9 @@ pub unsafe extern "C" fn bridge_start(
         };
         match Bridge::start(config) {
             Ok(bridge) => {
-                let handle = Box::into_raw(Box::new(bridge)).cast::<bridge_t>();
+                let handle = Arc::into_raw(Arc::new(bridge))
+                    .cast_mut()
+                    .cast::<bridge_t>();
                 // SAFETY: `out` is non-NULL and writable per the API.
                 unsafe { out.write(handle) };
                 BRIDGE_OK
@@ -199,11 +223,13 @@ unsafe fn config_from_c(cfg: *const bridge_config_t) -> Option<Config> {
 ///         may still be shut down with bridge_shutdown(), for good). NULL if it could
 ///         not be started; a later call tries again.
 /// Any thread; concurrent first calls start one bridge. In a fork child it is the
-/// parent's bridge, which is not running there.
+/// parent's bridge, which is not running there; if the fork happened while a thread of
+/// the parent was inside the first bridge_default(), the child gets NULL, at once, from
+/// every call (that start cannot finish without the thread).
 #[no_mangle]
 pub extern "C" fn bridge_default() -> *mut bridge_t {
-    boundary(|| match Bridge::global() {
-        Ok(bridge) => (bridge as *const Bridge).cast_mut().cast(),
+    boundary(|| match Bridge::global_shared() {
+        Ok(bridge) => Arc::as_ptr(bridge).cast_mut().cast(),
         Err(_) => std::ptr::null_mut(),
     })
 }
@@ -248,11 +274,16 @@ pub unsafe extern "C" fn bridge_in_loop(b: *const bridge_t) -> bool {
 /// work must not block); only blocking-pool work is left behind.
 /// Deadlock: must not be called from this bridge's own threads (work or callbacks
 /// running there); call bridge_free() there instead, which does not block.
+/// A done callback that this shutdown runs may call bridge_free(b): the handle stays
+/// valid until this call returns, and the free finishes then (do not use `b` after).
+/// It may also call bridge_shutdown(b) again, which returns BRIDGE_OK at once.
 #[no_mangle]
 pub unsafe extern "C" fn bridge_shutdown(b: *mut bridge_t, timeout_ms: i64) -> bridge_status {
     boundary(|| {
-        // SAFETY: `b` is NULL or a live handle per the API.
-        let Some(bridge) = (unsafe { borrow(b) }) else {
+        // SAFETY: `b` is NULL or a live handle per the API. A done callback that this
+        // shutdown runs may free the handle: the reference taken here keeps the bridge
+        // until the shutdown has returned, and the free finishes then.
+        let Some(bridge) = (unsafe { retain(b) }) else {
             return BRIDGE_E_INVALID;
         };
         match timeout_from_ms(timeout_ms) {
@@ -267,8 +298,9 @@ pub unsafe extern "C" fn bridge_shutdown(b: *mut bridge_t, timeout_ms: i64) -> b
 ///
 /// @param b the bridge; NULL, or the bridge of bridge_default(), does nothing.
 /// Any thread. On one of the bridge's own threads it does not block: the loop thread
-/// finishes the shutdown once the current call returns. Using `b` afterwards is
-/// undefined.
+/// finishes the shutdown once the current call returns. Inside a done callback that a
+/// bridge_shutdown() of this bridge is running (on any thread), the free finishes when
+/// that bridge_shutdown() returns. Using `b` afterwards is undefined.
 #[no_mangle]
 pub unsafe extern "C" fn bridge_free(b: *mut bridge_t) {
     boundary(|| {
@@ -279,9 +311,11 @@ pub unsafe extern "C" fn bridge_free(b: *mut bridge_t) {
         if bridge.is_global() {
             return;
         }
-        // SAFETY: a handle that is not the global bridge came from Box::into_raw in
-        // bridge_start, and the caller gives up its only copy.
-        drop(unsafe { Box::from_raw(b.cast::<Bridge>()) });
+        // SAFETY: a handle that is not the global bridge came from Arc::into_raw in
+        // bridge_start, and the caller gives up its reference. A shutdown of this
+        // bridge still running (this may be one of its callbacks) holds another, and
+        // the bridge goes when that shutdown returns.
+        drop(unsafe { Arc::from_raw(b.cast::<Bridge>()) });
     })
 }
 
