@@ -174,7 +174,15 @@ int main(int argc, char **argv) {
             fprintf(stderr, "the queue has no descriptor: use the notify mode\n");
             return 1;
         }
-        source = g_unix_fd_add(fd, G_IO_IN, on_queue_readable, &app);
+        /* g_unix_fd_add() would do, but a source made by hand can allow recursion: a
+         * callback that runs a nested main loop (a modal dialog) must still get its
+         * deliveries, and GLib does not call a source again while its own callback
+         * runs unless it may recurse. */
+        GSource *watch = g_unix_fd_source_new(fd, G_IO_IN);
+        g_source_set_callback(watch, G_SOURCE_FUNC(on_queue_readable), &app, NULL);
+        g_source_set_can_recurse(watch, TRUE);
+        source = g_source_attach(watch, app.context);
+        g_source_unref(watch);
     }
     guint watchdog = g_timeout_add_seconds(60, on_timeout, &app);
 

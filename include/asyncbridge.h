@@ -94,6 +94,15 @@ struct bridge_job;
  *
  * Made by bridge_queue_new(), freed by bridge_queue_free(). It belongs to no bridge:
  * futures of any bridge may deliver to it. Thread-safe.
+ *
+ * After fork(), in the child, a queue made by the parent is dead and no call on it
+ * touches a lock (its threads are gone, and a lock one of them held stays held):
+ * bridge_queue_fd() returns -1, bridge_queue_dispatch() runs nothing and returns 0,
+ * bridge_queue_wait() returns BRIDGE_E_NOT_RUNNING at once whatever its timeout,
+ * bridge_queue_set_notify() does nothing, future_on_done_via() and
+ * future_on_progress_via() return BRIDGE_E_NOT_RUNNING, future_withdraw_via()
+ * returns 0, and bridge_queue_free() runs no callback and leaks the queue. Queues
+ * made in the child work normally.
  */
 struct bridge_queue;
 
@@ -776,8 +785,9 @@ bridge_status bridge_queue_new(bridge_queue_t **out);
  * Watch it (poll, QSocketNotifier, g_unix_fd_add) and call bridge_queue_dispatch()
  * when it is readable. Never read, write or close it.
  * @return the descriptor, owned by the queue (closed by bridge_queue_free()); -1 for
- *         NULL or if the process had no descriptor to spare when the queue was made
- *         (use bridge_queue_set_notify() then).
+ *         NULL, for a parent's queue in a fork child, or if the process had no
+ *         descriptor to spare when the queue was made (use bridge_queue_set_notify()
+ *         then).
  * Any thread.
  */
 int bridge_queue_fd(const bridge_queue_t *q);
@@ -810,8 +820,17 @@ void bridge_queue_set_notify(bridge_queue_t *q, bridge_notify_fn notify, void *u
  * @param max the most deliveries to take; 0: all that are pending.
  * @return how many callbacks ran (a progress delivery that was due after its
  *         future's done callback calls nothing and is not counted); 0 for NULL.
- * Any thread (the callbacks run on it); callbacks may call into the library,
- * including bridge_queue_dispatch() on the same queue.
+ * Any thread (the callbacks run on it); callbacks may call into the library.
+ *
+ * Nested event loops: a callback may call bridge_queue_dispatch() on the same queue
+ * again (a modal dialog's loop: QDialog::exec(), a nested GMainLoop). The nested call
+ * runs what is pending at that moment, including completions that came after the
+ * outer call began, so nothing waits for the outer callback to return; each callback
+ * still runs once, and counts in the return value of the dispatch that ran it. GLib:
+ * a source that dispatches the queue from its callback must allow recursion,
+ * g_source_set_can_recurse(source, TRUE), or GLib will not call it while its own
+ * callback is running, and deliveries wait until the dialog closes.
+ * In a fork child, a parent's queue: runs nothing, returns 0.
  */
 size_t bridge_queue_dispatch(bridge_queue_t *q, size_t max);
 
@@ -821,9 +840,15 @@ size_t bridge_queue_dispatch(bridge_queue_t *q, size_t max);
  * @param timeout_ms 0 polls; BRIDGE_FOREVER waits with no limit.
  * @return BRIDGE_OK once a callback is pending (it has not run: call
  *         bridge_queue_dispatch()); BRIDGE_TIMEOUT if none came in time;
- *         BRIDGE_E_WOULD_DEADLOCK if the wait would block on a bridge loop thread;
- *         BRIDGE_E_INVALID for NULL or a timeout below -1.
- * Any thread but loop threads.
+ *         BRIDGE_E_CLOSED, at once, when another thread frees the queue with
+ *         bridge_queue_free() while this call waits (the queue is gone when this
+ *         returns: do not use it again); BRIDGE_E_WOULD_DEADLOCK if the wait would
+ *         block on a bridge loop thread; BRIDGE_E_NOT_RUNNING, at once, for a
+ *         parent's queue in a fork child; BRIDGE_E_INVALID for NULL or a timeout
+ *         below -1.
+ * Any thread but loop threads. Freeing the queue is safe only while this call is
+ * already blocked in it (or not called at all): a call that starts after
+ * bridge_queue_free() uses freed memory.
  */
 bridge_status bridge_queue_wait(bridge_queue_t *q, int64_t timeout_ms);
 
@@ -836,8 +861,10 @@ bridge_status bridge_queue_wait(bridge_queue_t *q, int64_t timeout_ms);
  * descriptor (it is closed here and its number may be reused) and remove the notify
  * hook; withdraw the callbacks that must not run any more (future_withdraw_via());
  * then free the queue.
+ * Threads blocked in bridge_queue_wait() on this queue return BRIDGE_E_CLOSED.
  * @param q the queue; NULL does nothing. Using it afterwards is undefined.
- * Any thread; not from inside one of this queue's callbacks.
+ * Any thread; not from inside one of this queue's callbacks. In a fork child, a
+ * parent's queue: runs nothing and is leaked.
  */
 void bridge_queue_free(bridge_queue_t *q);
 
@@ -850,7 +877,8 @@ void bridge_queue_free(bridge_queue_t *q);
  * to the future, so its value lives until the callback has returned. Registering
  * counts as observing a failure. Withdraw it with future_withdraw_via().
  * @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `f`, `q` or `cb`; BRIDGE_E_NOT_RUNNING
- *         for a pending future in a fork child.
+ *         in a fork child for a pending future of the parent, or a queue of the
+ *         parent.
  * Any thread.
  */
 bridge_status future_on_done_via(future_t *f,
@@ -868,8 +896,8 @@ bridge_status future_on_done_via(future_t *f,
  * runs first, so the last values reported are seen. Withdraw it with
  * future_withdraw_via().
  * @return BRIDGE_OK (also on a finished future, where it never runs); BRIDGE_E_INVALID
- *         for NULL `f`, `q` or `cb`; BRIDGE_E_NOT_RUNNING for a pending future in a
- *         fork child.
+ *         for NULL `f`, `q` or `cb`; BRIDGE_E_NOT_RUNNING in a fork child for a
+ *         pending future or a queue of the parent.
  * Any thread.
  */
 bridge_status future_on_progress_via(future_t *f,
@@ -884,7 +912,9 @@ bridge_status future_on_progress_via(future_t *f,
  * For an owner that goes away while its work is in flight (a window closing): once
  * this returns, none of them will run. (One already running inside a dispatch on
  * another thread finishes; call this on the dispatching thread to rule that out.)
- * @return how many registrations were withdrawn; 0 for NULL `f` or `q`.
+ * @return how many registrations were withdrawn; 0 for NULL `f` or `q`, and in a
+ *         fork child for a queue of the parent (nothing is delivered there) or a
+ *         parent's future whose lock a vanished thread holds.
  * Any thread.
  */
 size_t future_withdraw_via(future_t *f, bridge_queue_t *q, void *user_data);

@@ -571,7 +571,7 @@ impl<K: Kind> Future<K> {
         callback: K::Callback,
     ) -> Result<(), Error> {
         self.completion.observed.store(true, Ordering::Relaxed);
-        if !self.peek().is_final() && self.completion.owner.orphaned() {
+        if queue.orphaned() || (!self.peek().is_final() && self.completion.owner.orphaned()) {
             return Err(Error::NotRunning);
         }
         let Some(mut inner) = self.lock_unless_orphaned() else {
@@ -611,7 +611,7 @@ impl<K: Kind> Future<K> {
         if self.peek().is_final() {
             return Ok(()); // no progress will come
         }
-        if self.completion.owner.orphaned() {
+        if self.completion.owner.orphaned() || queue.orphaned() {
             return Err(Error::NotRunning);
         }
         let mut inner = self.lock();
@@ -638,9 +638,17 @@ impl<K: Kind> Future<K> {
         mut done: impl FnMut(&K::Callback) -> bool,
         mut progress: impl FnMut(&K::ProgressCallback) -> bool,
     ) -> usize {
+        if queue.orphaned() {
+            // A fork child and the parent's queue: nothing is ever delivered there, and
+            // its lock may belong to a thread that is not here.
+            return 0;
+        }
         let mut removed_callbacks = Vec::new();
         let (removed_entries, withdrawn_watches) = {
-            let mut inner = self.lock();
+            // A parent's future in a fork child: its lock may be held for good.
+            let Some(mut inner) = self.lock_unless_orphaned() else {
+                return 0;
+            };
             let callbacks = std::mem::replace(&mut inner.callbacks, Callbacks::new());
             for registration in callbacks.into_iter() {
                 match registration {

@@ -100,6 +100,9 @@ struct State<K: Kind> {
 /// A queue of callbacks that run only inside [`CompletionQueue::dispatch`], on the
 /// thread that calls it. It belongs to no bridge.
 pub struct CompletionQueue<K: Kind> {
+    /// The fork generation the queue was made in: in a fork child its lock may be
+    /// held by a thread that does not exist there, so it is never touched.
+    fork_generation: u64,
     state: Mutex<State<K>>,
     nonempty: Condvar,
     /// Held while a hook runs, so replacing it waits for a running call to end.
@@ -117,6 +120,7 @@ impl<K: Kind> CompletionQueue<K> {
     /// of descriptors (the notify hook and `wait` still work).
     pub fn new() -> CompletionQueue<K> {
         CompletionQueue {
+            fork_generation: crate::fork::generation(),
             state: Mutex::new(State {
                 entries: VecDeque::new(),
                 next: 0,
@@ -129,14 +133,30 @@ impl<K: Kind> CompletionQueue<K> {
         }
     }
 
-    /// The descriptor that is readable while callbacks are pending; `None` once closed.
+    /// Whether this process is a fork child of the one that made the queue. Such a
+    /// queue is dead: nothing is delivered to it or dispatched from it, and no call
+    /// touches its locks.
+    pub fn orphaned(&self) -> bool {
+        crate::fork::generation() != self.fork_generation
+    }
+
+    /// The descriptor that is readable while callbacks are pending; `None` once closed,
+    /// and in a fork child.
     pub fn fd(&self) -> Option<i32> {
+        if self.orphaned() {
+            return None;
+        }
         lock(&self.state).wakeup.as_ref().map(Wakeup::fd)
     }
 
     /// Sets (or with `None` removes) the hook called on each empty→non-empty edge.
     /// When this returns, the previous hook is not running and will not be called again.
+    /// In a fork child it does nothing (the hook is never called there).
     pub fn set_notify(&self, hook: Option<NotifyHook>) {
+        if self.orphaned() {
+            // Dropping the new hook runs no user code; the old one is left alone.
+            return;
+        }
         let old = std::mem::replace(&mut *lock(&self.notify), hook);
         drop(old);
     }
@@ -147,7 +167,7 @@ impl<K: Kind> CompletionQueue<K> {
     /// context is free) would re-enter here from its own dispatch; that nested call is
     /// skipped rather than deadlocking on the hook's lock.
     pub(crate) fn call_notify(&self) {
-        if IN_HOOK.with(|h| h.get()) {
+        if IN_HOOK.with(|h| h.get()) || self.orphaned() {
             return;
         }
         if let Some(hook) = lock(&self.notify).as_ref() {
@@ -169,6 +189,9 @@ impl<K: Kind> CompletionQueue<K> {
     /// [`CompletionQueue::call_notify`] if this returns `Ok(true)` (an empty→non-empty
     /// edge), once it has let go of that lock.
     pub(crate) fn push(&self, entry: Entry<K>) -> Result<bool, Entry<K>> {
+        if self.orphaned() {
+            return Err(entry);
+        }
         let mut state = lock(&self.state);
         if state.closed {
             return Err(entry);
@@ -193,7 +216,16 @@ impl<K: Kind> CompletionQueue<K> {
     /// Runs callbacks on the calling thread: those pending when it was called, at most
     /// `max` of them (0: all). Returns how many ran. If callbacks are still pending
     /// when it returns, the descriptor stays readable and the hook is called again.
+    ///
+    /// It may be called again from inside one of its callbacks (a nested event loop,
+    /// such as a modal dialog's): the nested call runs what is pending then, including
+    /// completions that arrived after the outer call began, and the outer call goes
+    /// on with whatever is left of its own share afterwards. In a fork child it runs
+    /// nothing and returns 0.
     pub fn dispatch(&self, max: usize) -> usize {
+        if self.orphaned() {
+            return 0;
+        }
         let mut state = lock(&self.state);
         // Deliveries queued from now on (by callbacks or other threads) wait for the
         // next dispatch, even if a callback withdraws some of those pending now.
@@ -233,14 +265,22 @@ impl<K: Kind> CompletionQueue<K> {
     /// Waits up to `timeout` (`None`: no limit) until a callback is pending.
     ///
     /// Returns `Status::Ok` once one is, `Status::Timeout` otherwise. A wait that would
-    /// block on a bridge loop thread is `Error::WouldDeadlock`.
+    /// block on a bridge loop thread is `Error::WouldDeadlock`. A queue closed before
+    /// or during the wait is `Error::Closed`, at once. In a fork child:
+    /// `Error::NotRunning`, whatever the timeout.
     pub fn wait(&self, timeout: Option<Duration>) -> Result<Status, Error> {
+        if self.orphaned() {
+            return Err(Error::NotRunning);
+        }
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let mut state = lock(&self.state);
         if !state.entries.is_empty() {
             return Ok(Status::Ok);
         }
-        if state.closed || timeout == Some(Duration::ZERO) {
+        if state.closed {
+            return Err(Error::Closed);
+        }
+        if timeout == Some(Duration::ZERO) {
             return Ok(Status::Timeout);
         }
         if thread_role::on_any_loop() {
@@ -249,13 +289,16 @@ impl<K: Kind> CompletionQueue<K> {
         state.waiters += 1;
         let status = loop {
             if !state.entries.is_empty() {
-                break Status::Ok;
+                break Ok(Status::Ok);
+            }
+            if state.closed {
+                break Err(Error::Closed);
             }
             let wait = match deadline {
                 None => Duration::from_secs(3600),
                 Some(d) => match d.checked_duration_since(Instant::now()) {
                     Some(left) if !left.is_zero() => left,
-                    _ => break Status::Timeout,
+                    _ => break Ok(Status::Timeout),
                 },
             };
             state = match self.nonempty.wait_timeout(state, wait) {
@@ -264,17 +307,31 @@ impl<K: Kind> CompletionQueue<K> {
             };
         };
         state.waiters -= 1;
-        Ok(status)
+        status
     }
 
     /// Runs the callbacks still pending on the calling thread, then closes the queue:
-    /// its descriptor is closed and completions arriving later for it are dropped.
+    /// its descriptor is closed, completions arriving later for it are dropped, and
+    /// threads blocked in [`CompletionQueue::wait`] return `Error::Closed` at once.
+    ///
+    /// In a fork child it runs nothing and touches nothing: the queue's callbacks
+    /// belong to the parent, and its lock may be held by a thread that is not here.
     pub fn close(&self) -> usize {
-        let (entries, wakeup) = {
+        if self.orphaned() {
+            return 0;
+        }
+        let (entries, wakeup, waiters) = {
             let mut state = lock(&self.state);
             state.closed = true;
-            (std::mem::take(&mut state.entries), state.wakeup.take())
+            (
+                std::mem::take(&mut state.entries),
+                state.wakeup.take(),
+                state.waiters > 0,
+            )
         };
+        if waiters {
+            self.nonempty.notify_all();
+        }
         drop(wakeup);
         self.set_notify(None);
         entries
@@ -282,6 +339,17 @@ impl<K: Kind> CompletionQueue<K> {
             .map(|(_, entry)| entry.run())
             .filter(|&ran| ran)
             .count()
+    }
+
+    /// Closes the queue (see [`CompletionQueue::close`]) and drops this reference to it.
+    /// In a fork child the queue is leaked instead: dropping the parent's deliveries
+    /// could run the parent's free functions, or take a lock of a vanished thread.
+    pub fn close_and_release(queue: Arc<Self>) -> usize {
+        if queue.orphaned() {
+            std::mem::forget(queue);
+            return 0;
+        }
+        queue.close()
     }
 
     /// Removes the pending deliveries of `future` that `matches` selects; they will
@@ -310,8 +378,11 @@ impl<K: Kind> CompletionQueue<K> {
         removed
     }
 
-    /// How many callbacks are pending.
+    /// How many callbacks are pending (0 in a fork child).
     pub fn len(&self) -> usize {
+        if self.orphaned() {
+            return 0;
+        }
         lock(&self.state).entries.len()
     }
 
@@ -526,5 +597,62 @@ mod tests {
         waiting.finish(Ok(None));
         queue.dispatch(0);
         assert_eq!(calls.load(Ordering::SeqCst), 0);
+    }
+
+    /// A thread blocked in `wait` used to sleep its whole timeout (forever with no
+    /// limit) when the queue was closed under it.
+    #[test]
+    fn close_wakes_a_blocked_wait() {
+        for timeout in [None, Some(Duration::from_secs(10))] {
+            let queue = Arc::new(CompletionQueue::<K>::new());
+            let q = queue.clone();
+            let waiter = std::thread::spawn(move || {
+                let started = Instant::now();
+                (q.wait(timeout), started.elapsed())
+            });
+            std::thread::sleep(Duration::from_millis(50));
+            assert_eq!(queue.close(), 0);
+            let (answer, waited) = waiter.join().unwrap();
+            assert_eq!(answer, Err(Error::Closed));
+            assert!(waited < Duration::from_secs(5), "woken, not timed out");
+            assert_eq!(queue.wait(Some(Duration::ZERO)), Err(Error::Closed));
+        }
+    }
+
+    /// A callback that runs a nested event loop gets the deliveries that are pending
+    /// then, and those that arrive while it runs.
+    #[test]
+    fn a_nested_dispatch_delivers_what_is_pending() {
+        let queue = Arc::new(CompletionQueue::<K>::new());
+        let order = Arc::new(StdMutex::new(Vec::new()));
+        let (first, second, third) = (future(), future(), future());
+        let (q, o, late) = (queue.clone(), order.clone(), third.clone());
+        first
+            .on_done_via(
+                &queue,
+                Box::new(move |_| {
+                    o.lock().unwrap().push("A begins");
+                    let nested = q.dispatch(0);
+                    // A completion that comes while this callback runs.
+                    late.finish(Ok(None));
+                    let again = q.dispatch(0);
+                    o.lock().unwrap().push(if (nested, again) == (1, 1) {
+                        "A ends"
+                    } else {
+                        "A ends with a wrong count"
+                    });
+                }),
+            )
+            .unwrap();
+        for (f, name) in [(&second, "B"), (&third, "C")] {
+            let o = order.clone();
+            f.on_done_via(&queue, Box::new(move |_| o.lock().unwrap().push(name)))
+                .unwrap();
+        }
+        first.finish(Ok(None));
+        second.finish(Ok(None));
+        assert_eq!(queue.dispatch(0), 1, "B and C ran in the nested dispatches");
+        assert_eq!(*order.lock().unwrap(), ["A begins", "B", "C", "A ends"]);
+        assert!(!readable(&queue));
     }
 }

@@ -18,6 +18,15 @@ use crate::status::timeout_from_ms;
 ///
 /// Made by bridge_queue_new(), freed by bridge_queue_free(). It belongs to no bridge:
 /// futures of any bridge may deliver to it. Thread-safe.
+///
+/// After fork(), in the child, a queue made by the parent is dead and no call on it
+/// touches a lock (its threads are gone, and a lock one of them held stays held):
+/// bridge_queue_fd() returns -1, bridge_queue_dispatch() runs nothing and returns 0,
+/// bridge_queue_wait() returns BRIDGE_E_NOT_RUNNING at once whatever its timeout,
+/// bridge_queue_set_notify() does nothing, future_on_done_via() and
+/// future_on_progress_via() return BRIDGE_E_NOT_RUNNING, future_withdraw_via()
+/// returns 0, and bridge_queue_free() runs no callback and leaks the queue. Queues
+/// made in the child work normally.
 pub struct bridge_queue {
     _private: [u8; 0],
 }
@@ -71,8 +80,9 @@ pub unsafe extern "C" fn bridge_queue_new(out: *mut *mut bridge_queue_t) -> brid
 /// Watch it (poll, QSocketNotifier, g_unix_fd_add) and call bridge_queue_dispatch()
 /// when it is readable. Never read, write or close it.
 /// @return the descriptor, owned by the queue (closed by bridge_queue_free()); -1 for
-///         NULL or if the process had no descriptor to spare when the queue was made
-///         (use bridge_queue_set_notify() then).
+///         NULL, for a parent's queue in a fork child, or if the process had no
+///         descriptor to spare when the queue was made (use bridge_queue_set_notify()
+///         then).
 /// Any thread.
 #[no_mangle]
 pub unsafe extern "C" fn bridge_queue_fd(q: *const bridge_queue_t) -> c_int {
@@ -124,8 +134,17 @@ pub unsafe extern "C" fn bridge_queue_set_notify(
 /// @param max the most deliveries to take; 0: all that are pending.
 /// @return how many callbacks ran (a progress delivery that was due after its
 ///         future's done callback calls nothing and is not counted); 0 for NULL.
-/// Any thread (the callbacks run on it); callbacks may call into the library,
-/// including bridge_queue_dispatch() on the same queue.
+/// Any thread (the callbacks run on it); callbacks may call into the library.
+///
+/// Nested event loops: a callback may call bridge_queue_dispatch() on the same queue
+/// again (a modal dialog's loop: QDialog::exec(), a nested GMainLoop). The nested call
+/// runs what is pending at that moment, including completions that came after the
+/// outer call began, so nothing waits for the outer callback to return; each callback
+/// still runs once, and counts in the return value of the dispatch that ran it. GLib:
+/// a source that dispatches the queue from its callback must allow recursion,
+/// g_source_set_can_recurse(source, TRUE), or GLib will not call it while its own
+/// callback is running, and deliveries wait until the dialog closes.
+/// In a fork child, a parent's queue: runs nothing, returns 0.
 #[no_mangle]
 pub unsafe extern "C" fn bridge_queue_dispatch(q: *mut bridge_queue_t, max: usize) -> usize {
     // SAFETY: `q` is NULL or a live handle per the API.
@@ -137,9 +156,15 @@ pub unsafe extern "C" fn bridge_queue_dispatch(q: *mut bridge_queue_t, max: usiz
 /// @param timeout_ms 0 polls; BRIDGE_FOREVER waits with no limit.
 /// @return BRIDGE_OK once a callback is pending (it has not run: call
 ///         bridge_queue_dispatch()); BRIDGE_TIMEOUT if none came in time;
-///         BRIDGE_E_WOULD_DEADLOCK if the wait would block on a bridge loop thread;
-///         BRIDGE_E_INVALID for NULL or a timeout below -1.
-/// Any thread but loop threads.
+///         BRIDGE_E_CLOSED, at once, when another thread frees the queue with
+///         bridge_queue_free() while this call waits (the queue is gone when this
+///         returns: do not use it again); BRIDGE_E_WOULD_DEADLOCK if the wait would
+///         block on a bridge loop thread; BRIDGE_E_NOT_RUNNING, at once, for a
+///         parent's queue in a fork child; BRIDGE_E_INVALID for NULL or a timeout
+///         below -1.
+/// Any thread but loop threads. Freeing the queue is safe only while this call is
+/// already blocked in it (or not called at all): a call that starts after
+/// bridge_queue_free() uses freed memory.
 #[no_mangle]
 pub unsafe extern "C" fn bridge_queue_wait(
     q: *mut bridge_queue_t,
@@ -150,6 +175,9 @@ pub unsafe extern "C" fn bridge_queue_wait(
         let Some(queue) = (unsafe { borrow(q) }) else {
             return BRIDGE_E_INVALID;
         };
+        // Another thread may free the queue while this one waits: the wait holds a
+        // reference of its own, so the free wakes it instead of freeing under it.
+        let queue = Arc::clone(&queue);
         match timeout_from_ms(timeout_ms) {
             Ok(timeout) => status_of(queue.wait(timeout)),
             Err(error) => error.code(),
@@ -165,8 +193,10 @@ pub unsafe extern "C" fn bridge_queue_wait(
 /// descriptor (it is closed here and its number may be reused) and remove the notify
 /// hook; withdraw the callbacks that must not run any more (future_withdraw_via());
 /// then free the queue.
+/// Threads blocked in bridge_queue_wait() on this queue return BRIDGE_E_CLOSED.
 /// @param q the queue; NULL does nothing. Using it afterwards is undefined.
-/// Any thread; not from inside one of this queue's callbacks.
+/// Any thread; not from inside one of this queue's callbacks. In a fork child, a
+/// parent's queue: runs nothing and is leaked.
 #[no_mangle]
 pub unsafe extern "C" fn bridge_queue_free(q: *mut bridge_queue_t) {
     boundary(|| {
@@ -175,7 +205,7 @@ pub unsafe extern "C" fn bridge_queue_free(q: *mut bridge_queue_t) {
         }
         // SAFETY: the caller gives up the handle made by Arc::into_raw.
         let queue = unsafe { Arc::from_raw(q.cast::<CompletionQueue<CKind>>()) };
-        queue.close();
+        CompletionQueue::close_and_release(queue);
     })
 }
 
@@ -187,7 +217,8 @@ pub unsafe extern "C" fn bridge_queue_free(q: *mut bridge_queue_t) {
 /// to the future, so its value lives until the callback has returned. Registering
 /// counts as observing a failure. Withdraw it with future_withdraw_via().
 /// @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `f`, `q` or `cb`; BRIDGE_E_NOT_RUNNING
-///         for a pending future in a fork child.
+///         in a fork child for a pending future of the parent, or a queue of the
+///         parent.
 /// Any thread.
 #[no_mangle]
 pub unsafe extern "C" fn future_on_done_via(
@@ -219,8 +250,8 @@ pub unsafe extern "C" fn future_on_done_via(
 /// runs first, so the last values reported are seen. Withdraw it with
 /// future_withdraw_via().
 /// @return BRIDGE_OK (also on a finished future, where it never runs); BRIDGE_E_INVALID
-///         for NULL `f`, `q` or `cb`; BRIDGE_E_NOT_RUNNING for a pending future in a
-///         fork child.
+///         for NULL `f`, `q` or `cb`; BRIDGE_E_NOT_RUNNING in a fork child for a
+///         pending future or a queue of the parent.
 /// Any thread.
 #[no_mangle]
 pub unsafe extern "C" fn future_on_progress_via(
@@ -249,7 +280,9 @@ pub unsafe extern "C" fn future_on_progress_via(
 /// For an owner that goes away while its work is in flight (a window closing): once
 /// this returns, none of them will run. (One already running inside a dispatch on
 /// another thread finishes; call this on the dispatching thread to rule that out.)
-/// @return how many registrations were withdrawn; 0 for NULL `f` or `q`.
+/// @return how many registrations were withdrawn; 0 for NULL `f` or `q`, and in a
+///         fork child for a queue of the parent (nothing is delivered there) or a
+///         parent's future whose lock a vanished thread holds.
 /// Any thread.
 #[no_mangle]
 pub unsafe extern "C" fn future_withdraw_via(
