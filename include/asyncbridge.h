@@ -955,7 +955,9 @@ bridge_status bridge_signal_start(bridge_t *b,
  * Stops the watch: no call starts after this returns; its signal action is removed.
  *
  * A call running on another thread is waited for; called from the watch's own
- * callback it returns at once.
+ * callback it returns at once, and so it does when the running call is itself
+ * waiting, directly or through other stops, for a timer or watch callback this
+ * thread is running (it would never end): that running call is then the last.
  * @param w the watch; NULL does nothing. Stopping twice is harmless.
  * Any thread.
  */
@@ -1019,6 +1021,12 @@ bridge_status bridge_timer_start(bridge_t *b,
  *
  * A tick running on another thread is waited for (ticks must not block); called
  * from the timer's own callback it returns at once. Ticks already queued are dropped.
+ * Stops made from timer and signal-watch callbacks never wait for each other: when
+ * the running tick is itself waiting, directly or through other stops, for a
+ * callback this thread is running (two ticks that stop each other's timer), this
+ * returns at once instead, and that running tick is the timer's last. So do not
+ * free what a tick uses right after such a stop; free it from the tick, or after
+ * the stopping callback has returned.
  * @param t the timer; NULL does nothing. Stopping twice is harmless.
  * Any thread.
  */

@@ -4,7 +4,9 @@
 //! last call, made on the bridge's loop or through a completion queue. Events that
 //! come while a call is queued are added to its count (never a burst of calls).
 //! `stop` guarantees that no call starts after it returns, and waits for one running
-//! on another thread; called from the callback itself it does not wait.
+//! on another thread; called from the callback itself it does not wait, nor when the
+//! call it would wait for is itself waiting for the calling thread (two ticks that
+//! stop each other's source), which would never end.
 
 use std::cell::Cell;
 use std::sync::atomic::AtomicU64;
@@ -40,8 +42,8 @@ pub struct Source {
     counts: Mutex<Counts>,
     /// Held while the callback runs, so `stop` can wait for a call to end.
     calling: Mutex<()>,
-    /// The thread running the callback (0: none), so `stop` from inside it does not wait.
-    caller: AtomicU64,
+    /// Names the source in [`CALLS`].
+    id: u64,
     callback: SourceCallback,
     delivery: Option<Arc<dyn Delivery>>,
     task: Mutex<Option<tokio::task::AbortHandle>>,
@@ -54,6 +56,64 @@ thread_local! {
 }
 
 static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
+static NEXT_SOURCE: AtomicU64 = AtomicU64::new(1);
+
+/// Who is calling which source, and which source each stopping thread waits for,
+/// across all sources: a stop that would close a cycle of waits does not wait.
+static CALLS: Mutex<Calls> = Mutex::new(Calls {
+    callers: Vec::new(),
+    waits: Vec::new(),
+});
+
+struct Calls {
+    /// (source, thread calling its callback).
+    callers: Vec<(u64, u64)>,
+    /// (thread inside `stop`, source whose running call it waits for).
+    waits: Vec<(u64, u64)>,
+}
+
+impl Calls {
+    fn caller_of(&self, source: u64) -> Option<u64> {
+        self.callers
+            .iter()
+            .find(|(s, _)| *s == source)
+            .map(|&(_, t)| t)
+    }
+
+    fn waited_by(&self, thread: u64) -> Option<u64> {
+        self.waits
+            .iter()
+            .find(|(t, _)| *t == thread)
+            .map(|&(_, s)| s)
+    }
+
+    /// Whether `thread` waiting for `source`'s call would wait for itself: the thread
+    /// calling `source` is `thread`, or waits (through other stops) for a call that
+    /// `thread` is making.
+    fn would_wait_for_itself(&self, thread: u64, source: u64) -> bool {
+        let mut source = source;
+        // Each step follows one registered wait; more steps than waits is a cycle.
+        for _ in 0..=self.waits.len() {
+            let Some(caller) = self.caller_of(source) else {
+                return false;
+            };
+            if caller == thread {
+                return true;
+            }
+            match self.waited_by(caller) {
+                Some(next) => source = next,
+                None => return false,
+            }
+        }
+        true
+    }
+}
+
+fn remove(list: &mut Vec<(u64, u64)>, item: (u64, u64)) {
+    if let Some(at) = list.iter().position(|&x| x == item) {
+        list.swap_remove(at);
+    }
+}
 
 /// A number naming the calling thread, never 0.
 fn thread_token() -> u64 {
@@ -74,7 +134,7 @@ impl Source {
                 pending: 0,
             }),
             calling: Mutex::new(()),
-            caller: AtomicU64::new(0),
+            id: NEXT_SOURCE.fetch_add(1, Ordering::Relaxed),
             callback,
             delivery,
             task: Mutex::new(None),
@@ -224,14 +284,24 @@ impl Source {
         if lock(&self.counts).stopped {
             return false;
         }
-        self.caller.store(thread_token(), Ordering::SeqCst);
+        let me = (self.id, thread_token());
+        lock(&CALLS).callers.push(me);
+        /// Unregisters the call even if a Rust callback panics.
+        struct Called((u64, u64));
+        impl Drop for Called {
+            fn drop(&mut self) {
+                remove(&mut lock(&CALLS).callers, self.0);
+            }
+        }
+        let _called = Called(me);
         (self.callback)(self, events);
-        self.caller.store(0, Ordering::SeqCst);
         true
     }
 
     /// Stops the source: no call starts after this returns. A call running on another
-    /// thread is waited for; called from the callback itself, it returns at once.
+    /// thread is waited for, unless waiting would never end: called from the callback
+    /// itself, or when that call is waiting (through other stops) for a call the
+    /// calling thread is making, it returns at once and the running call is the last.
     pub fn stop(&self) {
         lock(&self.counts).stopped = true;
         if let Some(task) = lock(&self.task).take() {
@@ -240,9 +310,18 @@ impl Source {
         if let Some(id) = lock(&self.unregister).take() {
             signal_hook_registry::unregister(id);
         }
-        if self.caller.load(Ordering::SeqCst) != thread_token() {
-            drop(lock(&self.calling));
+        let wait = (thread_token(), self.id);
+        {
+            let mut calls = lock(&CALLS);
+            if calls.would_wait_for_itself(wait.0, wait.1) {
+                return;
+            }
+            // Registered under the same lock as the check, so of two stops that would
+            // wait for each other, the second sees the first and does not wait.
+            calls.waits.push(wait);
         }
+        drop(lock(&self.calling));
+        remove(&mut lock(&CALLS).waits, wait);
     }
 
     /// Whether [`Source::stop`] was called (or the queue it delivered to was freed).
@@ -344,5 +423,78 @@ mod tests {
             Source::signal(&bridge, libc::SIGKILL, counting(&a), None),
             Err(Error::Invalid)
         ));
+    }
+
+    /// Two ticks running at once, each stopping the other's timer, used to wait for
+    /// each other in `stop` for ever, and the loop with them.
+    #[test]
+    fn ticks_that_stop_each_other_do_not_deadlock() {
+        use crate::future::Boxed;
+        use crate::queue::CompletionQueue;
+        use std::sync::atomic::AtomicBool;
+        use std::sync::OnceLock;
+        type Slot = Arc<OnceLock<Arc<Source>>>;
+        let bridge = Bridge::start(Config::default()).unwrap();
+        let queue = Arc::new(CompletionQueue::<Boxed<u8>>::new());
+        let returned = Arc::new(StdAtomicU64::new(0));
+        // Each tick says it runs, waits (bounded) until the other one runs too, then
+        // stops the other's timer.
+        let tick = |me: Arc<AtomicBool>, other: Arc<AtomicBool>, target: Slot| {
+            let returned = returned.clone();
+            Box::new(move |_: &Source, _| {
+                me.store(true, Ordering::SeqCst);
+                let deadline = Instant::now() + Duration::from_millis(500);
+                while !other.load(Ordering::SeqCst) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+                std::thread::sleep(Duration::from_millis(3));
+                if let Some(timer) = target.get() {
+                    timer.stop();
+                }
+                returned.fetch_add(1, Ordering::SeqCst);
+            }) as SourceCallback
+        };
+        let (a_runs, b_runs) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (a_slot, b_slot): (Slot, Slot) = Default::default();
+        // B ticks first, through the queue; A a little later, on the loop (where its
+        // wait holds the loop, so B must already be running by then).
+        let b = Source::timer(
+            &bridge,
+            Duration::from_millis(5),
+            Duration::from_millis(1),
+            tick(b_runs.clone(), a_runs.clone(), a_slot.clone()),
+            Some(queue.clone() as Arc<dyn Delivery>),
+        )
+        .unwrap();
+        let a = Source::timer(
+            &bridge,
+            Duration::from_millis(60),
+            Duration::from_millis(1),
+            tick(a_runs.clone(), b_runs.clone(), b_slot.clone()),
+            None,
+        )
+        .unwrap();
+        let _ = (a_slot.set(a.clone()), b_slot.set(b.clone()));
+        let (q, (a2, b2)) = (queue.clone(), (a.clone(), b.clone()));
+        let dispatcher = std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !(a2.is_stopped() && b2.is_stopped()) && Instant::now() < deadline {
+                if q.wait(Some(Duration::from_millis(5))) == Ok(crate::Status::Ok) {
+                    q.dispatch(0);
+                }
+            }
+        });
+        dispatcher.join().unwrap();
+        assert!(a.is_stopped() && b.is_stopped());
+        assert!(
+            wait_for(|| returned.load(Ordering::SeqCst) >= 2),
+            "both ticks returned"
+        );
+        // The loop still runs.
+        let f = bridge.sleep::<Boxed<u8>>(Duration::from_millis(1)).unwrap();
+        assert_eq!(f.wait(Some(Duration::from_secs(20))), Ok(crate::Status::Ok));
     }
 }

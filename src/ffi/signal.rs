@@ -94,7 +94,9 @@ pub unsafe extern "C" fn bridge_signal_start(
 /// Stops the watch: no call starts after this returns; its signal action is removed.
 ///
 /// A call running on another thread is waited for; called from the watch's own
-/// callback it returns at once.
+/// callback it returns at once, and so it does when the running call is itself
+/// waiting, directly or through other stops, for a timer or watch callback this
+/// thread is running (it would never end): that running call is then the last.
 /// @param w the watch; NULL does nothing. Stopping twice is harmless.
 /// Any thread.
 #[no_mangle]

@@ -98,6 +98,12 @@ pub unsafe extern "C" fn bridge_timer_start(
 ///
 /// A tick running on another thread is waited for (ticks must not block); called
 /// from the timer's own callback it returns at once. Ticks already queued are dropped.
+/// Stops made from timer and signal-watch callbacks never wait for each other: when
+/// the running tick is itself waiting, directly or through other stops, for a
+/// callback this thread is running (two ticks that stop each other's timer), this
+/// returns at once instead, and that running tick is the timer's last. So do not
+/// free what a tick uses right after such a stop; free it from the tick, or after
+/// the stopping callback has returned.
 /// @param t the timer; NULL does nothing. Stopping twice is harmless.
 /// Any thread.
 #[no_mangle]
