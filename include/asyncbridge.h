@@ -135,7 +135,8 @@ struct bridge_config {
      */
     uint32_t worker_threads;
     /**
-     * Upper bound of the blocking pool that runs BRIDGE_RUN_BLOCKING work; 0: 512.
+     * Upper bound of the blocking pool that runs BRIDGE_RUN_BLOCKING work; 0: 512; at
+     * most 65536 (more is BRIDGE_E_INVALID).
      */
     uint32_t max_blocking_threads;
     /**
@@ -469,7 +470,8 @@ bridge_status bridge_stats(const bridge_t *b, bridge_stats_t *out);
  * The work's return value decides the outcome: 0 is BRIDGE_OK with the value set by
  * bridge_job_set_value() (or NULL); non-zero is BRIDGE_FAILED with that code and the
  * message given to bridge_job_fail() (or a default naming the code). Work codes
- * should be positive; negative codes are the library's.
+ * should be positive; negative codes are the library's (see future_error_code() for
+ * how the two are told apart).
  *
  * Ownership of `arg`: it passes to the library only when this returns BRIDGE_OK; from
  * then on `arg_free(arg)` (if not NULL) runs exactly once: after the work ran, or when
@@ -572,6 +574,11 @@ void *future_take_value(future_t *f);
  *
  * @return the code the work returned (or a library code such as BRIDGE_E_PANIC);
  *         0 unless BRIDGE_FAILED; BRIDGE_E_INVALID for NULL.
+ * Work codes and library codes share this number. Library codes are negative
+ * (BRIDGE_E_*), so work should return positive codes; a work that returns a negative
+ * one reads like a library failure here. bridge_status_str() describes statuses and
+ * library codes only (for a work's code 2 it says "timeout"): to show a failure, use
+ * future_error_message(), which names a work's code as the work's.
  * Any thread; takes no lock.
  */
 int32_t future_error_code(const future_t *f);
@@ -661,7 +668,9 @@ bridge_status future_set_timeout(future_t *f, uint64_t ms);
  * @param flags BRIDGE_RUN_BLOCKING or BRIDGE_RUN_ON_LOOP, as for bridge_submit().
  * @param out receives the new future (one reference, the caller's); NULL is allowed
  *        (fire and forget).
- * @return BRIDGE_OK; BRIDGE_E_INVALID (NULL `prev` or `fn`, unknown flags);
+ * @return BRIDGE_OK; BRIDGE_E_INVALID (NULL `prev` or `fn`, unknown flags, or a
+ *         `prev` that belongs to no bridge and so has nothing to run `fn` on:
+ *         future_all() of no inputs, or of inputs made by no bridge);
  *         BRIDGE_E_BUSY (max_pending of `prev`'s bridge); BRIDGE_E_NOT_RUNNING in a
  *         fork child.
  * Any thread.

@@ -102,6 +102,13 @@ impl Owner {
         let _ = self.bridge.set(bridge);
     }
 
+    /// Whether this bookkeeping ever belonged to a bridge (a combination of nothing
+    /// does not).
+    #[cfg(not(asyncbridge_loom))]
+    pub(crate) fn has_bridge(&self) -> bool {
+        self.bridge.get().is_some()
+    }
+
     /// The bridge, while it exists.
     #[cfg(not(asyncbridge_loom))]
     pub(crate) fn bridge(&self) -> Option<std::sync::Arc<crate::runtime::Shared>> {

@@ -43,13 +43,21 @@ impl<K: Kind> Future<K> {
     /// Cancelling the new future before this one finishes cancels only the new one
     /// (its work is dropped unrun). If this future's bridge is shut down (now or before
     /// this finishes), the new future ends `Cancelled` and its work is dropped unrun.
-    /// Refused only by `max_pending` (`Error::Busy`) or in a fork child.
+    /// Refused by `max_pending` (`Error::Busy`), in a fork child (`Error::NotRunning`),
+    /// and for a future that belongs to no bridge (`Error::Invalid`: a combination of
+    /// no inputs, or of inputs that belong to none), which has nothing to run on.
     pub fn then(
         &self,
         work: K::Work,
         placement: Placement,
     ) -> Result<Future<K>, Rejected<K::Work>> {
         let owner = self.owner().clone();
+        if !owner.has_bridge() {
+            return Err(Rejected {
+                error: Error::Invalid,
+                work,
+            });
+        }
         if owner.orphaned() {
             return Err(Rejected {
                 error: Error::NotRunning,

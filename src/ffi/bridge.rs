@@ -34,7 +34,8 @@ pub struct bridge_config {
     /// 0: one loop thread driving a current-thread runtime (default); N: N runtime
     /// workers (at most 1024).
     pub worker_threads: u32,
-    /// Upper bound of the blocking pool that runs BRIDGE_RUN_BLOCKING work; 0: 512.
+    /// Upper bound of the blocking pool that runs BRIDGE_RUN_BLOCKING work; 0: 512; at
+    /// most 65536 (more is BRIDGE_E_INVALID).
     pub max_blocking_threads: u32,
     /// 0: unlimited; else bridge_submit() returns BRIDGE_E_BUSY while this many futures
     /// are pending.
@@ -356,7 +357,8 @@ pub unsafe extern "C" fn bridge_stats(
 /// The work's return value decides the outcome: 0 is BRIDGE_OK with the value set by
 /// bridge_job_set_value() (or NULL); non-zero is BRIDGE_FAILED with that code and the
 /// message given to bridge_job_fail() (or a default naming the code). Work codes
-/// should be positive; negative codes are the library's.
+/// should be positive; negative codes are the library's (see future_error_code() for
+/// how the two are told apart).
 ///
 /// Ownership of `arg`: it passes to the library only when this returns BRIDGE_OK; from
 /// then on `arg_free(arg)` (if not NULL) runs exactly once: after the work ran, or when

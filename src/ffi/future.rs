@@ -268,6 +268,11 @@ pub unsafe extern "C" fn future_take_value(f: *mut future_t) -> *mut c_void {
 ///
 /// @return the code the work returned (or a library code such as BRIDGE_E_PANIC);
 ///         0 unless BRIDGE_FAILED; BRIDGE_E_INVALID for NULL.
+/// Work codes and library codes share this number. Library codes are negative
+/// (BRIDGE_E_*), so work should return positive codes; a work that returns a negative
+/// one reads like a library failure here. bridge_status_str() describes statuses and
+/// library codes only (for a work's code 2 it says "timeout"): to show a failure, use
+/// future_error_message(), which names a work's code as the work's.
 /// Any thread; takes no lock.
 #[no_mangle]
 pub unsafe extern "C" fn future_error_code(f: *const future_t) -> i32 {
@@ -439,7 +444,9 @@ pub unsafe extern "C" fn future_set_timeout(f: *mut future_t, ms: u64) -> bridge
 /// @param flags BRIDGE_RUN_BLOCKING or BRIDGE_RUN_ON_LOOP, as for bridge_submit().
 /// @param out receives the new future (one reference, the caller's); NULL is allowed
 ///        (fire and forget).
-/// @return BRIDGE_OK; BRIDGE_E_INVALID (NULL `prev` or `fn`, unknown flags);
+/// @return BRIDGE_OK; BRIDGE_E_INVALID (NULL `prev` or `fn`, unknown flags, or a
+///         `prev` that belongs to no bridge and so has nothing to run `fn` on:
+///         future_all() of no inputs, or of inputs made by no bridge);
 ///         BRIDGE_E_BUSY (max_pending of `prev`'s bridge); BRIDGE_E_NOT_RUNNING in a
 ///         fork child.
 /// Any thread.

@@ -953,10 +953,18 @@ static void all_over_finished_inputs(void) {
     for (int i = 0; i < 3; i++) future_release(in[i]);
 }
 
+static int32_t then_ok(bridge_job_t *job, future_t *prev, void *arg);
+
 static void all_invalid_arguments_and_empty(void) {
     future_t *all = NULL;
     CHECK_STATUS(future_all(NULL, 0, &all), BRIDGE_OK); /* nothing to wait for */
     CHECK_STATUS(future_status(all), BRIDGE_OK);
+    /* It belongs to no bridge: work chained after it has nothing to run on. */
+    token_t arg = {0};
+    future_t *next = (future_t *)&next;
+    CHECK_STATUS(future_then(all, then_ok, &arg, token_free, BRIDGE_RUN_BLOCKING, &next),
+                 BRIDGE_E_INVALID);
+    CHECK(next == (future_t *)&next && atomic_load(&arg.freed) == 0);
     future_release(all);
     future_t *one = NULL;
     CHECK_STATUS(finished_future(bridge, 0, &one), BRIDGE_OK);
