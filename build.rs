@@ -75,6 +75,12 @@ fn main() {
         usize_is_size_t: true,
         line_length: 100,
         tab_width: 4,
+        export: cbindgen::ExportConfig {
+            // The library's own trampoline (src/ffi/boundary.rs), declared in Rust to
+            // be called from Rust: not part of the C API.
+            exclude: vec!["asyncbridge_call_outermost".to_owned()],
+            ..Default::default()
+        },
         ..Default::default()
     };
 

@@ -220,7 +220,21 @@ typedef struct bridge_job bridge_job_t;
 
 /**
  * Work run by the bridge. Returns 0 for success, else a (positive) error code.
- * Must not throw or longjmp.
+ *
+ * Must not longjmp out of its call. What happens when work does not return:
+ * - pthread_exit() or a thread cancellation inside BRIDGE_RUN_BLOCKING work (CPython
+ *   does this to a thread calling into an interpreter that is finalizing): the
+ *   thread ends, running the work's cleanup handlers; the future ends BRIDGE_FAILED
+ *   with BRIDGE_E_ABANDONED (or BRIDGE_CANCELLED, if cancellation was requested), on
+ *   that thread, after `arg_free` and the value's free function have run; its done
+ *   callbacks run there too. The pool starts another thread, and the bridge keeps
+ *   working. Nothing on the stack above the work returns: the work must not have
+ *   handed out pointers to its own stack.
+ * - The same inside BRIDGE_RUN_ON_LOOP work ends the loop thread, which the bridge
+ *   cannot do without: the process aborts with a message saying so.
+ * - A C++ exception thrown out of the work is fatal: no frame can catch it, and the
+ *   C++ runtime calls std::terminate(), which names it. Catch exceptions in the work
+ *   and return a failure instead (bridge_job_fail()).
  */
 typedef int32_t (*bridge_work_fn)(bridge_job_t *job, void *arg);
 
@@ -243,6 +257,7 @@ typedef void (*future_done_fn)(future_t *f, void *user_data);
 
 /**
  * Work chained after a future: runs with the finished `prev` borrowed for the call.
+ * It is run like bridge_work_fn (the same rules for pthread_exit and exceptions).
  */
 typedef int32_t (*bridge_then_fn)(bridge_job_t *job, future_t *prev, void *arg);
 

@@ -812,8 +812,12 @@ impl<K: Kind> Future<K> {
             return;
         }
         let job = Job::new(self);
+        #[cfg(not(asyncbridge_loom))]
+        let armed = crate::thread_exit::arm(&RUNNING_WORK, self.completion.clone());
         let result = catch_unwind(AssertUnwindSafe(|| K::run(work, &job)))
             .unwrap_or_else(|_| Err(Failure::panic()));
+        #[cfg(not(asyncbridge_loom))]
+        drop(armed);
         self.finish(result.map(|()| None));
     }
 
@@ -1120,6 +1124,36 @@ pub(crate) trait Queued: Send + Sync {
     fn run(self: Arc<Self>);
     /// Drops the work unrun and finishes its future `Cancelled`, if not yet started.
     fn cancel_queued(self: Arc<Self>);
+}
+
+#[cfg(not(asyncbridge_loom))]
+std::thread_local! {
+    /// The future whose synchronous work this thread is running.
+    static RUNNING_WORK: crate::thread_exit::Slot = const { crate::thread_exit::Slot::new() };
+}
+
+/// The message of a future whose work's thread ended inside it.
+#[cfg(not(asyncbridge_loom))]
+const THREAD_ENDED: &str = "the thread running the work ended before the work returned \
+     (pthread_exit or thread cancellation inside the work)";
+
+#[cfg(not(asyncbridge_loom))]
+impl<K: Kind> crate::thread_exit::Abandon for Completion<K> {
+    /// The work's thread ended inside it: the future fails with `Error::Abandoned` (or
+    /// ends as cancelled, if that was requested), its callbacks running on the ending
+    /// thread. A loop thread cannot end without taking its runtime with it, and with
+    /// it every async task of the bridge, so that is fatal.
+    fn abandon(self: Arc<Self>) {
+        if thread_role::on_any_loop() {
+            eprintln!(
+                "asyncbridge: a loop thread ended inside work run on it (pthread_exit or \
+                 thread cancellation); the bridge cannot go on without its loop: aborting"
+            );
+            std::process::abort();
+        }
+        Future::internal_from(self)
+            .finish(Err(Failure::new(Error::Abandoned.code(), THREAD_ENDED)));
+    }
 }
 
 #[cfg(not(asyncbridge_loom))]

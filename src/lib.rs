@@ -43,6 +43,8 @@ pub mod recurring;
 pub mod runtime;
 pub mod status;
 mod sync;
+#[cfg(not(asyncbridge_loom))]
+mod thread_exit;
 mod thread_role;
 #[cfg(not(asyncbridge_loom))]
 pub mod time;

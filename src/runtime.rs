@@ -14,7 +14,7 @@ use crate::fork;
 use crate::future::{Failure, Future, Kind, Queued};
 use crate::owner::{Owner, Stats, UnhandledHook};
 use crate::status::{Error, Status};
-use crate::sync::{lock, Arc, Condvar, Mutex, Ordering};
+use crate::sync::{lock, Arc, Condvar, Mutex, MutexGuard, Ordering};
 use crate::thread_role;
 
 /// How a bridge is started.
@@ -169,6 +169,11 @@ const DEFAULT_MAX_BLOCKING_THREADS: usize = 512;
 /// just finished is not yet back in tokio's pool, can start another thread.
 const RUNNER_KEEP_ALIVE: Duration = Duration::from_secs(1);
 
+/// How many pool threads that work ended (`pthread_exit` inside it) are replaced over
+/// a bridge's life; past that, the pool shrinks by one for each. tokio starts threads
+/// only on demand, so the room costs nothing until it is used.
+const ENDED_THREADS_REPLACED: usize = 4096;
+
 /// A drained work queue keeps at most this many slots (see `WorkQueue::release_excess`).
 const KEEP_QUEUE_SLOTS: usize = 1024;
 
@@ -190,9 +195,13 @@ impl Bridge {
             b.worker_threads(config.worker_threads);
             b
         };
-        if config.max_blocking_threads > 0 {
-            builder.max_blocking_threads(config.max_blocking_threads);
-        }
+        // tokio's own bound leaves room for the threads that work ended (they still
+        // count in tokio's pool); the bridge keeps to its bound by itself.
+        let max_runners = match config.max_blocking_threads {
+            0 => DEFAULT_MAX_BLOCKING_THREADS,
+            n => n,
+        };
+        builder.max_blocking_threads(max_runners + ENDED_THREADS_REPLACED);
         // Every thread tokio starts is a loop thread until it runs blocking work,
         // which marks itself (tokio starts workers and blocking threads alike).
         let runtime = builder
@@ -213,10 +222,7 @@ impl Bridge {
             on_loop_ready: Notify::new(),
             blocking: WorkQueue::new(),
             blocking_ready: Condvar::new(),
-            max_runners: match config.max_blocking_threads {
-                0 => DEFAULT_MAX_BLOCKING_THREADS,
-                n => n,
-            },
+            max_runners,
         });
         shared.owner.set_bridge(Arc::downgrade(&shared));
         runtime.spawn(dispatch_on_loop(shared.clone()));
@@ -496,12 +502,30 @@ impl Shared {
             return Err(Error::NotRunning);
         }
         queue.items.push_back(item.clone());
-        // A pool task drains the queue until it finds it empty, so an item needs another
-        // task only when those about to take one are fewer than the items waiting: a
-        // sleeping task is woken if there is one, else a new one started if the pool
-        // has room. Work still starts in submission order.
-        if queue.items.len() <= queue.starting {
+        if self.provide_runner(queue) {
             return Ok(());
+        }
+        // tokio panics when it cannot start a thread. With no other task left to run
+        // it, the item is taken back, if still queued, and refused.
+        let mut queue = lock(&self.blocking);
+        if queue.runners == 0 {
+            if let Some(at) = queue.items.iter().position(|i| Arc::ptr_eq(i, &item)) {
+                queue.items.remove(at);
+                return Err(Error::NotRunning);
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes sure a pool task will take each waiting item, given the locked `queue`.
+    /// A pool task drains the queue until it finds it empty, so items need another
+    /// task only when those about to take one are fewer than the items waiting: a
+    /// sleeping task is woken if there is one, else a new one started if the pool has
+    /// room. Work still starts in submission order. Returns false if a task could not
+    /// be started.
+    fn provide_runner(self: &Arc<Self>, mut queue: MutexGuard<'_, WorkQueue>) -> bool {
+        if queue.items.len() <= queue.starting {
+            return true;
         }
         if queue.parked > 0 {
             queue.parked -= 1;
@@ -509,7 +533,7 @@ impl Shared {
             queue.starting += 1;
             drop(queue);
             self.blocking_ready.notify_one();
-            return Ok(());
+            return true;
         }
         let spawn = queue.runners < self.max_runners;
         if spawn {
@@ -518,32 +542,27 @@ impl Shared {
         }
         drop(queue);
         if !spawn {
-            return Ok(());
+            return true;
         }
         let shared = self.clone();
         let spawned = catch_unwind(AssertUnwindSafe(|| {
             drop(self.handle.spawn_blocking(move || shared.drain_blocking()));
         }));
         if spawned.is_err() {
-            // tokio panics when it cannot start a thread. With no other task left to
-            // run it, the item is taken back, if still queued, and refused.
             let mut queue = lock(&self.blocking);
             queue.runners -= 1;
             queue.starting -= 1;
-            if queue.runners == 0 {
-                if let Some(at) = queue.items.iter().position(|i| Arc::ptr_eq(i, &item)) {
-                    queue.items.remove(at);
-                    return Err(Error::NotRunning);
-                }
-            }
+            return false;
         }
-        Ok(())
+        true
     }
 
     /// A pool task: runs queued blocking work, oldest first; with none left, waits
     /// up to [`RUNNER_KEEP_ALIVE`] for more, then ends.
-    fn drain_blocking(&self) {
+    fn drain_blocking(self: &Arc<Self>) {
         thread_role::enter_blocking(self.id);
+        // Should work end this thread, the pool learns that it has one task less.
+        let _armed = crate::thread_exit::arm(&POOL_TASK, self.clone());
         let mut queue = lock(&self.blocking);
         queue.starting -= 1;
         loop {
@@ -651,6 +670,23 @@ impl Drop for Bridge {
         let mut control = control;
         if !control.done {
             self.shared.stop(&mut control, Some(Duration::ZERO));
+        }
+    }
+}
+
+std::thread_local! {
+    /// The bridge whose pool task this thread is running.
+    static POOL_TASK: crate::thread_exit::Slot = const { crate::thread_exit::Slot::new() };
+}
+
+impl crate::thread_exit::Abandon for Shared {
+    /// Work ended this pool thread: the task it was is gone. Another one takes over
+    /// the items waiting, if no other task is about to.
+    fn abandon(self: Arc<Self>) {
+        let mut queue = lock(&self.blocking);
+        queue.runners -= 1;
+        if !queue.closed {
+            self.provide_runner(queue);
         }
     }
 }

@@ -234,7 +234,89 @@ macro_rules! c_tests {
     };
 }
 
-c_tests!(smoke, futures, cancel, callbacks, bridge, threads, fork, queue, time, signal, reentrant);
+c_tests!(
+    smoke,
+    futures,
+    cancel,
+    callbacks,
+    bridge,
+    threads,
+    fork,
+    queue,
+    time,
+    signal,
+    reentrant,
+    thread_exit
+);
+
+/// A C++ exception escaping work is fatal, as documented: std::terminate() names it.
+/// (Before the work was called from an outermost frame, it unwound into Rust, which
+/// aborted with a message about foreign exceptions.)
+#[test]
+fn a_cxx_exception_escaping_work_terminates_naming_it() {
+    let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c_bin/exception_in_work");
+    std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
+    let lib = lib_dir();
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_owned());
+    let output = Command::new(&cxx)
+        .args([
+            "-std=c++17",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-g",
+            "-pthread",
+        ])
+        .arg("-I")
+        .arg(root().join("include"))
+        .arg(root().join("tests/c/exception_in_work.cpp"))
+        .arg("-o")
+        .arg(&exe)
+        .arg(format!("-L{}", lib.display()))
+        .arg("-lasyncbridge")
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cxx}: {e}"));
+    assert!(
+        output.status.success(),
+        "exception_in_work.cpp does not compile:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (ok, stdout, stderr) = run(&exe, &[]);
+    assert!(
+        !ok && stdout.is_empty(),
+        "the process went on:\n{stdout}{stderr}"
+    );
+    assert!(
+        stderr.contains("terminate called after throwing an instance of 'std::runtime_error'")
+            && stderr.contains("thrown by work"),
+        "not terminated by the C++ runtime:\n{stderr}"
+    );
+}
+
+/// CPython ends (pthread_exit) every thread that asks for the interpreter once it is
+/// finalizing: a ctypes program that exits with Python work running on the pool used
+/// to die with SIGABRT. Now the threads end, the work's futures fail as abandoned
+/// (reported, being unobserved) and the process exits normally.
+#[test]
+fn a_python_ctypes_program_exits_with_work_in_flight() {
+    let script = root().join("tests/python/exit_with_work_in_flight.py");
+    let lib = lib_dir().join("libasyncbridge.so");
+    let (ok, stdout, stderr) = run(
+        Path::new("python3"),
+        &[script.to_str().unwrap(), lib.to_str().unwrap()],
+    );
+    assert!(ok, "python3 failed:\nstdout:\n{stdout}\nstderr:\n{stderr}");
+    assert!(stdout.contains("exiting with work in flight"), "{stdout}");
+    assert!(!stderr.contains("FATAL"), "{stderr}");
+    let reports = stderr
+        .matches("unobserved failure of a future (code -7)")
+        .count();
+    assert_eq!(
+        reports, 4,
+        "each worker's future fails abandoned:\n{stderr}"
+    );
+}
 
 #[test]
 fn every_c_test_file_is_listed() {

@@ -78,3 +78,114 @@ impl SendPtr {
         self.0
     }
 }
+
+/// Calls `func(a, b, c)` (C work with up to three pointer arguments; a function that
+/// takes fewer ignores the rest) from a frame that the unwinder takes for the
+/// outermost frame of the thread, so that no unwind starting in C ever reaches a
+/// Rust frame:
+///
+/// - `pthread_exit()` inside the work, or a thread cancellation (CPython ends a
+///   thread that way when it calls into an interpreter that has finished): glibc's
+///   forced unwind runs the work's own cleanup handlers, finds the end of the stack
+///   here and ends the thread as it ends any thread. The Rust frames above are never
+///   returned to; letting a forced unwind run through them would be undefined
+///   behaviour (frames with destructors), or an abort (`catch_unwind`). The thread's
+///   locals are still destroyed, which is how the library learns that the work is
+///   gone (`crate::thread_exit`).
+/// - A C++ exception thrown out of the work finds no handler before the end of the
+///   stack: the C++ runtime calls `std::terminate()`, as for an exception uncaught on
+///   any thread ("terminate called after throwing an instance of ...").
+///
+/// On targets without the trampoline below the work is called directly, and either
+/// of these aborts the process.
+///
+/// # Safety
+/// `func` is a C function that may be called with these arguments.
+pub unsafe fn call_outermost(
+    func: unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void) -> i32,
+    a: *mut c_void,
+    b: *mut c_void,
+    c: *mut c_void,
+) -> i32 {
+    #[cfg(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    ))]
+    {
+        // SAFETY: the trampoline passes its first three arguments on to `func` in the
+        // same registers and returns its result; it keeps the stack aligned.
+        unsafe { asyncbridge_call_outermost(a, b, c, func) }
+    }
+    #[cfg(not(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )))]
+    {
+        // SAFETY: per the function's contract.
+        unsafe { func(a, b, c) }
+    }
+}
+
+use std::ffi::c_void;
+
+#[cfg(all(
+    target_os = "linux",
+    any(target_arch = "x86_64", target_arch = "aarch64")
+))]
+extern "C" {
+    /// See `call_outermost`. Nothing unwinds out of it: a forced unwind ends the
+    /// thread below it, and an exception terminates the process there.
+    fn asyncbridge_call_outermost(
+        a: *mut c_void,
+        b: *mut c_void,
+        c: *mut c_void,
+        func: unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void) -> i32,
+    ) -> i32;
+}
+
+// The call frame information marks the return address as undefined: to the unwinder
+// this frame is the thread's first, and the stack ends here. Hidden, so it is not part
+// of the library's exported symbols.
+#[cfg(all(target_os = "linux", target_arch = "x86_64"))]
+std::arch::global_asm!(
+    ".pushsection .text.asyncbridge_call_outermost,\"ax\",@progbits",
+    ".globl asyncbridge_call_outermost",
+    ".hidden asyncbridge_call_outermost",
+    ".type asyncbridge_call_outermost,@function",
+    ".p2align 4",
+    "asyncbridge_call_outermost:",
+    ".cfi_startproc",
+    ".cfi_undefined rip",
+    "push rbp",
+    ".cfi_adjust_cfa_offset 8",
+    "mov rbp, rsp",
+    "call rcx",
+    "pop rbp",
+    ".cfi_adjust_cfa_offset -8",
+    "ret",
+    ".cfi_endproc",
+    ".size asyncbridge_call_outermost, .-asyncbridge_call_outermost",
+    ".popsection",
+);
+
+#[cfg(all(target_os = "linux", target_arch = "aarch64"))]
+std::arch::global_asm!(
+    ".pushsection .text.asyncbridge_call_outermost,\"ax\",@progbits",
+    ".globl asyncbridge_call_outermost",
+    ".hidden asyncbridge_call_outermost",
+    ".type asyncbridge_call_outermost,%function",
+    ".p2align 2",
+    "asyncbridge_call_outermost:",
+    ".cfi_startproc",
+    ".cfi_undefined x30",
+    "stp x29, x30, [sp, #-16]!",
+    ".cfi_adjust_cfa_offset 16",
+    "mov x29, sp",
+    "blr x3",
+    "ldp x29, x30, [sp], #16",
+    ".cfi_adjust_cfa_offset -16",
+    "ret",
+    ".cfi_endproc",
+    ".size asyncbridge_call_outermost, .-asyncbridge_call_outermost",
+    ".popsection",
+);

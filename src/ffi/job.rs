@@ -1,10 +1,11 @@
 //! `bridge_job_t`: what C work can do while it runs.
 
+use std::cell::Cell;
 use std::ffi::{c_char, c_void, CStr};
 
 use std::sync::Arc;
 
-use crate::ffi::boundary::{boundary, SendPtr};
+use crate::ffi::boundary::{boundary, call_outermost, SendPtr};
 use crate::ffi::future::{future_t, CKind, CValue};
 use crate::future::Future;
 use crate::job::Job;
@@ -25,11 +26,26 @@ pub type bridge_job_t = bridge_job;
 pub type bridge_free_fn = Option<unsafe extern "C" fn(ptr: *mut c_void)>;
 
 /// Work run by the bridge. Returns 0 for success, else a (positive) error code.
-/// Must not throw or longjmp.
+///
+/// Must not longjmp out of its call. What happens when work does not return:
+/// - pthread_exit() or a thread cancellation inside BRIDGE_RUN_BLOCKING work (CPython
+///   does this to a thread calling into an interpreter that is finalizing): the
+///   thread ends, running the work's cleanup handlers; the future ends BRIDGE_FAILED
+///   with BRIDGE_E_ABANDONED (or BRIDGE_CANCELLED, if cancellation was requested), on
+///   that thread, after `arg_free` and the value's free function have run; its done
+///   callbacks run there too. The pool starts another thread, and the bridge keeps
+///   working. Nothing on the stack above the work returns: the work must not have
+///   handed out pointers to its own stack.
+/// - The same inside BRIDGE_RUN_ON_LOOP work ends the loop thread, which the bridge
+///   cannot do without: the process aborts with a message saying so.
+/// - A C++ exception thrown out of the work is fatal: no frame can catch it, and the
+///   C++ runtime calls std::terminate(), which names it. Catch exceptions in the work
+///   and return a failure instead (bridge_job_fail()).
 pub type bridge_work_fn =
     Option<unsafe extern "C" fn(job: *mut bridge_job_t, arg: *mut c_void) -> i32>;
 
 /// Work chained after a future: runs with the finished `prev` borrowed for the call.
+/// It is run like bridge_work_fn (the same rules for pthread_exit and exceptions).
 pub type bridge_then_fn = Option<
     unsafe extern "C" fn(job: *mut bridge_job_t, prev: *mut future_t, arg: *mut c_void) -> i32,
 >;
@@ -88,20 +104,65 @@ impl CWork {
 
     /// Calls the work with `job` and then frees its argument; returns the work's code.
     pub(crate) fn run(self, job: &Job<'_, CKind>) -> i32 {
-        let job_ptr = (job as *const Job<'_, CKind>)
-            .cast_mut()
-            .cast::<bridge_job_t>();
-        match &self.func {
-            // SAFETY: `func` is the C work given to bridge_submit with this `arg`; the
-            // job pointer stays valid for the call.
-            WorkFn::Plain(func) => unsafe { func(job_ptr, self.arg.get()) },
-            WorkFn::Then(func, prev) => {
-                let prev = Arc::as_ptr(prev.as_arc()).cast_mut().cast::<future_t>();
-                // SAFETY: as above; `prev` is held by this work for the call.
-                unsafe { func(job_ptr, prev, self.arg.get()) }
+        let job_ptr = (job as *const Job<'_, CKind>).cast_mut().cast::<c_void>();
+        let (func, second, third) = match &self.func {
+            WorkFn::Plain(func) => (
+                // SAFETY: a two-argument C function called with a third argument it
+                // ignores: both calling conventions `call_outermost` has a trampoline
+                // for pass arguments in registers and leave them to the caller.
+                unsafe {
+                    std::mem::transmute::<
+                        unsafe extern "C" fn(*mut bridge_job_t, *mut c_void) -> i32,
+                        unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void) -> i32,
+                    >(*func)
+                },
+                self.arg.get(),
+                std::ptr::null_mut(),
+            ),
+            WorkFn::Then(func, prev) => (
+                // SAFETY: the same function type with its pointer arguments untyped.
+                unsafe {
+                    std::mem::transmute::<
+                        unsafe extern "C" fn(*mut bridge_job_t, *mut future_t, *mut c_void) -> i32,
+                        unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void) -> i32,
+                    >(*func)
+                },
+                Arc::as_ptr(prev.as_arc()).cast_mut().cast::<c_void>(),
+                self.arg.get(),
+            ),
+        };
+        // The work waits in this thread's slot while it runs, not on the stack: should
+        // the thread end inside it (see `call_outermost`), destroying the slot drops
+        // it, which frees its argument and releases the future it follows, exactly
+        // once as always. (Were this thread's locals already gone, it stays here.)
+        let mut own = None;
+        let previous = match RUNNING.try_with(|slot| slot.replace(None)) {
+            Ok(previous) => {
+                let _ = RUNNING.try_with(|slot| slot.set(Some(self)));
+                previous
             }
-        }
+            Err(_) => {
+                own = Some(self);
+                None
+            }
+        };
+        // SAFETY: `func` is the C work given with this argument (and `prev`, held by
+        // the work in its slot); the job pointer stays valid for the call.
+        let code = unsafe { call_outermost(func, job_ptr, second, third) };
+        let work = own.or_else(|| {
+            RUNNING
+                .try_with(|slot| slot.replace(previous))
+                .ok()
+                .flatten()
+        });
+        drop(work);
+        code
     }
+}
+
+thread_local! {
+    /// The C work this thread is running.
+    static RUNNING: Cell<Option<CWork>> = const { Cell::new(None) };
 }
 
 impl Drop for CWork {
