@@ -25,8 +25,7 @@ use crate::owner::Owner;
 use crate::queue::{CompletionQueue, Entry};
 use crate::status::{Error, Status};
 use crate::sync::{
-    lock, thread_local, try_lock, Arc, AtomicBool, AtomicI32, AtomicUsize, Condvar, Mutex,
-    MutexGuard, Ordering,
+    lock, try_lock, Arc, AtomicBool, AtomicI32, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering,
 };
 use crate::thread_role;
 
@@ -1052,14 +1051,20 @@ impl<K: Kind> Future<K> {
 /// Done callbacks waiting to run on this thread, one after the other.
 type AfterCallbacks = std::collections::VecDeque<Box<dyn FnOnce()>>;
 
-thread_local! {
-    /// `Some` while this thread runs the done callbacks of a finish: futures finished
-    /// meanwhile (by those callbacks, or by the library's own, which finish chained
-    /// and combined futures) queue theirs here, and the outermost finish runs them
-    /// once the current callback returns. Completion never recurses, so chains and
-    /// nested combinations of any length cannot overflow the stack.
+// `Some` while this thread runs the done callbacks of a finish: futures finished
+// meanwhile (by those callbacks, or by the library's own, which finish chained and
+// combined futures) queue theirs here, and the outermost finish runs them once the
+// current callback returns. Completion never recurses, so chains and nested
+// combinations of any length cannot overflow the stack.
+#[cfg(not(asyncbridge_loom))]
+std::thread_local! {
     static AFTER: std::cell::RefCell<Option<AfterCallbacks>> =
         const { std::cell::RefCell::new(None) };
+}
+// loom runs its threads on one OS thread, so it brings its own locals.
+#[cfg(asyncbridge_loom)]
+loom::thread_local! {
+    static AFTER: std::cell::RefCell<Option<AfterCallbacks>> = std::cell::RefCell::new(None);
 }
 
 /// Runs `callbacks` now, or, when this thread is already running done callbacks, as

@@ -395,20 +395,8 @@ impl Bridge {
     /// (its future ends `Cancelled` when it returns). A second call returns
     /// `Status::Ok`. On a thread of this bridge: `Error::WouldDeadlock`.
     pub fn shutdown(&self, timeout: Option<Duration>) -> Result<Status, Error> {
-        if self.shared.owner.orphaned() {
-            // The threads are gone with the parent; nothing here may wait or lock.
-            self.shared.state.store(STOPPED, Ordering::SeqCst);
-            return Ok(Status::Ok);
-        }
-        if self.shared.state.load(Ordering::SeqCst) == STOPPED {
-            return Ok(Status::Ok);
-        }
-        if thread_role::belongs_to(self.shared.id) {
-            return Err(Error::WouldDeadlock);
-        }
-        if thread_role::is_stopping(self.shared.id) {
-            // Called from a done callback that this very shutdown is running.
-            return Ok(Status::Ok);
+        if let Some(answer) = self.shutdown_at_once() {
+            return answer;
         }
         let mut control = lock(&self.control);
         if control.done {
@@ -416,6 +404,34 @@ impl Bridge {
         }
         let status = self.shared.stop(&mut control, timeout);
         Ok(status)
+    }
+}
+
+impl Bridge {
+    /// The answer of [`Bridge::shutdown`] when it has nothing to do or must not wait
+    /// (already stopped, a fork child, a thread of this bridge, a callback that this
+    /// bridge's own shutdown is running); `None` when it would do the work.
+    ///
+    /// Such a call may come while the bridge is being dropped (from a callback of the
+    /// shutdown that dropping runs), so the C layer asks this before it takes a
+    /// reference to the bridge.
+    pub fn shutdown_at_once(&self) -> Option<Result<Status, Error>> {
+        if self.shared.owner.orphaned() {
+            // The threads are gone with the parent; nothing here may wait or lock.
+            self.shared.state.store(STOPPED, Ordering::SeqCst);
+            return Some(Ok(Status::Ok));
+        }
+        if self.shared.state.load(Ordering::SeqCst) == STOPPED {
+            return Some(Ok(Status::Ok));
+        }
+        if thread_role::belongs_to(self.shared.id) {
+            return Some(Err(Error::WouldDeadlock));
+        }
+        if thread_role::is_stopping(self.shared.id) {
+            // Called from a done callback that this very shutdown is running.
+            return Some(Ok(Status::Ok));
+        }
+        None
     }
 }
 

@@ -9,13 +9,6 @@ pub(crate) use loom::sync::{
     atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering},
     Arc, Condvar, Mutex, MutexGuard,
 };
-// Per-thread state of the core: loom runs its threads on one OS thread, so it brings
-// its own.
-#[cfg(asyncbridge_loom)]
-pub(crate) use loom::thread_local;
-#[cfg(not(asyncbridge_loom))]
-pub(crate) use std::thread_local;
-
 #[cfg(not(asyncbridge_loom))]
 pub(crate) use std::sync::{
     atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering},

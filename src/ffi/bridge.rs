@@ -281,16 +281,26 @@ pub unsafe extern "C" fn bridge_in_loop(b: *const bridge_t) -> bool {
 #[no_mangle]
 pub unsafe extern "C" fn bridge_shutdown(b: *mut bridge_t, timeout_ms: i64) -> bridge_status {
     boundary(|| {
-        // SAFETY: `b` is NULL or a live handle per the API. A done callback that this
-        // shutdown runs may free the handle: the reference taken here keeps the bridge
-        // until the shutdown has returned, and the free finishes then.
+        // SAFETY: `b` is NULL or a live handle per the API.
+        let Some(bridge) = (unsafe { borrow(b) }) else {
+            return BRIDGE_E_INVALID;
+        };
+        let timeout = match timeout_from_ms(timeout_ms) {
+            Ok(timeout) => timeout,
+            Err(error) => return error.code(),
+        };
+        // Called from a callback of the shutdown that bridge_free() runs, the bridge's
+        // count is already zero: answered without a reference.
+        if let Some(answer) = bridge.shutdown_at_once() {
+            return status_of(answer);
+        }
+        // SAFETY: as above. A done callback that this shutdown runs may free the
+        // handle: the reference taken here keeps the bridge until the shutdown has
+        // returned, and the free finishes then.
         let Some(bridge) = (unsafe { retain(b) }) else {
             return BRIDGE_E_INVALID;
         };
-        match timeout_from_ms(timeout_ms) {
-            Ok(timeout) => status_of(bridge.shutdown(timeout)),
-            Err(error) => error.code(),
-        }
+        status_of(bridge.shutdown(timeout))
     })
 }
 
