@@ -251,3 +251,36 @@ fn queue_freed_once_its_future_is_seen_finished_still_runs_the_callback() {
         assert_eq!(calls.load(Ordering::SeqCst), 1);
     });
 }
+
+/// A future finished inside another's callback (as a chain or a combination does) runs
+/// its callbacks after that callback, on the same thread; a cancel racing from another
+/// thread must still leave one outcome and one call of each callback.
+#[test]
+fn a_future_finished_inside_a_callback_calls_back_once() {
+    loom::model(|| {
+        let first = Future::<K>::running(owner());
+        let second = Future::<K>::running(owner());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        second
+            .on_done(Box::new(move |_: &Future<K>| {
+                c.fetch_add(1, Ordering::SeqCst);
+            }))
+            .unwrap();
+        let inner = second.clone();
+        first
+            .on_done(Box::new(move |_: &Future<K>| {
+                inner.finish(Ok(None));
+            }))
+            .unwrap();
+        let canceller = {
+            let second = second.clone();
+            thread::spawn(move || second.cancel().unwrap())
+        };
+        first.finish(Ok(None));
+        canceller.join().unwrap();
+        let status = second.status();
+        assert!(status == Status::Ok || status == Status::Cancelled);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    });
+}
