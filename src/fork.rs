@@ -33,6 +33,20 @@ pub(crate) fn install_handler() {
     });
 }
 
+/// Installs the handler when the library is loaded, before any thread of the program
+/// can call into it: otherwise a fork while one thread was inside the first
+/// `install_handler` would leave the child waiting for ever on the `Once` that thread
+/// was running (and a fork before it ran would go unnoticed).
+#[cfg(all(not(asyncbridge_loom), target_os = "linux"))]
+#[used]
+#[link_section = ".init_array"]
+static INSTALL_AT_LOAD: extern "C" fn() = {
+    extern "C" fn install_at_load() {
+        install_handler();
+    }
+    install_at_load
+};
+
 /// The current fork generation of this process.
 pub(crate) fn generation() -> u64 {
     GENERATION.load(Ordering::Relaxed)

@@ -246,7 +246,8 @@ c_tests!(
     time,
     signal,
     reentrant,
-    thread_exit
+    thread_exit,
+    hostile
 );
 
 /// A C++ exception escaping work is fatal, as documented: std::terminate() names it.
