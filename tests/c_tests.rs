@@ -56,15 +56,23 @@ fn compile(source: &Path) -> PathBuf {
 /// Like [`compile`], with `extra_args` after the source: e.g. the output of
 /// `pkg-config --cflags --libs` for a library an example uses.
 fn compile_with(source: &Path, extra_args: &[String]) -> PathBuf {
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
+    let extra = std::env::var("ASYNCBRIDGE_CFLAGS").unwrap_or_default();
+    let mut args = vec!["-std=c11".to_owned(), "-Wpedantic".to_owned()];
+    args.extend(extra.split_whitespace().map(str::to_owned));
+    compile_by(&cc, &args, source, extra_args)
+}
+
+/// Compiles `source` with `compiler` and its `flags` (besides the warnings, debug
+/// information and threads every program gets) against the library.
+fn compile_by(compiler: &str, flags: &[String], source: &Path, extra_args: &[String]) -> PathBuf {
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c_bin");
     std::fs::create_dir_all(&out_dir).unwrap();
     let exe = out_dir.join(source.file_stem().unwrap());
-    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
-    let extra = std::env::var("ASYNCBRIDGE_CFLAGS").unwrap_or_default();
+    let cc = compiler;
     let lib = lib_dir();
-    let output = Command::new(&cc)
+    let output = Command::new(cc)
         .args([
-            "-std=c11",
             "-Wall",
             "-Wextra",
             "-Wpedantic",
@@ -72,7 +80,7 @@ fn compile_with(source: &Path, extra_args: &[String]) -> PathBuf {
             "-g",
             "-pthread",
         ])
-        .args(extra.split_whitespace())
+        .args(flags)
         .arg("-I")
         .arg(root().join("include"))
         .arg("-I")
@@ -255,33 +263,12 @@ c_tests!(
 /// aborted with a message about foreign exceptions.)
 #[test]
 fn a_cxx_exception_escaping_work_terminates_naming_it() {
-    let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("c_bin/exception_in_work");
-    std::fs::create_dir_all(exe.parent().unwrap()).unwrap();
-    let lib = lib_dir();
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_owned());
-    let output = Command::new(&cxx)
-        .args([
-            "-std=c++17",
-            "-Wall",
-            "-Wextra",
-            "-Werror",
-            "-g",
-            "-pthread",
-        ])
-        .arg("-I")
-        .arg(root().join("include"))
-        .arg(root().join("tests/c/exception_in_work.cpp"))
-        .arg("-o")
-        .arg(&exe)
-        .arg(format!("-L{}", lib.display()))
-        .arg("-lasyncbridge")
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cxx}: {e}"));
-    assert!(
-        output.status.success(),
-        "exception_in_work.cpp does not compile:\n{}",
-        String::from_utf8_lossy(&output.stderr)
+    let exe = compile_by(
+        &cxx,
+        &["-std=c++17".to_owned()],
+        &root().join("tests/c/exception_in_work.cpp"),
+        &[],
     );
     let (ok, stdout, stderr) = run(&exe, &[]);
     assert!(
