@@ -347,6 +347,11 @@ pub unsafe extern "C" fn future_progress(
 /// returns. Otherwise it runs on the thread that finishes the future: a bridge thread,
 /// or the thread whose future_cancel() or bridge_shutdown() finished it. Callbacks run
 /// in registration order. Registering counts as observing a failure.
+/// A future finished while its finishing thread is running done callbacks (cancelled
+/// from inside one, or chained or combined after the future being finished) runs its
+/// callbacks right after the running callback returns, on that thread, before the
+/// outermost finish returns; its status is final at once. So completion never
+/// recurses, whatever the length of a chain or the depth of a combination.
 ///
 /// @param cb the callback (see future_done_fn); it must not block.
 /// @param user_data passed to `cb`.
