@@ -394,6 +394,14 @@ mod tests {
                 std::thread::sleep(Duration::from_millis(1));
             }
         };
+        let reported = |n: usize| {
+            let deadline = std::time::Instant::now() + Duration::from_secs(20);
+            while reports.lock().unwrap().len() < n && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            // A report that should not come would come about as soon: give it time.
+            std::thread::sleep(Duration::from_millis(20));
+        };
         // Cancelled first, then an input fails: nothing hands that failure on.
         let gate = Arc::new(AtomicBool::new(false));
         let p1 = gated(21, gate.clone());
@@ -403,6 +411,8 @@ mod tests {
         gate.store(true, Ordering::SeqCst);
         settle();
         drop(p1);
+        // The last handle may be the finishing thread's, while its callbacks run.
+        reported(1);
         assert_eq!(*reports.lock().unwrap(), vec![21]);
 
         // Two inputs fail: the first is handed on, the second is the input's own.
@@ -419,6 +429,7 @@ mod tests {
         g2.store(true, Ordering::SeqCst);
         settle();
         drop((p1, p2, all));
+        reported(1);
         assert_eq!(*reports.lock().unwrap(), vec![22]);
     }
 }
