@@ -134,22 +134,17 @@ impl CWork {
         // The work waits in this thread's slot while it runs, not on the stack: should
         // the thread end inside it (see `call_outermost`), destroying the slot drops
         // it, which frees its argument and releases the future it follows, exactly
-        // once as always. (Were this thread's locals already gone, it stays here.)
-        let mut own = None;
-        let previous = match RUNNING.try_with(|slot| slot.replace(None)) {
-            Ok(previous) => {
-                let _ = RUNNING.try_with(|slot| slot.set(Some(self)));
-                previous
-            }
-            Err(_) => {
-                own = Some(self);
-                None
-            }
-        };
+        // once as always. (Were this thread's locals already gone, the closure would
+        // not run and the work would stay here.)
+        let mut work = Some(self);
+        let previous = RUNNING
+            .try_with(|slot| slot.replace(work.take()))
+            .ok()
+            .flatten();
         // SAFETY: `func` is the C work given with this argument (and `prev`, held by
         // the work in its slot); the job pointer stays valid for the call.
         let code = unsafe { call_outermost(func, job_ptr, second, third) };
-        let work = own.or_else(|| {
+        let work = work.or_else(|| {
             RUNNING
                 .try_with(|slot| slot.replace(previous))
                 .ok()
