@@ -432,8 +432,10 @@ mod tests {
         use crate::future::Boxed;
         use crate::queue::CompletionQueue;
         use std::sync::atomic::AtomicBool;
-        use std::sync::OnceLock;
-        type Slot = Arc<OnceLock<Arc<Source>>>;
+        use std::sync::{OnceLock, Weak};
+        // Weak, so the two sources (each callback holding the other) do not keep each
+        // other alive after the test.
+        type Slot = Arc<OnceLock<Weak<Source>>>;
         let bridge = Bridge::start(Config::default()).unwrap();
         let queue = Arc::new(CompletionQueue::<Boxed<u8>>::new());
         let returned = Arc::new(StdAtomicU64::new(0));
@@ -448,7 +450,7 @@ mod tests {
                     std::thread::sleep(Duration::from_micros(200));
                 }
                 std::thread::sleep(Duration::from_millis(3));
-                if let Some(timer) = target.get() {
+                if let Some(timer) = target.get().and_then(Weak::upgrade) {
                     timer.stop();
                 }
                 returned.fetch_add(1, Ordering::SeqCst);
@@ -477,7 +479,10 @@ mod tests {
             None,
         )
         .unwrap();
-        let _ = (a_slot.set(a.clone()), b_slot.set(b.clone()));
+        let _ = (
+            a_slot.set(Arc::downgrade(&a)),
+            b_slot.set(Arc::downgrade(&b)),
+        );
         let (q, (a2, b2)) = (queue.clone(), (a.clone(), b.clone()));
         let dispatcher = std::thread::spawn(move || {
             let deadline = Instant::now() + Duration::from_secs(20);
