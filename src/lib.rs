@@ -32,23 +32,18 @@
 // Loom builds model the core alone; the runtime that uses the rest is left out.
 #![cfg_attr(asyncbridge_loom, allow(dead_code))]
 
-mod fork;
+pub mod compose;
+pub mod delivery;
 pub mod future;
-pub mod job;
-mod owner;
-pub mod queue;
-#[cfg(not(asyncbridge_loom))]
-pub mod recurring;
-#[cfg(not(asyncbridge_loom))]
-pub mod runtime;
+pub mod sched;
 pub mod status;
 mod sync;
+mod sys;
+
 #[cfg(not(asyncbridge_loom))]
-mod thread_exit;
-mod thread_role;
+pub mod runtime;
 #[cfg(not(asyncbridge_loom))]
-pub mod time;
-mod wakeup;
+pub mod sources;
 
 #[cfg(not(asyncbridge_loom))]
 pub mod ffi;
@@ -57,9 +52,9 @@ pub mod ffi;
 mod loom_model;
 
 pub use future::{Boxed, Failure, Future, Kind};
-pub use job::Job;
-pub use owner::{Stats, UnhandledHook};
-pub use queue::{CompletionQueue, NotifyHook};
+pub use future::job::Job;
+pub use sched::{Stats, UnhandledHook};
+pub use delivery::queue::{CompletionQueue, NotifyHook};
 #[cfg(not(asyncbridge_loom))]
 pub use runtime::{Bridge, Config, Placement, Rejected};
 pub use status::{Error, Status};

@@ -8,7 +8,7 @@ use loom::sync::Arc;
 use loom::thread;
 
 use crate::future::{Boxed, Failure, Future};
-use crate::owner::Owner;
+use crate::sched::Owner;
 use crate::status::Status;
 
 /// A value that counts how often it was dropped.
@@ -161,7 +161,7 @@ fn value_outlives_a_release_racing_its_callback() {
     });
 }
 
-fn readable(queue: &crate::queue::CompletionQueue<K>) -> bool {
+fn readable(queue: &crate::delivery::queue::CompletionQueue<K>) -> bool {
     let mut pfd = libc::pollfd {
         fd: queue.fd().unwrap(),
         events: libc::POLLIN,
@@ -174,7 +174,7 @@ fn readable(queue: &crate::queue::CompletionQueue<K>) -> bool {
 #[test]
 fn queue_edge_finishing_races_dispatch() {
     loom::model(|| {
-        let queue = Arc::new(crate::queue::CompletionQueue::<K>::new());
+        let queue = Arc::new(crate::delivery::queue::CompletionQueue::<K>::new());
         let calls = Arc::new(AtomicUsize::new(0));
         let notified = Arc::new(AtomicUsize::new(0));
         let n = notified.clone();
@@ -224,7 +224,7 @@ fn queue_freed_once_its_future_is_seen_finished_still_runs_the_callback() {
     // queue must find the callback there: freeing runs what is queued, and a delivery
     // that came later would be dropped.
     loom::model(|| {
-        let queue = Arc::new(crate::queue::CompletionQueue::<K>::new());
+        let queue = Arc::new(crate::delivery::queue::CompletionQueue::<K>::new());
         let calls = Arc::new(AtomicUsize::new(0));
         let f = Future::<K>::running(owner());
         let c = calls.clone();

@@ -91,7 +91,7 @@ impl SendPtr {
 ///   returned to; letting a forced unwind run through them would be undefined
 ///   behaviour (frames with destructors), or an abort (`catch_unwind`). The thread's
 ///   locals are still destroyed, which is how the library learns that the work is
-///   gone (`crate::thread_exit`).
+///   gone (`crate::sys::thread_exit`).
 /// - A C++ exception thrown out of the work finds no handler before the end of the
 ///   stack: the C++ runtime calls `std::terminate()`, as for an exception uncaught on
 ///   any thread ("terminate called after throwing an instance of ...").

@@ -10,7 +10,7 @@ use crate::ffi::status::{
     bridge_status, BRIDGE_E_INVALID, BRIDGE_OK, BRIDGE_RUN_BLOCKING, BRIDGE_RUN_ON_LOOP,
 };
 use crate::future::{Completion, Failure, Future, Kind};
-use crate::job::Job;
+use crate::future::job::Job;
 use crate::runtime::Placement;
 use crate::status::timeout_from_ms;
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use crate::ffi::boundary::{boundary, call_outermost, SendPtr};
 use crate::ffi::future::{future_t, CKind, CValue};
 use crate::future::Future;
-use crate::job::Job;
+use crate::future::job::Job;
 
 /// The context passed to running work: set the value, fail, check for cancellation,
 /// report progress.

@@ -9,7 +9,7 @@ use crate::ffi::boundary::{boundary, status_of, SendPtr};
 use crate::ffi::future::{borrow as borrow_future, future_done_fn, future_progress_fn, future_t};
 use crate::ffi::future::{CCallback, CKind, CProgress};
 use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID, BRIDGE_OK};
-use crate::queue::CompletionQueue;
+use crate::delivery::queue::CompletionQueue;
 use crate::status::timeout_from_ms;
 
 /// A completion queue: callbacks registered with future_on_done_via() or

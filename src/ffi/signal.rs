@@ -8,7 +8,7 @@ use crate::ffi::bridge::{borrow as borrow_bridge, bridge_t};
 use crate::ffi::queue::bridge_queue_t;
 use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID, BRIDGE_OK};
 use crate::ffi::timer::{delivery, free_source, stop_source};
-use crate::recurring::Source;
+use crate::sources::Source;
 
 /// A watch of a Unix signal. Made by bridge_signal_start(), stopped by
 /// bridge_signal_stop(), freed by bridge_signal_free(). Thread-safe.

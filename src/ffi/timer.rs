@@ -8,7 +8,7 @@ use crate::ffi::boundary::{boundary, SendPtr};
 use crate::ffi::bridge::{borrow as borrow_bridge, bridge_t};
 use crate::ffi::queue::{borrow as borrow_queue, bridge_queue_t};
 use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID, BRIDGE_OK};
-use crate::recurring::{Delivery, Source};
+use crate::sources::{Delivery, Source};
 
 /// A periodic timer of a bridge. Made by bridge_timer_start(), stopped by
 /// bridge_timer_stop(), freed by bridge_timer_free(). Thread-safe.
@@ -32,7 +32,7 @@ pub type bridge_timer_fn =
 pub(crate) unsafe fn delivery(q: *mut bridge_queue_t) -> Option<Arc<dyn Delivery>> {
     // SAFETY: per the contract above.
     unsafe { borrow_queue(q) }.map(|queue| {
-        let queue: Arc<dyn Delivery> = Arc::<crate::queue::CompletionQueue<_>>::clone(&queue);
+        let queue: Arc<dyn Delivery> = Arc::<crate::delivery::queue::CompletionQueue<_>>::clone(&queue);
         queue
     })
 }

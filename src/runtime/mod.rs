@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 use once_cell::sync::OnceCell;
 use tokio::sync::{oneshot, Notify};
 
-use crate::fork;
+use crate::sys::fork;
 use crate::future::{Failure, Future, Kind, Queued};
-use crate::owner::{Owner, Stats, UnhandledHook};
+use crate::sched::{Owner, Stats, UnhandledHook};
 use crate::status::{Error, Status};
 use crate::sync::{lock, Arc, Condvar, Mutex, MutexGuard, Ordering};
-use crate::thread_role;
+use crate::sys::thread_role;
 
 /// How a bridge is started.
 pub struct Config {
@@ -578,7 +578,7 @@ impl Shared {
     fn drain_blocking(self: &Arc<Self>) {
         thread_role::enter_blocking(self.id);
         // Should work end this thread, the pool learns that it has one task less.
-        let _armed = crate::thread_exit::arm(&POOL_TASK, self.clone());
+        let _armed = crate::sys::thread_exit::arm(&POOL_TASK, self.clone());
         let mut queue = lock(&self.blocking);
         queue.starting -= 1;
         loop {
@@ -692,10 +692,10 @@ impl Drop for Bridge {
 
 std::thread_local! {
     /// The bridge whose pool task this thread is running.
-    static POOL_TASK: crate::thread_exit::Slot = const { crate::thread_exit::Slot::new() };
+    static POOL_TASK: crate::sys::thread_exit::Slot = const { crate::sys::thread_exit::Slot::new() };
 }
 
-impl crate::thread_exit::Abandon for Shared {
+impl crate::sys::thread_exit::Abandon for Shared {
     /// Work ended this pool thread: the task it was is gone. Another one takes over
     /// the items waiting, if no other task is about to.
     fn abandon(self: Arc<Self>) {

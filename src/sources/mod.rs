@@ -12,11 +12,11 @@ use std::cell::Cell;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use crate::queue::Deliver;
+use crate::delivery::queue::Deliver;
 use crate::runtime::Bridge;
 use crate::status::Error;
 use crate::sync::{lock, Arc, Mutex, Ordering};
-use crate::wakeup::Wakeup;
+use crate::sys::wakeup::Wakeup;
 
 /// Called with the number of events since the previous call.
 pub type SourceCallback = Box<dyn Fn(&Source, u64) + Send + Sync>;
@@ -430,7 +430,7 @@ mod tests {
     #[test]
     fn ticks_that_stop_each_other_do_not_deadlock() {
         use crate::future::Boxed;
-        use crate::queue::CompletionQueue;
+        use crate::delivery::queue::CompletionQueue;
         use std::sync::atomic::AtomicBool;
         use std::sync::{OnceLock, Weak};
         // Weak, so the two sources (each callback holding the other) do not keep each

@@ -20,14 +20,16 @@ use std::sync::OnceLock;
 use std::task::Waker;
 use std::time::{Duration, Instant};
 
-use crate::job::Job;
-use crate::owner::Owner;
-use crate::queue::{CompletionQueue, Entry};
+pub mod job;
+
+use job::Job;
+use crate::sched::Owner;
+use crate::delivery::queue::{CompletionQueue, Entry};
 use crate::status::{Error, Status};
 use crate::sync::{
     lock, try_lock, Arc, AtomicBool, AtomicI32, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering,
 };
-use crate::thread_role;
+use crate::sys::thread_role;
 
 /// What a family of futures carries, and how its work and callbacks are run.
 ///
@@ -812,7 +814,7 @@ impl<K: Kind> Future<K> {
         }
         let job = Job::new(self);
         #[cfg(not(asyncbridge_loom))]
-        let armed = crate::thread_exit::arm(&RUNNING_WORK, self.completion.clone());
+        let armed = crate::sys::thread_exit::arm(&RUNNING_WORK, self.completion.clone());
         let result = catch_unwind(AssertUnwindSafe(|| K::run(work, &job)))
             .unwrap_or_else(|_| Err(Failure::panic()));
         #[cfg(not(asyncbridge_loom))]
@@ -1134,7 +1136,7 @@ pub(crate) trait Queued: Send + Sync {
 #[cfg(not(asyncbridge_loom))]
 std::thread_local! {
     /// The future whose synchronous work this thread is running.
-    static RUNNING_WORK: crate::thread_exit::Slot = const { crate::thread_exit::Slot::new() };
+    static RUNNING_WORK: crate::sys::thread_exit::Slot = const { crate::sys::thread_exit::Slot::new() };
 }
 
 /// The message of a future whose work's thread ended inside it.
@@ -1143,7 +1145,7 @@ const THREAD_ENDED: &str = "the thread running the work ended before the work re
      (pthread_exit or thread cancellation inside the work)";
 
 #[cfg(not(asyncbridge_loom))]
-impl<K: Kind> crate::thread_exit::Abandon for Completion<K> {
+impl<K: Kind> crate::sys::thread_exit::Abandon for Completion<K> {
     /// The work's thread ended inside it: the future fails with `Error::Abandoned` (or
     /// ends as cancelled, if that was requested), its callbacks running on the ending
     /// thread. A loop thread cannot end without taking its runtime with it, and with
@@ -1306,7 +1308,7 @@ mod tests {
         let f = Future::<K>::running(owner());
         let g = f.clone();
         std::thread::spawn(move || {
-            crate::thread_role::enter_loop(u64::MAX);
+            crate::sys::thread_role::enter_loop(u64::MAX);
             assert_eq!(
                 g.wait(Some(Duration::from_secs(5))),
                 Err(Error::WouldDeadlock)

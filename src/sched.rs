@@ -7,7 +7,7 @@
 use std::ffi::CStr;
 use std::time::{Duration, Instant};
 
-use crate::fork;
+use crate::sys::fork;
 use crate::status::{Error, Status};
 use crate::sync::{lock, AtomicBool, AtomicU64, Condvar, Mutex, Ordering};
 

@@ -174,7 +174,7 @@ impl<K: Kind> Future<K> {
             .or(inputs.first());
         let owner = match lender {
             Some(input) => input.owner().companion(),
-            None => crate::owner::Owner::new(0, None),
+            None => crate::sched::Owner::new(0, None),
         };
         if inputs
             .iter()

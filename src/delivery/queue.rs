@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use crate::future::{Future, Kind};
 use crate::status::{Error, Status};
 use crate::sync::{lock, Arc, Condvar, Mutex};
-use crate::thread_role;
-use crate::wakeup::Wakeup;
+use crate::sys::thread_role;
+use crate::sys::wakeup::Wakeup;
 
 /// Called on each empty→non-empty edge of a queue, from any thread.
 pub type NotifyHook = Box<dyn Fn() + Send + Sync>;
@@ -70,7 +70,7 @@ impl<K: Kind> Entry<K> {
 }
 
 #[cfg(not(asyncbridge_loom))]
-impl<K: Kind> crate::recurring::Delivery for CompletionQueue<K> {
+impl<K: Kind> crate::sources::Delivery for CompletionQueue<K> {
     fn deliver(&self, what: Arc<dyn Deliver>) -> bool {
         match self.push(Entry::Source(what)) {
             Ok(edge) => {
@@ -120,7 +120,7 @@ impl<K: Kind> CompletionQueue<K> {
     /// of descriptors (the notify hook and `wait` still work).
     pub fn new() -> CompletionQueue<K> {
         CompletionQueue {
-            fork_generation: crate::fork::generation(),
+            fork_generation: crate::sys::fork::generation(),
             state: Mutex::new(State {
                 entries: VecDeque::new(),
                 next: 0,
@@ -137,7 +137,7 @@ impl<K: Kind> CompletionQueue<K> {
     /// queue is dead: nothing is delivered to it or dispatched from it, and no call
     /// touches its locks.
     pub fn orphaned(&self) -> bool {
-        crate::fork::generation() != self.fork_generation
+        crate::sys::fork::generation() != self.fork_generation
     }
 
     /// The descriptor that is readable while callbacks are pending; `None` once closed,
@@ -396,7 +396,7 @@ impl<K: Kind> CompletionQueue<K> {
 mod tests {
     use super::*;
     use crate::future::{Boxed, Failure};
-    use crate::owner::Owner;
+    use crate::sched::Owner;
     use crate::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex as StdMutex;

@@ -1,0 +1,3 @@
+//! Delivery on the application's threads: completion queues and what they run.
+
+pub mod queue;
