@@ -891,9 +891,20 @@ bridge_status bridge_queue_wait(bridge_queue_t *q, int64_t timeout_ms);
  * hook; withdraw the callbacks that must not run any more (future_withdraw_via());
  * then free the queue.
  * Threads blocked in bridge_queue_wait() on this queue return BRIDGE_E_CLOSED.
+ *
+ * From inside one of this queue's own callbacks it is safe too: the queue refuses new
+ * deliveries at once, and the rest of the free (running what is still pending,
+ * closing the descriptor) happens when the dispatch that runs the callback returns.
+ *
+ * A notify hook that has already posted a call of bridge_queue_dispatch() to the
+ * application's loop (a GLib idle source, a queued Qt invocation) must have that
+ * call removed first (g_source_destroy(), or a QObject context that dies with the
+ * queue), or make sure it finds out the queue is gone: dispatching a freed queue is
+ * undefined. Removing the hook with bridge_queue_set_notify(q, NULL, NULL) first only
+ * stops new calls of the hook.
  * @param q the queue; NULL does nothing. Using it afterwards is undefined.
- * Any thread; not from inside one of this queue's callbacks. In a fork child, a
- * parent's queue: runs nothing and is leaked.
+ * Any thread, the queue's own callbacks included. In a fork child, a parent's queue:
+ * runs nothing and is leaked.
  */
 void bridge_queue_free(bridge_queue_t *q);
 

@@ -4,10 +4,11 @@
 //! Run with `RUSTFLAGS="--cfg asyncbridge_loom" cargo test --release --lib loom_model`.
 
 use loom::sync::atomic::{AtomicUsize, Ordering};
-use loom::sync::Arc;
 use loom::thread;
 
-use crate::future::{Boxed, Failure, Future};
+use crate::delivery::queue::CompletionQueue;
+use crate::future::{Boxed, Failure, Future, Outcome};
+use crate::sync::Arc;
 use crate::sched::Owner;
 use crate::status::Status;
 
@@ -36,7 +37,7 @@ fn finish_races_cancel_one_outcome_value_dropped_once() {
         let worker = {
             let f = f.clone();
             let drops = drops.clone();
-            thread::spawn(move || f.finish(Ok(Some(Counted(drops)))))
+            thread::spawn(move || f.finish(Outcome::Ok(Some(Counted(drops)))))
         };
         let cancelled = f.cancel().unwrap();
         worker.join().unwrap();
@@ -58,7 +59,7 @@ fn callback_registered_while_finishing_runs_exactly_once() {
         let f = Future::<K>::running(owner());
         let worker = {
             let f = f.clone();
-            thread::spawn(move || f.finish(Err(Failure::new(7, "no"))))
+            thread::spawn(move || f.finish(Outcome::Failed(Failure::new(7, "no"))))
         };
         let c = calls.clone();
         f.on_done(Box::new(move |done: &Future<K>| {
@@ -77,7 +78,7 @@ fn waiter_never_misses_the_finish() {
         let f = Future::<K>::running(owner());
         let worker = {
             let f = f.clone();
-            thread::spawn(move || f.finish(Ok(None)))
+            thread::spawn(move || f.finish(Outcome::Ok(None)))
         };
         // No limit: a lost wakeup would be a deadlock, which loom reports.
         assert_eq!(f.wait(None), Ok(Status::Ok));
@@ -130,7 +131,7 @@ fn last_release_races_finish_value_freed_once_at_once() {
         let handle = Future::<K>::running(owner());
         let work = handle.internal();
         let releaser = thread::spawn(move || drop(handle));
-        work.finish(Ok(Some(Counted(drops.clone()))));
+        work.finish(Outcome::Ok(Some(Counted(drops.clone()))));
         releaser.join().unwrap();
         // Freed by whichever of the two came last, before it returned: the work's own
         // reference does not keep the value alive.
@@ -155,13 +156,13 @@ fn value_outlives_a_release_racing_its_callback() {
             }))
             .unwrap();
         let releaser = thread::spawn(move || drop(handle));
-        work.finish(Ok(Some(Counted(drops.clone()))));
+        work.finish(Outcome::Ok(Some(Counted(drops.clone()))));
         releaser.join().unwrap();
         assert_eq!(drops.load(Ordering::SeqCst), 1);
     });
 }
 
-fn readable(queue: &crate::delivery::queue::CompletionQueue<K>) -> bool {
+fn readable(queue: &CompletionQueue) -> bool {
     let mut pfd = libc::pollfd {
         fd: queue.fd().unwrap(),
         events: libc::POLLIN,
@@ -174,7 +175,7 @@ fn readable(queue: &crate::delivery::queue::CompletionQueue<K>) -> bool {
 #[test]
 fn queue_edge_finishing_races_dispatch() {
     loom::model(|| {
-        let queue = Arc::new(crate::delivery::queue::CompletionQueue::<K>::new());
+        let queue = Arc::new(CompletionQueue::new());
         let calls = Arc::new(AtomicUsize::new(0));
         let notified = Arc::new(AtomicUsize::new(0));
         let n = notified.clone();
@@ -198,7 +199,7 @@ fn queue_edge_finishing_races_dispatch() {
             .iter()
             .map(|f| {
                 let work = f.internal();
-                thread::spawn(move || work.finish(Ok(None)))
+                thread::spawn(move || work.finish(Outcome::Ok(None)))
             })
             .collect();
         let mut ran = queue.dispatch(0);
@@ -224,7 +225,7 @@ fn queue_freed_once_its_future_is_seen_finished_still_runs_the_callback() {
     // queue must find the callback there: freeing runs what is queued, and a delivery
     // that came later would be dropped.
     loom::model(|| {
-        let queue = Arc::new(crate::delivery::queue::CompletionQueue::<K>::new());
+        let queue = Arc::new(CompletionQueue::new());
         let calls = Arc::new(AtomicUsize::new(0));
         let f = Future::<K>::running(owner());
         let c = calls.clone();
@@ -237,7 +238,7 @@ fn queue_freed_once_its_future_is_seen_finished_still_runs_the_callback() {
         )
         .unwrap();
         let work = f.internal();
-        let finisher = thread::spawn(move || work.finish(Ok(None)));
+        let finisher = thread::spawn(move || work.finish(Outcome::Ok(None)));
         while !f.status().is_final() {
             thread::yield_now();
         }
@@ -270,14 +271,14 @@ fn a_future_finished_inside_a_callback_calls_back_once() {
         let inner = second.clone();
         first
             .on_done(Box::new(move |_: &Future<K>| {
-                inner.finish(Ok(None));
+                inner.finish(Outcome::Ok(None));
             }))
             .unwrap();
         let canceller = {
             let second = second.clone();
             thread::spawn(move || second.cancel().unwrap())
         };
-        first.finish(Ok(None));
+        first.finish(Outcome::Ok(None));
         canceller.join().unwrap();
         let status = second.status();
         assert!(status == Status::Ok || status == Status::Cancelled);

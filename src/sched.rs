@@ -1,21 +1,86 @@
-//! The bridge as its futures see it: counters, back-pressure, shutdown signalling,
-//! the unhandled-error hook and the fork generation.
+//! What the core needs of a runtime, and the bookkeeping a runtime shares with every
+//! future it made.
 //!
-//! Kept apart from the runtime so the completion state machine can be built and
-//! model-checked without one.
+//! The core (futures, composition, promises) never names the runtime: it reaches the
+//! bridge it belongs to through the [`Sched`] trait, which the runtime implements, and
+//! keeps its counters, back-pressure, shutdown signalling and unhandled-error hook in
+//! an [`Owner`]. The pending registry of an owner holds the futures nobody else would
+//! resolve at shutdown (promises): shutdown asks each to stop.
 
 use std::ffi::CStr;
 use std::time::{Duration, Instant};
 
-use crate::sys::fork;
 use crate::status::{Error, Status};
-use crate::sync::{lock, AtomicBool, AtomicU64, Condvar, Mutex, Ordering};
+use crate::sync::{lock, Arc, AtomicBool, AtomicU64, Condvar, Mutex, Ordering, Weak};
+use crate::sys::fork;
+
+/// Where synchronous work runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement {
+    /// On the blocking pool: may block, may take long.
+    Blocking,
+    /// On a loop thread, in submission order: must not block.
+    OnLoop,
+}
+
+/// A submission that was refused; the work comes back untouched.
+pub struct Rejected<W> {
+    /// Why it was refused.
+    pub error: Error,
+    /// The work, never run.
+    pub work: W,
+}
+
+impl<W> std::fmt::Debug for Rejected<W> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rejected")
+            .field("error", &self.error)
+            .finish()
+    }
+}
+
+/// Queued synchronous work, type-erased, as a runtime's queues hold it.
+pub(crate) trait Queued: Send + Sync {
+    /// Runs the work (or skips it if it was cancelled first).
+    fn run(self: Arc<Self>);
+    /// Drops the work unrun and finishes its future `Cancelled`, if not yet started.
+    fn cancel_queued(self: Arc<Self>);
+}
+
+/// Stops a timer started by [`Sched::after`]; dropping it leaves the timer running.
+pub(crate) type Canceller = Box<dyn FnOnce() + Send>;
+
+/// What the core asks of the runtime its futures belong to.
+pub(crate) trait Sched: Send + Sync {
+    /// Whether the runtime accepts work.
+    fn is_running(&self) -> bool;
+
+    /// Queues `item` on a loop thread or the blocking pool; refused once shut down.
+    fn push(&self, item: Arc<dyn Queued>, placement: Placement) -> Result<(), Error>;
+
+    /// Calls `fire` on a runtime thread after `delay`; refused once shut down.
+    fn after(&self, delay: Duration, fire: Box<dyn FnOnce() + Send>) -> Result<Canceller, Error>;
+}
+
+/// A future that only a shutdown's request would stop (a promise): the registry of its
+/// owner holds it while it is pending.
+pub(crate) trait Pending: Send + Sync {
+    /// Shutdown's grace is over: requests cancellation, on the shutting-down thread.
+    fn cancel_pending(self: Arc<Self>);
+}
+
+/// The pending registry: slots of weak references, reused once vacated.
+#[derive(Default)]
+struct Registry {
+    slots: Vec<Option<Weak<dyn Pending>>>,
+    vacant: Vec<usize>,
+}
 
 /// Called with the code and message of a failure that nobody observed.
 pub type UnhandledHook = Box<dyn Fn(i32, &CStr) + Send + Sync>;
 
 /// A hook shared by a bridge and the combined futures made from its futures.
-type SharedHook = std::sync::Arc<UnhandledHook>;
+type SharedHook = Arc<UnhandledHook>;
 
 /// A snapshot of a bridge's counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -51,9 +116,10 @@ pub(crate) struct Owner {
     idle_lock: Mutex<()>,
     idle: Condvar,
     on_unhandled: Option<SharedHook>,
-    /// The bridge, for chaining work onto one of its futures; set once it exists.
-    #[cfg(not(asyncbridge_loom))]
-    bridge: std::sync::OnceLock<std::sync::Weak<crate::runtime::Shared>>,
+    /// The runtime, for chaining work onto one of its futures and for timers; set
+    /// once it exists.
+    sched: std::sync::OnceLock<Weak<dyn Sched>>,
+    pending: Mutex<Registry>,
 }
 
 impl Owner {
@@ -76,8 +142,8 @@ impl Owner {
             idle_lock: Mutex::new(()),
             idle: Condvar::new(),
             on_unhandled,
-            #[cfg(not(asyncbridge_loom))]
-            bridge: std::sync::OnceLock::new(),
+            sched: std::sync::OnceLock::new(),
+            pending: Mutex::new(Registry::default()),
         }
     }
 
@@ -89,30 +155,51 @@ impl Owner {
             ..Owner::with_hook(0, self.on_unhandled.clone())
         };
         // Chained work and timeouts of a combined future run on this bridge.
-        #[cfg(not(asyncbridge_loom))]
-        if let Some(bridge) = self.bridge.get() {
-            let _ = companion.bridge.set(bridge.clone());
+        if let Some(sched) = self.sched.get() {
+            let _ = companion.sched.set(sched.clone());
         }
         companion
     }
 
-    /// Remembers the bridge this bookkeeping belongs to.
-    #[cfg(not(asyncbridge_loom))]
-    pub(crate) fn set_bridge(&self, bridge: std::sync::Weak<crate::runtime::Shared>) {
-        let _ = self.bridge.set(bridge);
+    /// Remembers the runtime this bookkeeping belongs to.
+    pub(crate) fn set_sched(&self, sched: Weak<dyn Sched>) {
+        let _ = self.sched.set(sched);
     }
 
-    /// Whether this bookkeeping ever belonged to a bridge (a combination of nothing
+    /// Whether this bookkeeping ever belonged to a runtime (a combination of nothing
     /// does not).
-    #[cfg(not(asyncbridge_loom))]
-    pub(crate) fn has_bridge(&self) -> bool {
-        self.bridge.get().is_some()
+    pub(crate) fn has_sched(&self) -> bool {
+        self.sched.get().is_some()
     }
 
-    /// The bridge, while it exists.
-    #[cfg(not(asyncbridge_loom))]
-    pub(crate) fn bridge(&self) -> Option<std::sync::Arc<crate::runtime::Shared>> {
-        self.bridge.get().and_then(std::sync::Weak::upgrade)
+    /// The runtime, while it exists.
+    pub(crate) fn sched(&self) -> Option<Arc<dyn Sched>> {
+        self.sched.get().and_then(Weak::upgrade)
+    }
+
+    /// Keeps `pending` in the registry until [`Owner::unregister`]; returns its slot.
+    pub(crate) fn register(&self, pending: Weak<dyn Pending>) -> usize {
+        let mut registry = lock(&self.pending);
+        match registry.vacant.pop() {
+            Some(slot) => {
+                registry.slots[slot] = Some(pending);
+                slot
+            }
+            None => {
+                registry.slots.push(Some(pending));
+                registry.slots.len() - 1
+            }
+        }
+    }
+
+    /// Takes the registration in `slot` out of the registry.
+    pub(crate) fn unregister(&self, slot: usize) {
+        let mut registry = lock(&self.pending);
+        if let Some(entry) = registry.slots.get_mut(slot) {
+            if entry.take().is_some() {
+                registry.vacant.push(slot);
+            }
+        }
     }
 
     /// Lets the loop and waiters spin for `spin` before parking.
@@ -200,9 +287,19 @@ impl Owner {
         }
     }
 
-    /// From now on running work is told to stop and ends `Cancelled`.
+    /// From now on running work is told to stop and ends `Cancelled`; each future in
+    /// the pending registry is asked to stop, on this thread.
     pub(crate) fn cancel_all(&self) {
         self.cancelling.store(true, Ordering::SeqCst);
+        let pending: Vec<_> = lock(&self.pending)
+            .slots
+            .iter()
+            .flatten()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for future in pending {
+            future.cancel_pending();
+        }
     }
 
     pub(crate) fn cancelling(&self) -> bool {

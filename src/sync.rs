@@ -7,13 +7,17 @@
 #[cfg(asyncbridge_loom)]
 pub(crate) use loom::sync::{
     atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering},
-    Arc, Condvar, Mutex, MutexGuard,
+    Condvar, Mutex, MutexGuard,
 };
 #[cfg(not(asyncbridge_loom))]
 pub(crate) use std::sync::{
     atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering},
-    Arc, Condvar, Mutex, MutexGuard,
+    Condvar, Mutex, MutexGuard,
 };
+// Reference counts stay std's under loom too: the objects they keep are handed around
+// as trait objects with `Arc<Self>` receivers, which loom's Arc cannot be. What loom
+// checks is the completion protocol, whose counts (`holders`) are its atomics.
+pub(crate) use std::sync::{Arc, Weak};
 
 /// Locks `mutex`, ignoring poisoning.
 ///

@@ -3,6 +3,7 @@
 use std::ffi::{c_char, c_void, CStr};
 use std::sync::Arc;
 
+use crate::ffi::handle::{arc_as_c, arc_borrow, arc_clone, arc_into_c, arc_take, Castable, OwnedByArc};
 use crate::ffi::boundary::{boundary, status_of, SendPtr};
 use crate::ffi::future::{future_t, into_c_future, CKind};
 use crate::ffi::job::{bridge_free_fn, bridge_work_fn, CWork};
@@ -22,6 +23,11 @@ pub struct bridge {
 
 /// A running bridge (see struct bridge).
 pub type bridge_t = bridge;
+
+impl Castable for bridge_t {
+    type Rust = Bridge;
+    type Ownership = OwnedByArc;
+}
 
 /// How bridge_start() starts a bridge. Initialise it with bridge_config_init(), then
 /// change the fields you need.
@@ -86,7 +92,7 @@ pub type bridge_stats_t = bridge_stats;
 /// `b` is NULL or a handle from bridge_start()/bridge_default() not yet freed.
 pub(crate) unsafe fn borrow<'a>(b: *const bridge_t) -> Option<&'a Bridge> {
     // SAFETY: per the contract above, a non-NULL handle points to a live Bridge.
-    unsafe { b.cast::<Bridge>().as_ref() }
+    unsafe { arc_borrow::<bridge_t>(b) }
 }
 
 /// Takes one more reference to the bridge behind a C handle, so that it outlives a
@@ -95,16 +101,9 @@ pub(crate) unsafe fn borrow<'a>(b: *const bridge_t) -> Option<&'a Bridge> {
 /// # Safety
 /// As [`borrow`].
 unsafe fn retain(b: *const bridge_t) -> Option<Arc<Bridge>> {
-    if b.is_null() {
-        return None;
-    }
-    let b = b.cast::<Bridge>();
     // SAFETY: a live handle is an `Arc` pointer whose count is at least one (see
     // `borrow`); the count taken here is given back when the returned `Arc` drops.
-    unsafe {
-        Arc::increment_strong_count(b);
-        Some(Arc::from_raw(b))
-    }
+    unsafe { arc_clone::<bridge_t>(b) }
 }
 
 /// Fills `cfg` with the defaults: size = sizeof(bridge_config_t), one loop thread,
@@ -163,9 +162,7 @@ pub unsafe extern "C" fn bridge_start(
         };
         match Bridge::start(config) {
             Ok(bridge) => {
-                let handle = Arc::into_raw(Arc::new(bridge))
-                    .cast_mut()
-                    .cast::<bridge_t>();
+                let handle = arc_into_c::<bridge_t>(Arc::new(bridge));
                 // SAFETY: `out` is non-NULL and writable per the API.
                 unsafe { out.write(handle) };
                 BRIDGE_OK
@@ -230,7 +227,7 @@ unsafe fn config_from_c(cfg: *const bridge_config_t) -> Option<Config> {
 #[no_mangle]
 pub extern "C" fn bridge_default() -> *mut bridge_t {
     boundary(|| match Bridge::global_shared() {
-        Ok(bridge) => Arc::as_ptr(bridge).cast_mut().cast(),
+        Ok(bridge) => arc_as_c::<bridge_t>(bridge),
         Err(_) => std::ptr::null_mut(),
     })
 }
@@ -326,7 +323,7 @@ pub unsafe extern "C" fn bridge_free(b: *mut bridge_t) {
         // bridge_start, and the caller gives up its reference. A shutdown of this
         // bridge still running (this may be one of its callbacks) holds another, and
         // the bridge goes when that shutdown returns.
-        drop(unsafe { Arc::from_raw(b.cast::<Bridge>()) });
+        drop(unsafe { arc_take::<bridge_t>(b) });
     })
 }
 

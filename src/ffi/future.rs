@@ -2,16 +2,16 @@
 
 use std::ffi::{c_char, c_void};
 use std::mem::ManuallyDrop;
-use std::sync::Arc;
 
 use crate::ffi::boundary::{boundary, status_of, SendPtr};
+use crate::ffi::handle::{arc_as_c, arc_borrow_arc, arc_into_c, arc_take, Castable, OwnedByArc};
 use crate::ffi::job::{bridge_free_fn, bridge_then_fn, CWork};
 use crate::ffi::status::{
     bridge_status, BRIDGE_E_INVALID, BRIDGE_OK, BRIDGE_RUN_BLOCKING, BRIDGE_RUN_ON_LOOP,
 };
-use crate::future::{Completion, Failure, Future, Kind};
 use crate::future::job::Job;
-use crate::runtime::Placement;
+use crate::future::{Completion, Failure, Future, Kind};
+use crate::sched::Placement;
 use crate::status::timeout_from_ms;
 
 /// The result of submitted work: shared, thread-safe and reference-counted.
@@ -30,6 +30,11 @@ pub struct bridge_future {
 
 /// The result of submitted work (see struct bridge_future).
 pub type future_t = bridge_future;
+
+impl Castable for future_t {
+    type Rust = Completion<CKind>;
+    type Ownership = OwnedByArc;
+}
 
 /// A done callback: `f` is borrowed for the call (future_retain() it to keep it).
 /// It may retain, release, poll and register callbacks; it must not block, throw or
@@ -137,14 +142,14 @@ impl Kind for CKind {
     }
 
     fn call(callback: CCallback, future: &Future<CKind>) {
-        let f = Arc::as_ptr(future.as_arc()).cast_mut().cast::<future_t>();
+        let f = arc_as_c::<future_t>(future.as_arc());
         // SAFETY: the callback was registered for this future; `f` stays valid for the
         // call because the finishing thread holds a reference.
         unsafe { (callback.func)(f, callback.user_data.get()) }
     }
 
     fn call_progress(callback: &CProgress, future: &Future<CKind>, done: u64, total: u64) {
-        let f = Arc::as_ptr(future.as_arc()).cast_mut().cast::<future_t>();
+        let f = arc_as_c::<future_t>(future.as_arc());
         // SAFETY: as for done callbacks; the delivery holds a reference for the call.
         unsafe { (callback.func)(f, done, total, callback.user_data.get()) }
     }
@@ -152,7 +157,7 @@ impl Kind for CKind {
 
 /// Hands one reference of `future` to C.
 pub(crate) fn into_c_future(future: Future<CKind>) -> *mut future_t {
-    Arc::into_raw(future.into_arc()).cast_mut().cast()
+    arc_into_c::<future_t>(future.into_arc())
 }
 
 /// Borrows the future behind a C pointer without touching its reference count.
@@ -161,13 +166,10 @@ pub(crate) fn into_c_future(future: Future<CKind>) -> *mut future_t {
 /// `f` is NULL or a future_t the caller holds a reference to (or is borrowing in a
 /// done callback).
 pub(crate) unsafe fn borrow(f: *const future_t) -> Option<ManuallyDrop<Future<CKind>>> {
-    if f.is_null() {
-        return None;
-    }
-    // SAFETY: a non-NULL `f` came from Arc::into_raw of a Completion<CKind> and a
-    // reference is held for the call; ManuallyDrop keeps the count unchanged.
-    let arc = unsafe { Arc::from_raw(f.cast::<Completion<CKind>>()) };
-    Some(ManuallyDrop::new(Future::from_arc(arc)))
+    // SAFETY: `f` is NULL or a held reference per the contract above; the handle
+    // made here is never dropped, so the reference count stays as it is.
+    unsafe { arc_borrow_arc::<future_t>(f) }
+        .map(|arc| ManuallyDrop::new(Future::from_arc(ManuallyDrop::into_inner(arc))))
 }
 
 /// Waits up to `timeout_ms` for the future to finish.
@@ -402,12 +404,9 @@ pub unsafe extern "C" fn future_retain(f: *mut future_t) -> *mut future_t {
 #[no_mangle]
 pub unsafe extern "C" fn future_release(f: *mut future_t) {
     boundary(|| {
-        if !f.is_null() {
-            // SAFETY: the caller gives up one reference it held, made by
-            // into_c_future.
-            let arc = unsafe { Arc::from_raw(f.cast::<Completion<CKind>>()) };
-            drop(Future::from_arc(arc));
-        }
+        // SAFETY: `f` is NULL or a reference the caller gives up, made by
+        // into_c_future.
+        drop(unsafe { arc_take::<future_t>(f) }.map(Future::from_arc));
     })
 }
 
@@ -474,8 +473,7 @@ pub unsafe extern "C" fn future_then(
             BRIDGE_RUN_ON_LOOP => Placement::OnLoop,
             _ => return BRIDGE_E_INVALID,
         };
-        let work = CWork::then(func, Future::clone(&prev), arg, arg_free);
-        match prev.then(work, placement) {
+        match prev.then_with(|prev| CWork::then(func, prev, arg, arg_free), placement) {
             Ok(next) => {
                 if !out.is_null() {
                     // SAFETY: `out` is non-NULL and writable per the API.

@@ -3,9 +3,8 @@
 use std::cell::Cell;
 use std::ffi::{c_char, c_void, CStr};
 
-use std::sync::Arc;
-
 use crate::ffi::boundary::{boundary, call_outermost, SendPtr};
+use crate::ffi::handle::{arc_as_c, ref_as_c, ref_borrow, Borrowed, Castable};
 use crate::ffi::future::{future_t, CKind, CValue};
 use crate::future::Future;
 use crate::future::job::Job;
@@ -21,6 +20,11 @@ pub struct bridge_job {
 
 /// The context passed to running work (see struct bridge_job).
 pub type bridge_job_t = bridge_job;
+
+impl Castable for bridge_job_t {
+    type Rust = Job<'static, CKind>;
+    type Ownership = Borrowed;
+}
 
 /// Frees a pointer handed to the library (a work argument or a value).
 pub type bridge_free_fn = Option<unsafe extern "C" fn(ptr: *mut c_void)>;
@@ -104,7 +108,11 @@ impl CWork {
 
     /// Calls the work with `job` and then frees its argument; returns the work's code.
     pub(crate) fn run(self, job: &Job<'_, CKind>) -> i32 {
-        let job_ptr = (job as *const Job<'_, CKind>).cast_mut().cast::<c_void>();
+        // SAFETY: only the lifetime is widened: the pointer is used during this call,
+        // which the job outlives.
+        let job_static =
+            unsafe { std::mem::transmute::<&Job<'_, CKind>, &Job<'static, CKind>>(job) };
+        let job_ptr = ref_as_c::<bridge_job_t>(job_static).cast::<c_void>();
         let (func, second, third) = match &self.func {
             WorkFn::Plain(func) => (
                 // SAFETY: a two-argument C function called with a third argument it
@@ -127,7 +135,7 @@ impl CWork {
                         unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void) -> i32,
                     >(*func)
                 },
-                Arc::as_ptr(prev.as_arc()).cast_mut().cast::<c_void>(),
+                arc_as_c::<future_t>(prev.as_arc()).cast::<c_void>(),
                 self.arg.get(),
             ),
         };
@@ -175,8 +183,8 @@ impl Drop for CWork {
 /// # Safety
 /// `job` is NULL or the pointer passed to a work function that is still running.
 unsafe fn borrow<'a>(job: *const bridge_job_t) -> Option<&'a Job<'a, CKind>> {
-    // SAFETY: per the contract above.
-    unsafe { job.cast::<Job<'a, CKind>>().as_ref() }
+    // SAFETY: per the contract above; the job lives as long as the work's call.
+    unsafe { ref_borrow::<bridge_job_t>(job) }
 }
 
 /// Sets the value the future gets if the work succeeds.

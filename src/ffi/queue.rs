@@ -3,14 +3,15 @@
 
 use std::ffi::{c_int, c_void};
 use std::mem::ManuallyDrop;
-use std::sync::Arc;
 
+use crate::delivery::queue::CompletionQueue;
 use crate::ffi::boundary::{boundary, status_of, SendPtr};
 use crate::ffi::future::{borrow as borrow_future, future_done_fn, future_progress_fn, future_t};
-use crate::ffi::future::{CCallback, CKind, CProgress};
+use crate::ffi::future::{CCallback, CProgress};
+use crate::ffi::handle::{arc_borrow_arc, arc_clone, arc_into_c, arc_take, Castable, OwnedByArc};
 use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID, BRIDGE_OK};
-use crate::delivery::queue::CompletionQueue;
 use crate::status::timeout_from_ms;
+use crate::sync::Arc;
 
 /// A completion queue: callbacks registered with future_on_done_via() or
 /// future_on_progress_via() run only inside bridge_queue_dispatch(), on the thread that
@@ -34,6 +35,11 @@ pub struct bridge_queue {
 /// A completion queue (see struct bridge_queue).
 pub type bridge_queue_t = bridge_queue;
 
+impl Castable for bridge_queue_t {
+    type Rust = CompletionQueue;
+    type Ownership = OwnedByArc;
+}
+
 /// The hook of bridge_queue_set_notify(): called from any thread when callbacks become
 /// pending. It must not block, throw, or call into the library.
 pub type bridge_notify_fn = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
@@ -42,17 +48,9 @@ pub type bridge_notify_fn = Option<unsafe extern "C" fn(user_data: *mut c_void)>
 ///
 /// # Safety
 /// `q` is NULL or a handle from bridge_queue_new() not yet freed.
-pub(crate) unsafe fn borrow(
-    q: *const bridge_queue_t,
-) -> Option<ManuallyDrop<Arc<CompletionQueue<CKind>>>> {
-    if q.is_null() {
-        return None;
-    }
-    // SAFETY: a non-NULL handle came from Arc::into_raw in bridge_queue_new and the
-    // caller still owns it; ManuallyDrop leaves its count alone.
-    Some(ManuallyDrop::new(unsafe {
-        Arc::from_raw(q.cast::<CompletionQueue<CKind>>())
-    }))
+pub(crate) unsafe fn borrow(q: *const bridge_queue_t) -> Option<ManuallyDrop<Arc<CompletionQueue>>> {
+    // SAFETY: per the contract above.
+    unsafe { arc_borrow_arc::<bridge_queue_t>(q) }
 }
 
 /// Creates a completion queue.
@@ -66,9 +64,9 @@ pub unsafe extern "C" fn bridge_queue_new(out: *mut *mut bridge_queue_t) -> brid
         if out.is_null() {
             return BRIDGE_E_INVALID;
         }
-        let queue = Arc::new(CompletionQueue::<CKind>::new());
+        let queue = Arc::new(CompletionQueue::new());
         // SAFETY: `out` is non-NULL and writable per the API.
-        unsafe { out.write(Arc::into_raw(queue).cast_mut().cast()) };
+        unsafe { out.write(arc_into_c::<bridge_queue_t>(queue)) };
         BRIDGE_OK
     })
 }
@@ -147,8 +145,10 @@ pub unsafe extern "C" fn bridge_queue_set_notify(
 /// In a fork child, a parent's queue: runs nothing, returns 0.
 #[no_mangle]
 pub unsafe extern "C" fn bridge_queue_dispatch(q: *mut bridge_queue_t, max: usize) -> usize {
+    // A callback may free the queue: the dispatch holds a reference of its own, and
+    // the free finishes when the dispatch returns.
     // SAFETY: `q` is NULL or a live handle per the API.
-    boundary(|| unsafe { borrow(q) }.map_or(0, |q| q.dispatch(max)))
+    boundary(|| unsafe { arc_clone::<bridge_queue_t>(q) }.map_or(0, |q| q.dispatch(max)))
 }
 
 /// Waits until a callback is pending, for loops that block on the queue alone.
@@ -194,18 +194,27 @@ pub unsafe extern "C" fn bridge_queue_wait(
 /// hook; withdraw the callbacks that must not run any more (future_withdraw_via());
 /// then free the queue.
 /// Threads blocked in bridge_queue_wait() on this queue return BRIDGE_E_CLOSED.
+///
+/// From inside one of this queue's own callbacks it is safe too: the queue refuses new
+/// deliveries at once, and the rest of the free (running what is still pending,
+/// closing the descriptor) happens when the dispatch that runs the callback returns.
+///
+/// A notify hook that has already posted a call of bridge_queue_dispatch() to the
+/// application's loop (a GLib idle source, a queued Qt invocation) must have that
+/// call removed first (g_source_destroy(), or a QObject context that dies with the
+/// queue), or make sure it finds out the queue is gone: dispatching a freed queue is
+/// undefined. Removing the hook with bridge_queue_set_notify(q, NULL, NULL) first only
+/// stops new calls of the hook.
 /// @param q the queue; NULL does nothing. Using it afterwards is undefined.
-/// Any thread; not from inside one of this queue's callbacks. In a fork child, a
-/// parent's queue: runs nothing and is leaked.
+/// Any thread, the queue's own callbacks included. In a fork child, a parent's queue:
+/// runs nothing and is leaked.
 #[no_mangle]
 pub unsafe extern "C" fn bridge_queue_free(q: *mut bridge_queue_t) {
     boundary(|| {
-        if q.is_null() {
-            return;
+        // SAFETY: `q` is NULL or a handle the caller gives up, made by bridge_queue_new.
+        if let Some(queue) = unsafe { arc_take::<bridge_queue_t>(q) } {
+            CompletionQueue::close_and_release(queue);
         }
-        // SAFETY: the caller gives up the handle made by Arc::into_raw.
-        let queue = unsafe { Arc::from_raw(q.cast::<CompletionQueue<CKind>>()) };
-        CompletionQueue::close_and_release(queue);
     })
 }
 

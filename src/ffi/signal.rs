@@ -1,13 +1,13 @@
 //! `bridge_signal_t`: Unix signal watches.
 
 use std::ffi::c_void;
-use std::sync::Arc;
 
 use crate::ffi::boundary::{boundary, SendPtr};
 use crate::ffi::bridge::{borrow as borrow_bridge, bridge_t};
 use crate::ffi::queue::bridge_queue_t;
 use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID, BRIDGE_OK};
 use crate::ffi::timer::{delivery, free_source, stop_source};
+use crate::ffi::handle::{arc_into_c, arc_ref_as_c, Castable, OwnedByArc};
 use crate::sources::Source;
 
 /// A watch of a Unix signal. Made by bridge_signal_start(), stopped by
@@ -18,6 +18,11 @@ pub struct bridge_signal {
 
 /// A watch of a Unix signal (see struct bridge_signal).
 pub type bridge_signal_t = bridge_signal;
+
+impl Castable for bridge_signal_t {
+    type Rust = Source;
+    type Ownership = OwnedByArc;
+}
 
 /// Signal arrivals: `count` is how many times `signum` arrived since the previous
 /// call (at least 1). Runs outside the signal handler, so it may do anything a normal
@@ -71,9 +76,7 @@ pub unsafe extern "C" fn bridge_signal_start(
         };
         let user_data = SendPtr(user_data);
         let callback = Box::new(move |source: &Source, count: u64| {
-            let watch = (source as *const Source)
-                .cast_mut()
-                .cast::<bridge_signal_t>();
+            let watch = arc_ref_as_c::<bridge_signal_t>(source);
             // SAFETY: the callback and user data were given for this watch; the handle
             // is the source's own address and outlives the call.
             unsafe { cb(watch, signum, count, user_data.get()) }
@@ -83,7 +86,7 @@ pub unsafe extern "C" fn bridge_signal_start(
         match Source::signal(bridge, signum, callback, delivery) {
             Ok(watch) => {
                 // SAFETY: `out` is non-NULL and writable per the API.
-                unsafe { out.write(Arc::into_raw(watch).cast_mut().cast()) };
+                unsafe { out.write(arc_into_c::<bridge_signal_t>(watch)) };
                 BRIDGE_OK
             }
             Err(error) => error.code(),
@@ -102,7 +105,7 @@ pub unsafe extern "C" fn bridge_signal_start(
 #[no_mangle]
 pub unsafe extern "C" fn bridge_signal_stop(w: *mut bridge_signal_t) {
     // SAFETY: `w` is NULL or a live watch handle per the API.
-    boundary(|| unsafe { stop_source(w.cast()) })
+    boundary(|| unsafe { stop_source(w) })
 }
 
 /// Stops the watch (as bridge_signal_stop()) and frees the handle.
@@ -112,5 +115,5 @@ pub unsafe extern "C" fn bridge_signal_stop(w: *mut bridge_signal_t) {
 #[no_mangle]
 pub unsafe extern "C" fn bridge_signal_free(w: *mut bridge_signal_t) {
     // SAFETY: the caller gives up a live watch handle (or passes NULL) per the API.
-    boundary(|| unsafe { free_source(w.cast()) })
+    boundary(|| unsafe { free_source(w) })
 }

@@ -1,14 +1,16 @@
 //! `bridge_timer_t`: periodic timers.
 
 use std::ffi::c_void;
-use std::sync::Arc;
 use std::time::Duration;
 
 use crate::ffi::boundary::{boundary, SendPtr};
 use crate::ffi::bridge::{borrow as borrow_bridge, bridge_t};
 use crate::ffi::queue::{borrow as borrow_queue, bridge_queue_t};
 use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID, BRIDGE_OK};
-use crate::sources::{Delivery, Source};
+use crate::delivery::queue::CompletionQueue;
+use crate::ffi::handle::{arc_borrow, arc_into_c, arc_ref_as_c, arc_take, Castable, OwnedByArc};
+use crate::sources::Source;
+use crate::sync::Arc;
 
 /// A periodic timer of a bridge. Made by bridge_timer_start(), stopped by
 /// bridge_timer_stop(), freed by bridge_timer_free(). Thread-safe.
@@ -18,6 +20,11 @@ pub struct bridge_timer {
 
 /// A periodic timer (see struct bridge_timer).
 pub type bridge_timer_t = bridge_timer;
+
+impl Castable for bridge_timer_t {
+    type Rust = Source;
+    type Ownership = OwnedByArc;
+}
 
 /// A timer tick: `ticks` is how many periods have passed since the previous call
 /// (1, or more when ticks came late and were coalesced). Must not block, throw or
@@ -29,12 +36,9 @@ pub type bridge_timer_fn =
 ///
 /// # Safety
 /// `q` is NULL or a live queue handle.
-pub(crate) unsafe fn delivery(q: *mut bridge_queue_t) -> Option<Arc<dyn Delivery>> {
+pub(crate) unsafe fn delivery(q: *mut bridge_queue_t) -> Option<Arc<CompletionQueue>> {
     // SAFETY: per the contract above.
-    unsafe { borrow_queue(q) }.map(|queue| {
-        let queue: Arc<dyn Delivery> = Arc::<crate::delivery::queue::CompletionQueue<_>>::clone(&queue);
-        queue
-    })
+    unsafe { borrow_queue(q) }.map(|queue| Arc::clone(&queue))
 }
 
 /// Starts a periodic timer on the bridge's loop.
@@ -72,9 +76,7 @@ pub unsafe extern "C" fn bridge_timer_start(
         };
         let user_data = SendPtr(user_data);
         let callback = Box::new(move |source: &Source, ticks: u64| {
-            let timer = (source as *const Source)
-                .cast_mut()
-                .cast::<bridge_timer_t>();
+            let timer = arc_ref_as_c::<bridge_timer_t>(source);
             // SAFETY: the callback and user data were given for this timer; the
             // handle is the source's own address and outlives the call.
             unsafe { cb(timer, ticks, user_data.get()) }
@@ -86,7 +88,7 @@ pub unsafe extern "C" fn bridge_timer_start(
         match Source::timer(bridge, first, period, callback, delivery) {
             Ok(timer) => {
                 // SAFETY: `out` is non-NULL and writable per the API.
-                unsafe { out.write(Arc::into_raw(timer).cast_mut().cast()) };
+                unsafe { out.write(arc_into_c::<bridge_timer_t>(timer)) };
                 BRIDGE_OK
             }
             Err(error) => error.code(),
@@ -109,16 +111,18 @@ pub unsafe extern "C" fn bridge_timer_start(
 #[no_mangle]
 pub unsafe extern "C" fn bridge_timer_stop(t: *mut bridge_timer_t) {
     // SAFETY: `t` is NULL or a live timer handle per the API.
-    boundary(|| unsafe { stop_source(t.cast()) })
+    boundary(|| unsafe { stop_source(t) })
 }
 
 /// Stops the source behind a timer or signal-watch handle; NULL does nothing.
 ///
 /// # Safety
-/// `handle` is NULL or a live handle made by Arc::into_raw of a Source.
-pub(crate) unsafe fn stop_source(handle: *const Source) {
+/// `handle` is NULL or a live handle of its type.
+pub(crate) unsafe fn stop_source<C: Castable<Rust = Source, Ownership = OwnedByArc>>(
+    handle: *const C,
+) {
     // SAFETY: per the contract above.
-    if let Some(source) = unsafe { handle.as_ref() } {
+    if let Some(source) = unsafe { arc_borrow(handle) } {
         source.stop();
     }
 }
@@ -127,12 +131,12 @@ pub(crate) unsafe fn stop_source(handle: *const Source) {
 /// reference; NULL does nothing.
 ///
 /// # Safety
-/// `handle` is NULL or a live handle made by Arc::into_raw of a Source, which the
-/// caller gives up.
-pub(crate) unsafe fn free_source(handle: *const Source) {
-    if !handle.is_null() {
-        // SAFETY: per the contract above.
-        let source = unsafe { Arc::from_raw(handle) };
+/// `handle` is NULL or a live handle of its type, which the caller gives up.
+pub(crate) unsafe fn free_source<C: Castable<Rust = Source, Ownership = OwnedByArc>>(
+    handle: *const C,
+) {
+    // SAFETY: per the contract above.
+    if let Some(source) = unsafe { arc_take(handle) } {
         source.stop();
     }
 }
@@ -145,5 +149,5 @@ pub(crate) unsafe fn free_source(handle: *const Source) {
 #[no_mangle]
 pub unsafe extern "C" fn bridge_timer_free(t: *mut bridge_timer_t) {
     // SAFETY: the caller gives up a live timer handle (or passes NULL) per the API.
-    boundary(|| unsafe { free_source(t.cast()) })
+    boundary(|| unsafe { free_source(t) })
 }

@@ -45,7 +45,7 @@ impl<'a, K: Kind> Job<'a, K> {
 
     /// Cancels the work's own future: it ends `Cancelled` when the work returns.
     pub fn cancel(&self) {
-        self.future.request_cancel();
+        let _ = self.future.cancel();
     }
 
     /// Reports progress, read by [`Future::progress`].

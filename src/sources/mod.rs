@@ -12,7 +12,8 @@ use std::cell::Cell;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use crate::delivery::queue::Deliver;
+use crate::delivery::queue::CompletionQueue;
+use crate::delivery::{Entry, Target};
 use crate::runtime::Bridge;
 use crate::status::Error;
 use crate::sync::{lock, Arc, Mutex, Ordering};
@@ -20,12 +21,6 @@ use crate::sys::wakeup::Wakeup;
 
 /// Called with the number of events since the previous call.
 pub type SourceCallback = Box<dyn Fn(&Source, u64) + Send + Sync>;
-
-/// Where a source's calls are made.
-pub trait Delivery: Send + Sync {
-    /// Queues `what` to run in the queue's dispatch; `false` if the queue is closed.
-    fn deliver(&self, what: Arc<dyn Deliver>) -> bool;
-}
 
 struct Counts {
     stopped: bool,
@@ -45,7 +40,7 @@ pub struct Source {
     /// Names the source in [`CALLS`].
     id: u64,
     callback: SourceCallback,
-    delivery: Option<Arc<dyn Delivery>>,
+    delivery: Option<Arc<CompletionQueue>>,
     task: Mutex<Option<tokio::task::AbortHandle>>,
     /// Undoes the registration of a signal action.
     unregister: Mutex<Option<signal_hook_registry::SigId>>,
@@ -126,7 +121,7 @@ fn thread_token() -> u64 {
 }
 
 impl Source {
-    fn new(callback: SourceCallback, delivery: Option<Arc<dyn Delivery>>) -> Arc<Source> {
+    fn new(callback: SourceCallback, delivery: Option<Arc<CompletionQueue>>) -> Arc<Source> {
         Arc::new(Source {
             counts: Mutex::new(Counts {
                 stopped: false,
@@ -151,7 +146,7 @@ impl Source {
         first: Duration,
         period: Duration,
         callback: SourceCallback,
-        delivery: Option<Arc<dyn Delivery>>,
+        delivery: Option<Arc<CompletionQueue>>,
     ) -> Result<Arc<Source>, Error> {
         let shared = bridge.shared_for_sources()?;
         let source = Source::new(callback, delivery);
@@ -188,7 +183,7 @@ impl Source {
         bridge: &Bridge,
         signum: i32,
         callback: SourceCallback,
-        delivery: Option<Arc<dyn Delivery>>,
+        delivery: Option<Arc<CompletionQueue>>,
     ) -> Result<Arc<Source>, Error> {
         if [
             libc::SIGKILL,
@@ -272,9 +267,21 @@ impl Source {
             counts.pending = counts.pending.saturating_add(events);
             !std::mem::replace(&mut counts.queued, true)
         };
-        if queue_one && !delivery.deliver(self.clone()) {
-            // The queue is gone: nothing can deliver these events any more.
-            self.stop();
+        if !queue_one {
+            return;
+        }
+        let target: Arc<dyn Target> = self.clone();
+        match delivery.push(Entry::to(target, 0)) {
+            Ok(edge) => {
+                if edge {
+                    delivery.call_notify();
+                }
+            }
+            Err(refused) => {
+                drop(refused);
+                // The queue is gone: nothing can deliver these events any more.
+                self.stop();
+            }
         }
     }
 
@@ -330,8 +337,8 @@ impl Source {
     }
 }
 
-impl Deliver for Source {
-    fn deliver(&self) -> bool {
+impl Target for Source {
+    fn deliver(self: Arc<Self>, _: u64) -> bool {
         let events = {
             let mut counts = lock(&self.counts);
             counts.queued = false;
@@ -341,6 +348,10 @@ impl Deliver for Source {
             std::mem::take(&mut counts.pending)
         };
         events > 0 && self.call(events)
+    }
+
+    fn discard(self: Arc<Self>, _: u64) {
+        lock(&self.counts).queued = false;
     }
 }
 
@@ -437,7 +448,7 @@ mod tests {
         // other alive after the test.
         type Slot = Arc<OnceLock<Weak<Source>>>;
         let bridge = Bridge::start(Config::default()).unwrap();
-        let queue = Arc::new(CompletionQueue::<Boxed<u8>>::new());
+        let queue = Arc::new(CompletionQueue::new());
         let returned = Arc::new(StdAtomicU64::new(0));
         // Each tick says it runs, waits (bounded) until the other one runs too, then
         // stops the other's timer.
@@ -468,7 +479,7 @@ mod tests {
             Duration::from_millis(5),
             Duration::from_millis(1),
             tick(b_runs.clone(), a_runs.clone(), a_slot.clone()),
-            Some(queue.clone() as Arc<dyn Delivery>),
+            Some(queue.clone()),
         )
         .unwrap();
         let a = Source::timer(

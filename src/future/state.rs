@@ -1,0 +1,663 @@
+//! The completion state machine: every transition of a future, in one place.
+//!
+//! ```text
+//!   Queued --run_queued--> Running --finish--> Finishing --> Done --last release--> Released
+//!     |                       ^                   ^
+//!     +--request (drops work)-+ (finish: the      |
+//!                               request decides)  |
+//!   Held (a promise) --settle (resolve, fail, free)-+
+//! ```
+//!
+//! A future's outcome is decided in exactly one call of [`Future::finish`] (or of
+//! `settle`, for a promise) with an [`Outcome`]; a cancellation request made before
+//! that call replaces what the work returns (`Cancelled`, or `TimedOut` when the
+//! request was a timeout). Exactly one thread moves a future out of `Queued` (its
+//! runner or a canceller) and so exactly one thread finishes queued work; everything
+//! `finish` publishes is written under the lock before the status word, so a reader
+//! that sees a final status with an acquire load needs no lock to trust it.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::task::Waker;
+use std::thread::ThreadId;
+
+use super::callbacks::{run_unnested, Callbacks, Direct, Registration, Watch};
+use super::{Failure, Future, Kind, Outcome};
+use crate::delivery::queue::CompletionQueue;
+use crate::delivery::Entry;
+use crate::sched::Owner;
+use crate::status::{Error, Status};
+use crate::sync::{lock, Arc, AtomicBool, AtomicI32, AtomicUsize, Condvar, Mutex, Ordering};
+
+/// Where a future is in its life.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Stage {
+    /// Synchronous work waits in a queue, or a chained or combined future waits for
+    /// its inputs; nothing of the work has run.
+    Queued,
+    /// The work runs (or its async task does), or a request is releasing queued work.
+    Running,
+    /// A promise's holder will settle it; only a request's callback runs meanwhile.
+    Held,
+    /// One thread is finishing it; every other finisher backs off.
+    Finishing,
+    /// Final: `status` holds the outcome.
+    Done,
+    /// Final, and the value was released (dropped, or the failure reported) once
+    /// nobody held the future.
+    Released,
+}
+
+impl Stage {
+    fn is_final(self) -> bool {
+        matches!(self, Stage::Done | Stage::Released)
+    }
+}
+
+/// A request to stop the work.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Request {
+    /// `cancel`, the work itself, or shutdown: ends `Cancelled`.
+    Cancel,
+    /// A timeout of this many milliseconds: ends `Failed` with `Error::TimedOut`.
+    Timeout(u64),
+}
+
+/// A promise's cancel callback: run once, on the requesting thread.
+pub type CancelCallback = Box<dyn FnOnce() + Send>;
+
+/// What only some futures use, allocated on first use: progress, its callbacks,
+/// done callbacks waiting in queues, a promise's cancel callback.
+pub(super) struct Cold<K: Kind> {
+    /// The message staged by `Job::fail`, used if the work then fails.
+    pub(super) staged_message: Option<Vec<u8>>,
+    pub(super) progress: (u64, u64),
+    /// Progress callbacks delivered through queues.
+    pub(super) watches: Vec<Watch<K>>,
+    /// A done callback has started: no progress is delivered any more.
+    pub(super) progress_over: bool,
+    /// Done callbacks whose delivery waits in a queue, by tag.
+    pub(super) queued: Vec<(u64, Arc<CompletionQueue>, K::Callback)>,
+    /// Names queue deliveries of this future (watches and queued callbacks).
+    pub(super) next_tag: u64,
+    pub(super) on_cancel: Option<CancelCallback>,
+    /// The thread running the cancel callback; settling from another thread waits.
+    pub(super) cancelling_on: Option<ThreadId>,
+}
+
+impl<K: Kind> Default for Cold<K> {
+    fn default() -> Self {
+        Cold {
+            staged_message: None,
+            progress: (0, 0),
+            watches: Vec::new(),
+            progress_over: false,
+            queued: Vec::new(),
+            next_tag: 0,
+            on_cancel: None,
+            cancelling_on: None,
+        }
+    }
+}
+
+pub(super) struct Inner<K: Kind> {
+    pub(super) stage: Stage,
+    pub(super) request: Option<Request>,
+    pub(super) work: Option<K::Work>,
+    /// While running: the value staged by the work. Once `Ok`: the future's value.
+    pub(super) value: Option<K::Value>,
+    pub(super) callbacks: Callbacks<Registration<K>>,
+    /// Threads sleeping on `finished`; notifying nobody costs a syscall, so count.
+    pub(super) waiters: u32,
+    /// The task of async work, woken by a request.
+    pub(super) waker: Option<Waker>,
+    pub(super) cold: Option<Box<Cold<K>>>,
+}
+
+impl<K: Kind> Inner<K> {
+    pub(super) fn cold(&mut self) -> &mut Cold<K> {
+        self.cold.get_or_insert_with(Box::default)
+    }
+}
+
+/// The shared state behind every [`Future`] handle of one submission.
+pub(crate) struct Completion<K: Kind> {
+    pub(super) status: AtomicI32,
+    /// Handles held by callers (and by done callbacks and queued deliveries while they
+    /// wait or run). The value is released when this reaches 0 on a finished future,
+    /// on that thread, at once; the work's own references do not count.
+    pub(super) holders: AtomicUsize,
+    /// Mirrors `Inner::request.is_some()`, for work that polls without the lock.
+    pub(super) cancel_requested: AtomicBool,
+    pub(super) observed: AtomicBool,
+    /// A promise's future: shutdown stops it through its request, like any other.
+    pub(super) promised: bool,
+    pub(super) failure: std::sync::OnceLock<Failure>,
+    pub(super) owner: Arc<Owner>,
+    pub(super) inner: Mutex<Inner<K>>,
+    pub(super) finished: Condvar,
+}
+
+/// What a finished future gives up once nobody holds it.
+pub(super) struct Release<V> {
+    value: Option<V>,
+    unobserved: bool,
+}
+
+impl<K: Kind> Future<K> {
+    pub(super) fn with_stage(owner: Arc<Owner>, stage: Stage, work: Option<K::Work>) -> Future<K> {
+        Future::from_completion(
+            Arc::new(Completion {
+                status: AtomicI32::new(Status::Pending.code()),
+                holders: AtomicUsize::new(1),
+                cancel_requested: AtomicBool::new(false),
+                observed: AtomicBool::new(false),
+                promised: stage == Stage::Held,
+                failure: std::sync::OnceLock::new(),
+                owner,
+                inner: Mutex::new(Inner {
+                    stage,
+                    request: None,
+                    work,
+                    value: None,
+                    callbacks: Callbacks::new(),
+                    waiters: 0,
+                    waker: None,
+                    cold: None,
+                }),
+                finished: Condvar::new(),
+            }),
+            true,
+        )
+    }
+
+    /// A future whose synchronous `work` waits in a queue.
+    pub(crate) fn queued(owner: Arc<Owner>, work: K::Work) -> Future<K> {
+        Future::with_stage(owner, Stage::Queued, Some(work))
+    }
+
+    /// A future that waits for others (a chain, a combination): no work of its own
+    /// yet, so a request finishes it at once.
+    pub(crate) fn waiting(owner: Arc<Owner>, work: Option<K::Work>) -> Future<K> {
+        Future::with_stage(owner, Stage::Queued, work)
+    }
+
+    /// A future whose async work is already under way.
+    pub(crate) fn running(owner: Arc<Owner>) -> Future<K> {
+        Future::with_stage(owner, Stage::Running, None)
+    }
+
+    /// A future its holder settles (see `crate::promise`).
+    pub(crate) fn held(owner: Arc<Owner>) -> Future<K> {
+        Future::with_stage(owner, Stage::Held, None)
+    }
+
+    /// Whether cancellation was requested, by a caller, by the work itself, by a
+    /// timeout or by shutdown.
+    pub fn is_cancel_requested(&self) -> bool {
+        let c = self.completion();
+        c.cancel_requested.load(Ordering::SeqCst) || (!c.promised && c.owner.cancelling())
+    }
+
+    /// Requests cancellation.
+    ///
+    /// On a pending future returns `Ok(Status::Ok)`; the future ends `Cancelled` once
+    /// its work has stopped: at once if it had not started (its work is dropped here),
+    /// at its next await for async work, when the function returns for running
+    /// synchronous work, when its holder settles it for a promise (whose cancel
+    /// callback runs here first). On a finished future changes nothing and returns
+    /// its status.
+    pub fn cancel(&self) -> Result<Status, Error> {
+        self.request(Request::Cancel)
+    }
+
+    /// Cancels the future because `ms` milliseconds ran out: it ends `Failed` with
+    /// `Error::TimedOut`'s code once its work has stopped. A future already finished,
+    /// or whose cancellation was already requested, is left alone.
+    pub(crate) fn time_out(&self, ms: u64) {
+        let _ = self.request(Request::Timeout(ms));
+    }
+
+    /// The one way a request is made. The first request of a future is the one that
+    /// counts; later ones change nothing.
+    fn request(&self, request: Request) -> Result<Status, Error> {
+        let status = self.peek();
+        if status.is_final() {
+            return Ok(status);
+        }
+        if self.completion().owner.orphaned() {
+            return Err(Error::NotRunning);
+        }
+        let mut inner = self.lock();
+        if inner.stage.is_final() {
+            drop(inner);
+            return Ok(self.peek());
+        }
+        if inner.stage == Stage::Finishing {
+            // Still pending to the caller, and past the point where a request counts.
+            return Ok(Status::Ok);
+        }
+        if inner.request.is_some() || (request != Request::Cancel && self.is_cancel_requested())
+        {
+            // A timeout after a cancellation (or a shutdown's) is not a timeout.
+            return Ok(Status::Ok);
+        }
+        inner.request = Some(request);
+        self.completion()
+            .cancel_requested
+            .store(true, Ordering::SeqCst);
+        match inner.stage {
+            Stage::Queued => {
+                inner.stage = Stage::Running;
+                let work = inner.work.take();
+                drop(inner);
+                // The work's resources are released before anyone can see the future
+                // finished: cancelled means nothing of the work is left.
+                drop(work);
+                self.finish(Outcome::Cancelled);
+            }
+            Stage::Running => {
+                let waker = inner.waker.take();
+                drop(inner);
+                if let Some(waker) = waker {
+                    waker.wake();
+                }
+            }
+            Stage::Held => {
+                let callback = inner.cold.as_mut().and_then(|c| c.on_cancel.take());
+                if let Some(callback) = callback {
+                    self.run_cancel_callback(inner, callback);
+                }
+            }
+            Stage::Finishing | Stage::Done | Stage::Released => {}
+        }
+        Ok(Status::Ok)
+    }
+
+    /// Runs a promise's cancel callback on this thread, marked as running so that a
+    /// holder settling on another thread waits for it to return.
+    fn run_cancel_callback(
+        &self,
+        mut inner: crate::sync::MutexGuard<'_, Inner<K>>,
+        callback: CancelCallback,
+    ) {
+        inner.cold().cancelling_on = Some(std::thread::current().id());
+        drop(inner);
+        if catch_unwind(AssertUnwindSafe(callback)).is_err() {
+            eprintln!("asyncbridge: a cancel callback panicked");
+        }
+        let mut inner = self.lock();
+        inner.cold().cancelling_on = None;
+        let wake = inner.waiters > 0;
+        drop(inner);
+        if wake {
+            self.completion().finished.notify_all();
+        }
+    }
+
+    /// Registers a promise's cancel callback: run once on the requesting thread, or at
+    /// once on this one if cancellation was already requested. A second registration,
+    /// and one on a future that is no promise, is `Error::Invalid`; on a settled one
+    /// the callback is dropped unrun.
+    pub(crate) fn on_cancel(&self, callback: CancelCallback) -> Result<(), Error> {
+        let mut inner = self.lock();
+        if !self.completion().promised {
+            return Err(Error::Invalid);
+        }
+        if inner.stage != Stage::Held {
+            drop(inner);
+            drop(callback);
+            return Ok(());
+        }
+        let cold = inner.cold();
+        if cold.on_cancel.is_some() || cold.cancelling_on.is_some() {
+            return Err(Error::Invalid);
+        }
+        if inner.request.is_some() {
+            self.run_cancel_callback(inner, callback);
+        } else {
+            inner.cold().on_cancel = Some(callback);
+        }
+        Ok(())
+    }
+
+    /// A promise's holder settles it: the future ends with `outcome`, or as requested
+    /// if cancellation came first. Waits for a cancel callback running on another
+    /// thread to return, so that when this returns none runs and none will. Returns
+    /// whether the future took `outcome`.
+    pub(crate) fn settle(&self, outcome: Outcome<K::Value>) -> bool {
+        let me = std::thread::current().id();
+        let mut inner = self.lock();
+        loop {
+            match inner.cold.as_ref().and_then(|c| c.cancelling_on) {
+                Some(thread) if thread != me => {
+                    inner.waiters += 1;
+                    inner = match self.completion().finished.wait(inner) {
+                        Ok(guard) => guard,
+                        Err(poisoned) => poisoned.into_inner(),
+                    };
+                    inner.waiters -= 1;
+                }
+                _ => break,
+            }
+        }
+        if inner.stage != Stage::Held {
+            return false;
+        }
+        // Leaving `Held` under the lock that checked for a running cancel callback: a
+        // request from now on finds the future finishing and calls nothing.
+        inner.stage = Stage::Running;
+        let on_cancel = inner.cold.as_mut().and_then(|c| c.on_cancel.take());
+        self.finish_locked(inner, outcome, on_cancel)
+    }
+
+    /// Runs queued synchronous work, unless a request came first.
+    pub(crate) fn run_queued(&self) {
+        let work = {
+            let mut inner = self.lock();
+            if inner.stage != Stage::Queued {
+                return;
+            }
+            inner.stage = Stage::Running;
+            inner.work.take()
+        };
+        let Some(work) = work else { return };
+        if self.is_cancel_requested() {
+            // Shutdown began between queueing and now: the work is dropped unrun.
+            drop(work);
+            self.finish(Outcome::Cancelled);
+            return;
+        }
+        let job = super::job::Job::new(self);
+        let armed = super::arm_running_work(self);
+        let result = catch_unwind(AssertUnwindSafe(|| K::run(work, &job)))
+            .unwrap_or_else(|_| Err(Failure::panic()));
+        drop(armed);
+        self.finish(match result {
+            Ok(()) => Outcome::Ok(None),
+            Err(failure) => Outcome::Failed(failure),
+        });
+    }
+
+    /// Takes the work back out of a future no thread has seen (a refused submission).
+    pub(crate) fn take_queued_work(&self) -> Option<K::Work> {
+        let mut inner = self.lock();
+        if inner.stage != Stage::Queued {
+            return None;
+        }
+        inner.stage = Stage::Released;
+        inner.work.take()
+    }
+
+    /// Drops queued work unrun and finishes the future `Cancelled`; no-op otherwise.
+    pub(crate) fn cancel_if_queued(&self) {
+        // `request` re-checks the stage under the lock.
+        if self.lock().stage == Stage::Queued {
+            let _ = self.cancel();
+        }
+    }
+
+    /// Records the wakeup of async work; returns whether cancellation was requested.
+    pub(crate) fn register_waker(&self, waker: &Waker) -> bool {
+        let mut inner = self.lock();
+        match &inner.waker {
+            Some(w) if w.will_wake(waker) => {}
+            _ => inner.waker = Some(waker.clone()),
+        }
+        drop(inner);
+        // Checked after storing: a request that stored its flag before we locked is
+        // seen here, and one that locks after us takes the waker.
+        self.is_cancel_requested()
+    }
+
+    pub(crate) fn stage_value(&self, value: K::Value) {
+        let old = self.lock().value.replace(value);
+        drop(old);
+    }
+
+    pub(crate) fn stage_failure_message(&self, message: Vec<u8>) {
+        self.lock().cold().staged_message = Some(message);
+    }
+
+    pub(crate) fn staged_failure(&self, code: i32) -> Failure {
+        match self
+            .lock()
+            .cold
+            .as_mut()
+            .and_then(|c| c.staged_message.take())
+        {
+            Some(message) => Failure::new(code, message),
+            None => Failure::from_code(code),
+        }
+    }
+
+    /// Moves a future to its final state and runs its callbacks.
+    ///
+    /// `Outcome::Ok(Some(v))` replaces any staged value. A request made before wins
+    /// over an `Ok` or `Failed` outcome, and gives a `Cancelled` one its reason (a
+    /// timeout). A value that does not end up in an `Ok` future is dropped here, at
+    /// once. Returns whether the future took `outcome` as given (false: it had
+    /// finished already, or the request decided).
+    ///
+    /// Called while this thread runs done callbacks, the callbacks of this future run
+    /// after the current one returns, on this thread.
+    pub(crate) fn finish(&self, outcome: Outcome<K::Value>) -> bool {
+        let inner = self.lock();
+        self.finish_locked(inner, outcome, None)
+    }
+
+    fn finish_locked<'s>(
+        &'s self,
+        mut inner: crate::sync::MutexGuard<'s, Inner<K>>,
+        outcome: Outcome<K::Value>,
+        unused_cancel_callback: Option<CancelCallback>,
+    ) -> bool {
+        if matches!(
+            inner.stage,
+            Stage::Finishing | Stage::Done | Stage::Released | Stage::Held
+        ) {
+            drop(inner);
+            drop(unused_cancel_callback);
+            return false;
+        }
+        inner.stage = Stage::Finishing;
+        let completion = self.completion();
+        let request = inner.request.or_else(|| {
+            (!completion.promised && completion.owner.cancelling()).then_some(Request::Cancel)
+        });
+        // What the request overrides is dropped below, outside the lock.
+        let (outcome, taken, overridden) = match (outcome, request) {
+            (Outcome::Cancelled, Some(Request::Timeout(ms))) => {
+                (Outcome::TimedOut(ms), false, None)
+            }
+            (given @ (Outcome::Cancelled | Outcome::TimedOut(_)), _) => (given, true, None),
+            (given, None) => (given, true, None),
+            (given, Some(request)) => (
+                match request {
+                    Request::Cancel => Outcome::Cancelled,
+                    Request::Timeout(ms) => Outcome::TimedOut(ms),
+                },
+                false,
+                Some(given),
+            ),
+        };
+        let (status, discarded) = match outcome {
+            Outcome::Ok(value) => {
+                let old = match value {
+                    Some(v) => inner.value.replace(v),
+                    None => None,
+                };
+                (Status::Ok, old)
+            }
+            Outcome::Failed(failure) => {
+                // Only this thread finishes, and only once, so the cell is empty.
+                let _ = completion.failure.set(failure);
+                (Status::Failed, inner.value.take())
+            }
+            Outcome::TimedOut(ms) => {
+                let failure =
+                    Failure::new(Error::TimedOut.code(), format!("timed out after {ms} ms"));
+                let _ = completion.failure.set(failure);
+                (Status::Failed, inner.value.take())
+            }
+            Outcome::Cancelled => (Status::Cancelled, inner.value.take()),
+        };
+        if discarded.is_some() || overridden.is_some() || unused_cancel_callback.is_some() {
+            // Freed before anyone can see the future finished, and outside the lock
+            // (a free function may call into the library). Nothing else finishes the
+            // future meanwhile: `Finishing` turns any other finisher away.
+            drop(inner);
+            drop(discarded);
+            drop(overridden);
+            drop(unused_cancel_callback);
+            inner = self.lock();
+        }
+        inner.stage = Stage::Done;
+        inner.waker = None;
+        if let Some(cold) = inner.cold.as_mut() {
+            cold.staged_message = None;
+        }
+        let registrations = std::mem::replace(&mut inner.callbacks, Callbacks::new());
+        // Each queued callback's entry holds a handle until it has run; the entries are
+        // pushed below, under the lock, where a withdrawal can find them.
+        let mut callbacks = Callbacks::new();
+        let mut entries = Vec::new();
+        let mut user_callbacks = false;
+        for registration in registrations.into_iter() {
+            match registration {
+                Registration::Direct(callback) => {
+                    user_callbacks = true;
+                    callbacks.push(Direct::User(callback))
+                }
+                Registration::Internal(callback) => callbacks.push(Direct::Internal(callback)),
+                Registration::Via(queue, callback) => {
+                    let cold = inner.cold();
+                    let tag = cold.next_tag;
+                    cold.next_tag += 1;
+                    cold.queued.push((tag, queue.clone(), callback));
+                    // The delivery's handle is taken now, before whether anyone still
+                    // holds the future is decided below.
+                    entries.push((queue, Entry::to(self.handle().into_target(), tag)));
+                }
+            }
+        }
+        // Progress must not be delivered after a done callback has started.
+        if user_callbacks {
+            if let Some(cold) = inner.cold.as_mut() {
+                cold.progress_over = true;
+            }
+        }
+        // Callbacks hold a handle while they run, taken before the future can be seen
+        // finished: the value stays alive until the last of them returns. Without
+        // callbacks, whether anyone still holds the future is decided now, under the
+        // lock: if nobody does, the value goes with this finish; if somebody does, it
+        // goes inside their last release, never on this thread later.
+        let callback_handle = (!callbacks.is_empty()).then(|| self.handle());
+        // Decided before anything (status, stats) can tell a caller it finished.
+        let release = match callback_handle {
+            Some(_) => None,
+            None => self.take_release(&mut inner, status),
+        };
+        let wake = inner.waiters > 0;
+        let owner = &completion.owner;
+        // Queued before the future can be seen finished: an owner that waits for it
+        // and then frees the queue finds the callback there (freeing runs it; a later
+        // delivery would be dropped), and finds the descriptor readable already (a
+        // waiter and a poller agree). A dispatch that takes an entry early waits on
+        // this lock before its callback runs, so the callback sees the final state.
+        let mut notify = Vec::new();
+        let mut refused = Vec::new();
+        for (queue, entry) in entries {
+            match queue.push(entry) {
+                Ok(true) => notify.push(queue),
+                Ok(false) => {}
+                Err(entry) => refused.push(entry),
+            }
+        }
+        // Counted before it can be seen finished, so stats read after a wait add up.
+        owner.record(status);
+        completion.status.store(status.code(), Ordering::Release);
+        // No longer pending once final, and before the callbacks run: a shutdown
+        // waiting for pending work must not wait for a callback that may be waiting
+        // for it.
+        owner.leave();
+        drop(inner);
+        // Outside the lock: a refused entry holds a handle whose drop may take it.
+        drop(refused);
+        if wake {
+            completion.finished.notify_all();
+        }
+        for queue in notify {
+            queue.call_notify();
+        }
+        match callback_handle {
+            Some(handle) => run_unnested(move || {
+                for callback in callbacks.into_iter() {
+                    // A panicking Rust callback must not keep the others from running.
+                    let call = || match callback {
+                        Direct::User(callback) => K::call(callback, &handle),
+                        Direct::Internal(callback) => callback(&handle),
+                    };
+                    if catch_unwind(AssertUnwindSafe(call)).is_err() {
+                        eprintln!("asyncbridge: a done callback panicked");
+                    }
+                }
+                // Dropping the last handle releases the value, here and now.
+                drop(handle);
+            }),
+            None => self.release(release),
+        }
+        taken
+    }
+
+    /// Drops the value (and reports an unobserved failure) once the future has
+    /// finished and no handle is left; at most once.
+    pub(super) fn release_if_unheld(&self) {
+        let Some(mut inner) = self.lock_unless_orphaned() else {
+            return; // a fork child that cannot take the lock leaks instead
+        };
+        let status = self.peek();
+        let release = self.take_release(&mut inner, status);
+        drop(inner);
+        self.release(release);
+    }
+
+    /// Under the lock: takes what is to be released if the future is finished, no
+    /// handle is left and nothing was released yet.
+    fn take_release(&self, inner: &mut Inner<K>, status: Status) -> Option<Release<K::Value>> {
+        if inner.stage != Stage::Done || self.completion().holders.load(Ordering::SeqCst) != 0 {
+            return None;
+        }
+        inner.stage = Stage::Released;
+        Some(Release {
+            value: inner.value.take(),
+            unobserved: status == Status::Failed
+                && !self.completion().observed.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Outside the lock: drops the value, reports an unobserved failure.
+    fn release(&self, release: Option<Release<K::Value>>) {
+        let Some(release) = release else { return };
+        drop(release.value);
+        if release.unobserved {
+            if let Some(failure) = self.completion().failure.get() {
+                self.completion()
+                    .owner
+                    .report_unhandled(failure.code(), failure.message());
+            }
+        }
+    }
+
+    pub(super) fn lock(&self) -> crate::sync::MutexGuard<'_, Inner<K>> {
+        lock(&self.completion().inner)
+    }
+
+    /// Locks, except in a fork child where the lock may belong to a vanished thread.
+    pub(super) fn lock_unless_orphaned(&self) -> Option<crate::sync::MutexGuard<'_, Inner<K>>> {
+        if self.completion().owner.orphaned() {
+            crate::sync::try_lock(&self.completion().inner)
+        } else {
+            Some(self.lock())
+        }
+    }
+}
