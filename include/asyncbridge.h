@@ -57,6 +57,36 @@
 #define BRIDGE_RUN_ON_LOOP 1
 
 /**
+ * future_value_type(): no value (pending, not BRIDGE_OK, or BRIDGE_OK without one).
+ */
+#define BRIDGE_VALUE_NONE 0
+
+/**
+ * future_value_type(): a void* set by C work or a promise, with its free function.
+ */
+#define BRIDGE_VALUE_USER 1
+
+/**
+ * future_value_type(): a bridge_bytes_t*, freed with bridge_bytes_free() once taken.
+ */
+#define BRIDGE_VALUE_BYTES 2
+
+/**
+ * future_value_type(): a bridge_http_response_t*.
+ */
+#define BRIDGE_VALUE_HTTP_RESPONSE 3
+
+/**
+ * future_value_type(): a bridge_process_result_t*.
+ */
+#define BRIDGE_VALUE_PROCESS 4
+
+/**
+ * future_value_type(): a size_t* (future_any()), freed with free() once taken.
+ */
+#define BRIDGE_VALUE_INDEX 5
+
+/**
  * A running bridge: an async runtime with its loop thread and blocking pool.
  *
  * Made by bridge_start() (freed with bridge_free()) or bridge_default() (never freed).
@@ -86,6 +116,33 @@ struct bridge_future;
  * its own for that long.
  */
 struct bridge_job;
+
+/**
+ * The producer's side of a future: whoever holds it settles the future, from any
+ * thread, exactly once. This is how a callback-based API (libcurl's multi interface,
+ * a database driver, a hardware SDK) becomes asyncbridge futures: make a promise,
+ * hand out the future, settle the promise from the API's completion callback.
+ *
+ * Made by bridge_promise_new(); consumed by exactly one of bridge_promise_resolve(),
+ * bridge_promise_fail() and bridge_promise_free(). Using it after that is undefined.
+ * Every function on it may be called from any thread.
+ *
+ * Cancellation: future_cancel() on the future, future_set_timeout() running out, or
+ * bridge_shutdown() past its grace requests it. bridge_promise_is_cancelled() turns
+ * true, and the cancel callback (bridge_promise_on_cancel()) runs once on the
+ * requesting thread. A request and the consuming call are ordered, one before the
+ * other: if the request comes first, the registered cancel callback runs and the
+ * future ends BRIDGE_CANCELLED (BRIDGE_FAILED with BRIDGE_E_TIMED_OUT when the
+ * request was a timeout) whatever the holder then passes, a value being freed at
+ * once; if the consuming call comes first, the cancel callback never runs and the
+ * future ends as the holder said. So a future ends cancelled exactly when its
+ * registered cancel callback ran: cancelled means the producer stopped.
+ *
+ * Shutdown treats a promise like running work: it requests cancellation when its
+ * grace ends and returns BRIDGE_TIMEOUT if the holder has not settled the promise by
+ * then; the future resolves when the holder does.
+ */
+struct bridge_promise;
 
 /**
  * A completion queue: callbacks registered with future_on_done_via() or
@@ -262,6 +319,17 @@ typedef void (*future_done_fn)(future_t *f, void *user_data);
 typedef int32_t (*bridge_then_fn)(bridge_job_t *job, future_t *prev, void *arg);
 
 /**
+ * The producer's side of a future (see struct bridge_promise).
+ */
+typedef struct bridge_promise bridge_promise_t;
+
+/**
+ * A promise's cancel callback (bridge_promise_on_cancel()). It may settle the promise
+ * itself; it must not block, throw or longjmp.
+ */
+typedef void (*bridge_cancel_fn)(void *user_data);
+
+/**
  * A completion queue (see struct bridge_queue).
  */
 typedef struct bridge_queue bridge_queue_t;
@@ -277,6 +345,12 @@ typedef void (*bridge_notify_fn)(void *user_data);
  * borrowed for the call. It must not block, throw or longjmp.
  */
 typedef void (*future_progress_fn)(future_t *f, uint64_t done, uint64_t total, void *user_data);
+
+/**
+ * A function posted to a queue with bridge_queue_post(). It must not block, throw or
+ * longjmp; it may call into the library (post again, free the queue).
+ */
+typedef void (*bridge_post_fn)(void *user_data);
 
 /**
  * A watch of a Unix signal (see struct bridge_signal).
@@ -362,14 +436,46 @@ typedef void (*bridge_timer_fn)(bridge_timer_t *timer, uint64_t ticks, void *use
 #define BRIDGE_E_TIMED_OUT (-6)
 
 /**
- * The error code of a future whose producer went away without resolving it: work
- * whose thread exited (pthread_exit) before the work returned.
+ * The error code of a future whose producer went away without resolving it: a
+ * promise freed unresolved (bridge_promise_free()), or work whose thread exited
+ * (pthread_exit) before the work returned.
  */
 #define BRIDGE_E_ABANDONED (-7)
 
 /**
- * Call error: the handle was closed while the call waited on it (bridge_queue_wait()
- * on a queue that another thread freed).
+ * The error code of an OS error; future_os_error() gives the errno.
+ */
+#define BRIDGE_E_IO (-8)
+
+/**
+ * The error code of a host name that could not be resolved.
+ */
+#define BRIDGE_E_DNS (-9)
+
+/**
+ * The error code of a failed TLS handshake or certificate verification.
+ */
+#define BRIDGE_E_TLS (-10)
+
+/**
+ * The error code of a peer that broke the protocol (malformed HTTP, ...).
+ */
+#define BRIDGE_E_PROTOCOL (-11)
+
+/**
+ * The error code of an HTTP status >= 400 with BRIDGE_HTTP_FAIL_ON_STATUS.
+ */
+#define BRIDGE_E_HTTP_STATUS (-12)
+
+/**
+ * The error code of a body or output that passed its configured limit.
+ */
+#define BRIDGE_E_TOO_LARGE (-13)
+
+/**
+ * Call error, or the error code of an operation: the handle was closed while the call
+ * or the operation waited on it (bridge_queue_wait() on a queue that another thread
+ * freed; bridge_queue_post() on a queue being freed).
  */
 #define BRIDGE_E_CLOSED (-14)
 
@@ -640,6 +746,43 @@ bridge_status future_progress(const future_t *f, uint64_t *done_out, uint64_t *t
 bridge_status future_on_done(future_t *f, future_done_fn cb, void *user_data);
 
 /**
+ * future_on_done() with a free function for `user_data`.
+ *
+ * `user_data_free(user_data)` runs exactly once, whatever this returns: right after
+ * `cb` returns, on the thread that ran it; or, if `cb` never runs (refused here, or
+ * in a fork child), before this returns. Callback wrappers (C++ lambdas, closures of
+ * other languages) can hand their state over this way and never leak it.
+ * @param user_data_free frees `user_data`; NULL: nothing to free (future_on_done()).
+ * @return as future_on_done().
+ * Any thread.
+ */
+bridge_status future_on_done_with_free(future_t *f,
+                                       future_done_fn cb,
+                                       void *user_data,
+                                       bridge_free_fn user_data_free);
+
+/**
+ * The type of the value of a future that ended BRIDGE_OK.
+ *
+ * @return BRIDGE_VALUE_USER for a value set by C work (bridge_job_set_value()) or a
+ *         promise (bridge_promise_resolve()); BRIDGE_VALUE_INDEX for future_any()'s;
+ *         the library's own types for the values of its I/O functions;
+ *         BRIDGE_VALUE_NONE while pending, unless BRIDGE_OK, when the future has no
+ *         value (none was set, or it was taken), and for NULL.
+ * Any thread.
+ */
+uint32_t future_value_type(const future_t *f);
+
+/**
+ * The OS error behind a BRIDGE_E_IO failure (observes the failure).
+ *
+ * @return the errno value (ENOENT, ECONNREFUSED, ...) of a future that ended
+ *         BRIDGE_FAILED with code BRIDGE_E_IO; 0 for any other future, and for NULL.
+ * Any thread; takes no lock.
+ */
+int32_t future_os_error(const future_t *f);
+
+/**
  * Adds a reference to the future.
  *
  * @return `f`, which the caller now holds one more reference to (release it with
@@ -798,6 +941,112 @@ void bridge_job_cancel(bridge_job_t *job);
 void bridge_job_set_progress(bridge_job_t *job, uint64_t done, uint64_t total);
 
 /**
+ * Makes a promise and its future.
+ *
+ * Refused like bridge_submit(): BRIDGE_E_NOT_RUNNING once the bridge is shut down (or
+ * in a fork child), BRIDGE_E_BUSY at max_pending. The future counts in
+ * bridge_stats() as submitted, and as pending until the promise is settled.
+ * @param b the bridge the future belongs to (its timeouts, chained work and shutdown).
+ * @param promise_out receives the promise (the caller holds it; see struct
+ *        bridge_promise for how it is consumed).
+ * @param future_out receives the future: one reference, the caller's (release it
+ *        with future_release()).
+ * @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `b`, `promise_out` or `future_out`;
+ *         BRIDGE_E_NOT_RUNNING; BRIDGE_E_BUSY. Both out-parameters are written only
+ *         on BRIDGE_OK.
+ * Any thread.
+ */
+bridge_status bridge_promise_new(bridge_t *b,
+                                 bridge_promise_t **promise_out,
+                                 future_t **future_out);
+
+/**
+ * Resolves the future BRIDGE_OK with `value`, and consumes the promise.
+ *
+ * Ownership of `value` passes to the library, as with bridge_job_set_value():
+ * `value_free(value)` (if not NULL) runs exactly once, when the future's last
+ * reference is released; at once, here, if cancellation was requested first (the
+ * future then ends as requested, not BRIDGE_OK). Its type is BRIDGE_VALUE_USER.
+ * When this returns the cancel callback is not running and never runs.
+ * @param p the promise; NULL does nothing (and frees nothing).
+ * @param value the value (NULL: none); value_free may be NULL.
+ * Any thread, the cancel callback included. Using `p` afterwards is undefined.
+ */
+void bridge_promise_resolve(bridge_promise_t *p, void *value, bridge_free_fn value_free);
+
+/**
+ * Fails the future with `code` and `message`, and consumes the promise.
+ *
+ * Code 0 is treated as 1 (failing always fails). If cancellation was requested first,
+ * the future ends as requested instead. When this returns the cancel callback is not
+ * running and never runs.
+ * @param p the promise; NULL does nothing.
+ * @param code the error code (positive codes are the application's).
+ * @param message copied; NULL means a default message naming the code.
+ * Any thread, the cancel callback included. Using `p` afterwards is undefined.
+ */
+void bridge_promise_fail(bridge_promise_t *p, int32_t code, const char *message);
+
+/**
+ * Consumes the promise without settling it: the future ends BRIDGE_FAILED with
+ * BRIDGE_E_ABANDONED, or BRIDGE_CANCELLED if cancellation had been requested.
+ *
+ * When this returns the cancel callback is not running and never runs.
+ * @param p the promise; NULL does nothing.
+ * Any thread, the cancel callback included. Using `p` afterwards is undefined.
+ */
+void bridge_promise_free(bridge_promise_t *p);
+
+/**
+ * Reports progress, readable with future_progress() and delivered to progress
+ * callbacks (future_on_progress_via()).
+ *
+ * @param p the promise; NULL does nothing.
+ * Any thread.
+ */
+void bridge_promise_set_progress(bridge_promise_t *p, uint64_t done, uint64_t total);
+
+/**
+ * Whether cancellation was requested: future_cancel(), future_set_timeout() running
+ * out, or bridge_shutdown() past its grace.
+ *
+ * @return false for NULL.
+ * Any thread.
+ */
+bool bridge_promise_is_cancelled(const bridge_promise_t *p);
+
+/**
+ * Registers the promise's cancel callback: `cb(user_data)` runs once, on the thread
+ * that requests cancellation (the caller of future_cancel() or bridge_shutdown(); a
+ * bridge thread for future_set_timeout()), or at once, on this thread, before this
+ * returns, if cancellation was already requested.
+ *
+ * At most one per promise. The callback may settle the promise itself (typically it
+ * stops the operation, whose completion then settles it). After the promise is
+ * settled the callback is not running and never runs.
+ * @param cb the callback; it must not block.
+ * @param user_data passed to `cb`.
+ * @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `p` or `cb`, or a second registration.
+ * Any thread.
+ */
+bridge_status bridge_promise_on_cancel(bridge_promise_t *p, bridge_cancel_fn cb, void *user_data);
+
+/**
+ * bridge_promise_on_cancel() with a free function for `user_data`.
+ *
+ * `user_data_free(user_data)` runs exactly once, whatever this returns: right after
+ * `cb` returns, on the thread that ran it; or, if `cb` never runs, when the promise
+ * is settled (inside the consuming call), or before this returns if it is refused.
+ * @param user_data_free frees `user_data`; NULL: nothing to free.
+ * @return as bridge_promise_on_cancel().
+ * Any thread.
+ */
+bridge_status bridge_promise_on_cancel_with_free(bridge_promise_t *p,
+                                                 bridge_cancel_fn cb,
+                                                 void *user_data,
+                                                 bridge_free_fn user_data_free);
+
+/**
  * Creates a completion queue.
  *
  * @param out receives the queue; the caller owns it and frees it with bridge_queue_free().
@@ -927,6 +1176,23 @@ bridge_status future_on_done_via(future_t *f,
                                  void *user_data);
 
 /**
+ * future_on_done_via() with a free function for `user_data`.
+ *
+ * `user_data_free(user_data)` runs exactly once, whatever this returns: right after
+ * `cb` returns, inside the dispatch that ran it; or where the callback is dropped
+ * unrun: by future_withdraw_via(), by the thread that finishes the future when the
+ * queue is already freed, or before this returns if it is refused.
+ * @param user_data_free frees `user_data`; NULL: nothing to free.
+ * @return as future_on_done_via().
+ * Any thread.
+ */
+bridge_status future_on_done_via_with_free(future_t *f,
+                                           bridge_queue_t *q,
+                                           future_done_fn cb,
+                                           void *user_data,
+                                           bridge_free_fn user_data_free);
+
+/**
  * Registers a progress callback that runs only inside bridge_queue_dispatch(q), each
  * time the work reports progress with bridge_job_set_progress().
  *
@@ -946,6 +1212,24 @@ bridge_status future_on_progress_via(future_t *f,
                                      void *user_data);
 
 /**
+ * future_on_progress_via() with a free function for `user_data`.
+ *
+ * `user_data_free(user_data)` runs exactly once, whatever this returns: when the
+ * registration is gone (withdrawn with future_withdraw_via(), or dropped with the
+ * future once its last reference and last delivery are gone), after its last call;
+ * before this returns if it is refused, or if the future has finished already (no
+ * progress will come).
+ * @param user_data_free frees `user_data`; NULL: nothing to free.
+ * @return as future_on_progress_via().
+ * Any thread.
+ */
+bridge_status future_on_progress_via_with_free(future_t *f,
+                                               bridge_queue_t *q,
+                                               future_progress_fn cb,
+                                               void *user_data,
+                                               bridge_free_fn user_data_free);
+
+/**
  * Withdraws the callbacks of `f` registered on `q` with `user_data`, done and
  * progress alike, whether the future is still running or they are already queued.
  *
@@ -958,6 +1242,39 @@ bridge_status future_on_progress_via(future_t *f,
  * Any thread.
  */
 size_t future_withdraw_via(future_t *f, bridge_queue_t *q, void *user_data);
+
+/**
+ * Runs `fn(user_data)` inside a later bridge_queue_dispatch(q), on the thread that
+ * dispatches, in order with the queue's other deliveries (libdispatch's
+ * dispatch_async to the main queue; Qt's QMetaObject::invokeMethod).
+ *
+ * Never runs it inline, not even when called from inside a dispatch of `q` (it then
+ * waits for the next dispatch). A queue freed first runs it in bridge_queue_free(),
+ * like a pending callback.
+ * @param fn the function; it must not block.
+ * @param user_data passed to `fn`.
+ * @return BRIDGE_OK (`fn` will run exactly once); BRIDGE_E_INVALID for NULL `q` or
+ *         `fn`; BRIDGE_E_CLOSED if the queue is being freed (from inside one of its
+ *         own callbacks); BRIDGE_E_NOT_RUNNING for a parent's queue in a fork child.
+ *         On an error `fn` never runs.
+ * Any thread.
+ */
+bridge_status bridge_queue_post(bridge_queue_t *q, bridge_post_fn fn_, void *user_data);
+
+/**
+ * bridge_queue_post() with a free function for `user_data`.
+ *
+ * `user_data_free(user_data)` runs exactly once, whatever this returns: right after
+ * `fn` returns, on the dispatching thread; before this returns if the post is
+ * refused.
+ * @param user_data_free frees `user_data`; NULL: nothing to free.
+ * @return as bridge_queue_post().
+ * Any thread.
+ */
+bridge_status bridge_queue_post_with_free(bridge_queue_t *q,
+                                          bridge_post_fn fn_,
+                                          void *user_data,
+                                          bridge_free_fn user_data_free);
 
 /**
  * Watches a Unix signal (SIGINT, SIGTERM, SIGUSR1, SIGHUP, ...).
@@ -990,6 +1307,25 @@ bridge_status bridge_signal_start(bridge_t *b,
                                   bridge_signal_fn cb,
                                   void *user_data,
                                   bridge_signal_t **out);
+
+/**
+ * bridge_signal_start() with a free function for `user_data`.
+ *
+ * `user_data_free(user_data)` runs exactly once, whatever this returns: when the watch
+ * has stopped (bridge_signal_stop(), _free(), its queue freed) and no call of `cb`
+ * is running: inside that stop, or when the running call returns; before this
+ * returns if it is refused.
+ * @param user_data_free frees `user_data`; NULL: nothing to free.
+ * @return as bridge_signal_start().
+ * Any thread.
+ */
+bridge_status bridge_signal_start_with_free(bridge_t *b,
+                                            int32_t signum,
+                                            bridge_queue_t *q,
+                                            bridge_signal_fn cb,
+                                            void *user_data,
+                                            bridge_free_fn user_data_free,
+                                            bridge_signal_t **out);
 
 /**
  * Stops the watch: no call starts after this returns; its signal action is removed.
@@ -1057,6 +1393,26 @@ bridge_status bridge_timer_start(bridge_t *b,
                                  bridge_timer_t **out);
 
 /**
+ * bridge_timer_start() with a free function for `user_data`.
+ *
+ * `user_data_free(user_data)` runs exactly once, whatever this returns: when the timer
+ * has stopped (bridge_timer_stop(), _free(), its queue freed) and no call of `cb`
+ * is running: inside that stop, or when the running call returns; before this
+ * returns if it is refused.
+ * @param user_data_free frees `user_data`; NULL: nothing to free.
+ * @return as bridge_timer_start().
+ * Any thread.
+ */
+bridge_status bridge_timer_start_with_free(bridge_t *b,
+                                           uint64_t first_ms,
+                                           uint64_t period_ms,
+                                           bridge_queue_t *q,
+                                           bridge_timer_fn cb,
+                                           void *user_data,
+                                           bridge_free_fn user_data_free,
+                                           bridge_timer_t **out);
+
+/**
  * Stops the timer: no tick starts after this returns.
  *
  * A tick running on another thread is waited for (ticks must not block); called
@@ -1080,6 +1436,15 @@ void bridge_timer_stop(bridge_timer_t *t);
  * Any thread.
  */
 void bridge_timer_free(bridge_timer_t *t);
+
+/**
+ * Frees a bridge_bytes_t made by the library (a bridge_free_fn).
+ *
+ * @param bytes a bridge_bytes_t* taken from a future; NULL does nothing. Using it
+ *        afterwards is undefined.
+ * Any thread.
+ */
+void bridge_bytes_free(void *bytes);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -35,6 +35,7 @@
 pub mod compose;
 pub mod delivery;
 pub mod future;
+pub mod promise;
 pub mod sched;
 pub mod status;
 mod sync;
@@ -51,7 +52,8 @@ pub mod ffi;
 #[cfg(all(test, asyncbridge_loom))]
 mod loom_model;
 
-pub use future::{Boxed, Failure, Future, Kind};
+pub use future::{Boxed, Failure, Future, Kind, Outcome};
+pub use promise::Promise;
 pub use future::job::Job;
 pub use sched::{Stats, UnhandledHook};
 pub use delivery::queue::{CompletionQueue, NotifyHook};

@@ -65,6 +65,18 @@ pub enum Error {
     /// The error code of a future whose producer went away without resolving it (a
     /// promise freed unresolved, work whose thread exited before it returned).
     Abandoned = -7,
+    /// The error code of an OS error; the failure carries the errno.
+    Io = -8,
+    /// The error code of a host name that could not be resolved.
+    Dns = -9,
+    /// The error code of a failed TLS handshake or certificate verification.
+    Tls = -10,
+    /// The error code of a peer that broke the protocol.
+    Protocol = -11,
+    /// The error code of an HTTP status >= 400, when asked to fail on it.
+    HttpStatus = -12,
+    /// The error code of a body or output that passed its configured limit.
+    TooLarge = -13,
     /// The handle was closed while the operation waited on it.
     Closed = -14,
 }
@@ -99,6 +111,12 @@ pub fn describe(code: i32) -> &'static CStr {
         -5 => c"internal panic caught at the boundary",
         -6 => c"timed out",
         -7 => c"abandoned: the producer went away without resolving the future",
+        -8 => c"I/O error (future_os_error gives the errno)",
+        -9 => c"host name could not be resolved",
+        -10 => c"TLS handshake or certificate verification failed",
+        -11 => c"protocol error: the peer sent something malformed",
+        -12 => c"HTTP status 400 or above",
+        -13 => c"too large: a configured limit was passed",
         -14 => c"closed: the handle was closed while the call waited on it",
         _ => c"unknown status",
     }
@@ -133,7 +151,7 @@ mod tests {
 
     #[test]
     fn every_code_has_its_own_text() {
-        let texts: Vec<_> = (-7..=4).chain([-14]).map(describe).collect();
+        let texts: Vec<_> = (-14..=4).map(describe).collect();
         let mut unique = texts.clone();
         unique.sort();
         unique.dedup();

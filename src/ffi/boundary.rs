@@ -27,6 +27,12 @@ impl PanicValue for () {
     fn panic_value() {}
 }
 
+impl PanicValue for u32 {
+    fn panic_value() -> u32 {
+        0
+    }
+}
+
 impl PanicValue for usize {
     fn panic_value() -> usize {
         0
@@ -76,6 +82,37 @@ impl SendPtr {
     /// The pointer (a method, so closures capture the whole `SendPtr`).
     pub fn get(self) -> *mut std::ffi::c_void {
         self.0
+    }
+}
+
+/// A callback's user data with the function that frees it (NULL: none), which runs
+/// exactly once, when this is dropped: after the last call of the callback, or when
+/// the registration is withdrawn, dropped or refused.
+pub struct UserData {
+    ptr: SendPtr,
+    free: crate::ffi::job::bridge_free_fn,
+}
+
+impl UserData {
+    pub(crate) fn new(ptr: *mut std::ffi::c_void, free: crate::ffi::job::bridge_free_fn) -> UserData {
+        UserData {
+            ptr: SendPtr(ptr),
+            free,
+        }
+    }
+
+    /// The pointer, for a call of the callback.
+    pub(crate) fn get(&self) -> *mut std::ffi::c_void {
+        self.ptr.get()
+    }
+}
+
+impl Drop for UserData {
+    fn drop(&mut self) {
+        if let Some(free) = self.free {
+            // SAFETY: the caller gave `free` for this pointer; dropping happens once.
+            unsafe { free(self.ptr.get()) }
+        }
     }
 }
 

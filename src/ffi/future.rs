@@ -3,12 +3,14 @@
 use std::ffi::{c_char, c_void};
 use std::mem::ManuallyDrop;
 
-use crate::ffi::boundary::{boundary, status_of, SendPtr};
+use crate::ffi::boundary::{boundary, status_of, SendPtr, UserData};
 use crate::ffi::handle::{arc_as_c, arc_borrow_arc, arc_into_c, arc_take, Castable, OwnedByArc};
 use crate::ffi::job::{bridge_free_fn, bridge_then_fn, CWork};
 use crate::ffi::status::{
     bridge_status, BRIDGE_E_INVALID, BRIDGE_OK, BRIDGE_RUN_BLOCKING, BRIDGE_RUN_ON_LOOP,
 };
+use crate::ffi::value::{BRIDGE_VALUE_INDEX, BRIDGE_VALUE_NONE, BRIDGE_VALUE_USER};
+use crate::sync::Arc;
 use crate::future::job::Job;
 use crate::future::{Completion, Failure, Future, Kind};
 use crate::sched::Placement;
@@ -49,23 +51,37 @@ pub type future_progress_fn =
 /// The C family of futures: `void *` values, C work and C callbacks.
 pub struct CKind;
 
-/// A value set by C work, freed by its `value_free` when dropped.
+/// A value of a C future, freed by its `value_free` when dropped, with its type tag
+/// (future_value_type()).
 pub struct CValue {
     ptr: SendPtr,
     free: bridge_free_fn,
+    kind: u32,
 }
 
 impl CValue {
+    /// A value set by C work or a promise: BRIDGE_VALUE_USER.
     pub(crate) fn new(ptr: *mut c_void, free: bridge_free_fn) -> CValue {
+        CValue::typed(ptr, free, BRIDGE_VALUE_USER)
+    }
+
+    /// A value made by the library, of type `kind` (a BRIDGE_VALUE_* constant).
+    pub(crate) fn typed(ptr: *mut c_void, free: bridge_free_fn, kind: u32) -> CValue {
         CValue {
             ptr: SendPtr(ptr),
             free,
+            kind,
         }
     }
 
     /// The pointer, still owned by the value.
     fn as_ptr(&self) -> *mut c_void {
         self.ptr.get()
+    }
+
+    /// The type tag.
+    fn kind(&self) -> u32 {
+        self.kind
     }
 
     /// The pointer, now owned by the caller: its free function will not run.
@@ -78,28 +94,26 @@ impl CValue {
 impl Drop for CValue {
     fn drop(&mut self) {
         if let Some(free) = self.free {
-            // SAFETY: `free` came with `ptr` from bridge_job_set_value; dropping
-            // happens once.
+            // SAFETY: `free` came with `ptr` (bridge_job_set_value, a promise, or the
+            // library's own value); dropping happens once.
             unsafe { free(self.ptr.get()) }
         }
     }
 }
 
-/// A C done callback with its user data.
+/// A C done callback with its user data (freed, if a free function was given, once
+/// the callback has run or was dropped unrun).
 pub struct CCallback {
     func: unsafe extern "C" fn(f: *mut future_t, user_data: *mut c_void),
-    user_data: SendPtr,
+    user_data: UserData,
 }
 
 impl CCallback {
     pub(crate) fn new(
         func: unsafe extern "C" fn(*mut future_t, *mut c_void),
-        user_data: *mut c_void,
+        user_data: UserData,
     ) -> CCallback {
-        CCallback {
-            func,
-            user_data: SendPtr(user_data),
-        }
+        CCallback { func, user_data }
     }
 
     pub(crate) fn user_data(&self) -> *mut c_void {
@@ -107,26 +121,20 @@ impl CCallback {
     }
 }
 
-/// A C progress callback with its user data.
-#[derive(Clone, Copy)]
-pub struct CProgress {
-    func: unsafe extern "C" fn(f: *mut future_t, done: u64, total: u64, user_data: *mut c_void),
-    user_data: SendPtr,
-}
+/// A C progress callback with its user data, shared by the deliveries of one
+/// registration: the user data is freed once the registration is gone.
+#[derive(Clone)]
+pub struct CProgress(Arc<(ProgressFn, UserData)>);
+
+type ProgressFn = unsafe extern "C" fn(f: *mut future_t, done: u64, total: u64, user_data: *mut c_void);
 
 impl CProgress {
-    pub(crate) fn new(
-        func: unsafe extern "C" fn(*mut future_t, u64, u64, *mut c_void),
-        user_data: *mut c_void,
-    ) -> CProgress {
-        CProgress {
-            func,
-            user_data: SendPtr(user_data),
-        }
+    pub(crate) fn new(func: ProgressFn, user_data: UserData) -> CProgress {
+        CProgress(Arc::new((func, user_data)))
     }
 
     pub(crate) fn user_data(&self) -> *mut c_void {
-        self.user_data.get()
+        self.0 .1.get()
     }
 }
 
@@ -146,12 +154,13 @@ impl Kind for CKind {
         // SAFETY: the callback was registered for this future; `f` stays valid for the
         // call because the finishing thread holds a reference.
         unsafe { (callback.func)(f, callback.user_data.get()) }
+        // Dropping `callback` now frees its user data, after the call.
     }
 
     fn call_progress(callback: &CProgress, future: &Future<CKind>, done: u64, total: u64) {
         let f = arc_as_c::<future_t>(future.as_arc());
         // SAFETY: as for done callbacks; the delivery holds a reference for the call.
-        unsafe { (callback.func)(f, done, total, callback.user_data.get()) }
+        unsafe { (callback.0 .0)(f, done, total, callback.user_data()) }
     }
 }
 
@@ -366,7 +375,28 @@ pub unsafe extern "C" fn future_on_done(
     cb: future_done_fn,
     user_data: *mut c_void,
 ) -> bridge_status {
+    // SAFETY: as future_on_done_with_free(), with nothing to free.
+    unsafe { future_on_done_with_free(f, cb, user_data, None) }
+}
+
+/// future_on_done() with a free function for `user_data`.
+///
+/// `user_data_free(user_data)` runs exactly once, whatever this returns: right after
+/// `cb` returns, on the thread that ran it; or, if `cb` never runs (refused here, or
+/// in a fork child), before this returns. Callback wrappers (C++ lambdas, closures of
+/// other languages) can hand their state over this way and never leak it.
+/// @param user_data_free frees `user_data`; NULL: nothing to free (future_on_done()).
+/// @return as future_on_done().
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn future_on_done_with_free(
+    f: *mut future_t,
+    cb: future_done_fn,
+    user_data: *mut c_void,
+    user_data_free: bridge_free_fn,
+) -> bridge_status {
     boundary(|| {
+        let user_data = UserData::new(user_data, user_data_free);
         // SAFETY: `f` is NULL or a held reference per the API.
         let (Some(future), Some(func)) = (unsafe { borrow(f) }, cb) else {
             return BRIDGE_E_INVALID;
@@ -375,6 +405,39 @@ pub unsafe extern "C" fn future_on_done(
             Ok(()) => BRIDGE_OK,
             Err(error) => error.code(),
         }
+    })
+}
+
+/// The type of the value of a future that ended BRIDGE_OK.
+///
+/// @return BRIDGE_VALUE_USER for a value set by C work (bridge_job_set_value()) or a
+///         promise (bridge_promise_resolve()); BRIDGE_VALUE_INDEX for future_any()'s;
+///         the library's own types for the values of its I/O functions;
+///         BRIDGE_VALUE_NONE while pending, unless BRIDGE_OK, when the future has no
+///         value (none was set, or it was taken), and for NULL.
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn future_value_type(f: *const future_t) -> u32 {
+    boundary(|| {
+        // SAFETY: `f` is NULL or a held reference per the API.
+        unsafe { borrow(f) }
+            .and_then(|future| future.with_value(CValue::kind))
+            .unwrap_or(BRIDGE_VALUE_NONE)
+    })
+}
+
+/// The OS error behind a BRIDGE_E_IO failure (observes the failure).
+///
+/// @return the errno value (ENOENT, ECONNREFUSED, ...) of a future that ended
+///         BRIDGE_FAILED with code BRIDGE_E_IO; 0 for any other future, and for NULL.
+/// Any thread; takes no lock.
+#[no_mangle]
+pub unsafe extern "C" fn future_os_error(f: *const future_t) -> i32 {
+    boundary(|| {
+        // SAFETY: `f` is NULL or a held reference per the API.
+        unsafe { borrow(f) }
+            .and_then(|future| future.failure().map(Failure::os_error))
+            .unwrap_or(0)
     })
 }
 
@@ -585,7 +648,8 @@ pub unsafe extern "C" fn future_any(
         let (Some(inputs), false) = (unsafe { handles(fs, n) }, out.is_null()) else {
             return BRIDGE_E_INVALID;
         };
-        let value_of = |index| CValue::new(malloced_index(index), Some(free_malloced));
+        let value_of =
+            |index| CValue::typed(malloced_index(index), Some(free_malloced), BRIDGE_VALUE_INDEX);
         match Future::any(&inputs, value_of) {
             Ok(any) => {
                 // SAFETY: `out` is non-NULL and writable per the API.

@@ -5,9 +5,10 @@ use std::ffi::{c_int, c_void};
 use std::mem::ManuallyDrop;
 
 use crate::delivery::queue::CompletionQueue;
-use crate::ffi::boundary::{boundary, status_of, SendPtr};
+use crate::ffi::boundary::{boundary, status_of, SendPtr, UserData};
 use crate::ffi::future::{borrow as borrow_future, future_done_fn, future_progress_fn, future_t};
 use crate::ffi::future::{CCallback, CProgress};
+use crate::ffi::job::bridge_free_fn;
 use crate::ffi::handle::{arc_borrow_arc, arc_clone, arc_into_c, arc_take, Castable, OwnedByArc};
 use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID, BRIDGE_OK};
 use crate::status::timeout_from_ms;
@@ -39,6 +40,10 @@ impl Castable for bridge_queue_t {
     type Rust = CompletionQueue;
     type Ownership = OwnedByArc;
 }
+
+/// A function posted to a queue with bridge_queue_post(). It must not block, throw or
+/// longjmp; it may call into the library (post again, free the queue).
+pub type bridge_post_fn = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
 
 /// The hook of bridge_queue_set_notify(): called from any thread when callbacks become
 /// pending. It must not block, throw, or call into the library.
@@ -236,7 +241,29 @@ pub unsafe extern "C" fn future_on_done_via(
     cb: future_done_fn,
     user_data: *mut c_void,
 ) -> bridge_status {
+    // SAFETY: as future_on_done_via_with_free(), with nothing to free.
+    unsafe { future_on_done_via_with_free(f, q, cb, user_data, None) }
+}
+
+/// future_on_done_via() with a free function for `user_data`.
+///
+/// `user_data_free(user_data)` runs exactly once, whatever this returns: right after
+/// `cb` returns, inside the dispatch that ran it; or where the callback is dropped
+/// unrun: by future_withdraw_via(), by the thread that finishes the future when the
+/// queue is already freed, or before this returns if it is refused.
+/// @param user_data_free frees `user_data`; NULL: nothing to free.
+/// @return as future_on_done_via().
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn future_on_done_via_with_free(
+    f: *mut future_t,
+    q: *mut bridge_queue_t,
+    cb: future_done_fn,
+    user_data: *mut c_void,
+    user_data_free: bridge_free_fn,
+) -> bridge_status {
     boundary(|| {
+        let user_data = UserData::new(user_data, user_data_free);
         // SAFETY: `f` and `q` are NULL or live handles per the API.
         let (Some(future), Some(queue), Some(func)) =
             (unsafe { borrow_future(f) }, unsafe { borrow(q) }, cb)
@@ -269,7 +296,30 @@ pub unsafe extern "C" fn future_on_progress_via(
     cb: future_progress_fn,
     user_data: *mut c_void,
 ) -> bridge_status {
+    // SAFETY: as future_on_progress_via_with_free(), with nothing to free.
+    unsafe { future_on_progress_via_with_free(f, q, cb, user_data, None) }
+}
+
+/// future_on_progress_via() with a free function for `user_data`.
+///
+/// `user_data_free(user_data)` runs exactly once, whatever this returns: when the
+/// registration is gone (withdrawn with future_withdraw_via(), or dropped with the
+/// future once its last reference and last delivery are gone), after its last call;
+/// before this returns if it is refused, or if the future has finished already (no
+/// progress will come).
+/// @param user_data_free frees `user_data`; NULL: nothing to free.
+/// @return as future_on_progress_via().
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn future_on_progress_via_with_free(
+    f: *mut future_t,
+    q: *mut bridge_queue_t,
+    cb: future_progress_fn,
+    user_data: *mut c_void,
+    user_data_free: bridge_free_fn,
+) -> bridge_status {
     boundary(|| {
+        let user_data = UserData::new(user_data, user_data_free);
         // SAFETY: `f` and `q` are NULL or live handles per the API.
         let (Some(future), Some(queue), Some(func)) =
             (unsafe { borrow_future(f) }, unsafe { borrow(q) }, cb)
@@ -310,5 +360,62 @@ pub unsafe extern "C" fn future_withdraw_via(
             |cb| cb.user_data() == user_data,
             |cb| cb.user_data() == user_data,
         )
+    })
+}
+
+/// Runs `fn(user_data)` inside a later bridge_queue_dispatch(q), on the thread that
+/// dispatches, in order with the queue's other deliveries (libdispatch's
+/// dispatch_async to the main queue; Qt's QMetaObject::invokeMethod).
+///
+/// Never runs it inline, not even when called from inside a dispatch of `q` (it then
+/// waits for the next dispatch). A queue freed first runs it in bridge_queue_free(),
+/// like a pending callback.
+/// @param fn the function; it must not block.
+/// @param user_data passed to `fn`.
+/// @return BRIDGE_OK (`fn` will run exactly once); BRIDGE_E_INVALID for NULL `q` or
+///         `fn`; BRIDGE_E_CLOSED if the queue is being freed (from inside one of its
+///         own callbacks); BRIDGE_E_NOT_RUNNING for a parent's queue in a fork child.
+///         On an error `fn` never runs.
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn bridge_queue_post(
+    q: *mut bridge_queue_t,
+    fn_: bridge_post_fn,
+    user_data: *mut c_void,
+) -> bridge_status {
+    // SAFETY: as bridge_queue_post_with_free(), with nothing to free.
+    unsafe { bridge_queue_post_with_free(q, fn_, user_data, None) }
+}
+
+/// bridge_queue_post() with a free function for `user_data`.
+///
+/// `user_data_free(user_data)` runs exactly once, whatever this returns: right after
+/// `fn` returns, on the dispatching thread; before this returns if the post is
+/// refused.
+/// @param user_data_free frees `user_data`; NULL: nothing to free.
+/// @return as bridge_queue_post().
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn bridge_queue_post_with_free(
+    q: *mut bridge_queue_t,
+    fn_: bridge_post_fn,
+    user_data: *mut c_void,
+    user_data_free: bridge_free_fn,
+) -> bridge_status {
+    boundary(|| {
+        let user_data = UserData::new(user_data, user_data_free);
+        // SAFETY: `q` is NULL or a live handle per the API.
+        let (Some(queue), Some(func)) = (unsafe { borrow(q) }, fn_) else {
+            return BRIDGE_E_INVALID;
+        };
+        let call = Box::new(move || {
+            // SAFETY: the function and its user data were given for this post.
+            unsafe { func(user_data.get()) }
+            // Dropping `user_data` here frees it, after the call.
+        });
+        match queue.post(call) {
+            Ok(()) => BRIDGE_OK,
+            Err(error) => error.code(),
+        }
     })
 }

@@ -31,11 +31,25 @@ pub const BRIDGE_E_BUSY: bridge_status = -4;
 pub const BRIDGE_E_PANIC: bridge_status = -5;
 /// The error code of a future failed by future_set_timeout().
 pub const BRIDGE_E_TIMED_OUT: bridge_status = -6;
-/// The error code of a future whose producer went away without resolving it: work
-/// whose thread exited (pthread_exit) before the work returned.
+/// The error code of a future whose producer went away without resolving it: a
+/// promise freed unresolved (bridge_promise_free()), or work whose thread exited
+/// (pthread_exit) before the work returned.
 pub const BRIDGE_E_ABANDONED: bridge_status = -7;
-/// Call error: the handle was closed while the call waited on it (bridge_queue_wait()
-/// on a queue that another thread freed).
+/// The error code of an OS error; future_os_error() gives the errno.
+pub const BRIDGE_E_IO: bridge_status = -8;
+/// The error code of a host name that could not be resolved.
+pub const BRIDGE_E_DNS: bridge_status = -9;
+/// The error code of a failed TLS handshake or certificate verification.
+pub const BRIDGE_E_TLS: bridge_status = -10;
+/// The error code of a peer that broke the protocol (malformed HTTP, ...).
+pub const BRIDGE_E_PROTOCOL: bridge_status = -11;
+/// The error code of an HTTP status >= 400 with BRIDGE_HTTP_FAIL_ON_STATUS.
+pub const BRIDGE_E_HTTP_STATUS: bridge_status = -12;
+/// The error code of a body or output that passed its configured limit.
+pub const BRIDGE_E_TOO_LARGE: bridge_status = -13;
+/// Call error, or the error code of an operation: the handle was closed while the call
+/// or the operation waited on it (bridge_queue_wait() on a queue that another thread
+/// freed; bridge_queue_post() on a queue being freed).
 pub const BRIDGE_E_CLOSED: bridge_status = -14;
 /// A timeout_ms meaning "no limit".
 pub const BRIDGE_FOREVER: i64 = -1;
@@ -87,6 +101,16 @@ mod tests {
         assert_eq!(BRIDGE_E_TIMED_OUT, Error::TimedOut.code());
         assert_eq!(BRIDGE_E_ABANDONED, Error::Abandoned.code());
         assert_eq!(BRIDGE_E_CLOSED, Error::Closed.code());
+        for (constant, error) in [
+            (BRIDGE_E_IO, Error::Io),
+            (BRIDGE_E_DNS, Error::Dns),
+            (BRIDGE_E_TLS, Error::Tls),
+            (BRIDGE_E_PROTOCOL, Error::Protocol),
+            (BRIDGE_E_HTTP_STATUS, Error::HttpStatus),
+            (BRIDGE_E_TOO_LARGE, Error::TooLarge),
+        ] {
+            assert_eq!(constant, error.code());
+        }
     }
 
     #[test]

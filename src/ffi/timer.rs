@@ -3,7 +3,8 @@
 use std::ffi::c_void;
 use std::time::Duration;
 
-use crate::ffi::boundary::{boundary, SendPtr};
+use crate::ffi::boundary::{boundary, UserData};
+use crate::ffi::job::bridge_free_fn;
 use crate::ffi::bridge::{borrow as borrow_bridge, bridge_t};
 use crate::ffi::queue::{borrow as borrow_queue, bridge_queue_t};
 use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID, BRIDGE_OK};
@@ -68,13 +69,38 @@ pub unsafe extern "C" fn bridge_timer_start(
     user_data: *mut c_void,
     out: *mut *mut bridge_timer_t,
 ) -> bridge_status {
+    // SAFETY: as bridge_timer_start_with_free(), with nothing to free.
+    unsafe { bridge_timer_start_with_free(b, first_ms, period_ms, q, cb, user_data, None, out) }
+}
+
+/// bridge_timer_start() with a free function for `user_data`.
+///
+/// `user_data_free(user_data)` runs exactly once, whatever this returns: when the timer
+/// has stopped (bridge_timer_stop(), _free(), its queue freed) and no call of `cb`
+/// is running: inside that stop, or when the running call returns; before this
+/// returns if it is refused.
+/// @param user_data_free frees `user_data`; NULL: nothing to free.
+/// @return as bridge_timer_start().
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn bridge_timer_start_with_free(
+    b: *mut bridge_t,
+    first_ms: u64,
+    period_ms: u64,
+    q: *mut bridge_queue_t,
+    cb: bridge_timer_fn,
+    user_data: *mut c_void,
+    user_data_free: bridge_free_fn,
+    out: *mut *mut bridge_timer_t,
+) -> bridge_status {
     boundary(|| {
+        // Built first: dropped on every way out (refused, or with the source).
+        let user_data = UserData::new(user_data, user_data_free);
         // SAFETY: `b` is NULL or a live handle per the API.
         let (Some(bridge), Some(cb), false) = (unsafe { borrow_bridge(b) }, cb, out.is_null())
         else {
             return BRIDGE_E_INVALID;
         };
-        let user_data = SendPtr(user_data);
         let callback = Box::new(move |source: &Source, ticks: u64| {
             let timer = arc_ref_as_c::<bridge_timer_t>(source);
             // SAFETY: the callback and user data were given for this timer; the

@@ -70,6 +70,8 @@ pub trait Kind: Sized + Send + Sync + 'static {
 pub struct Failure {
     code: i32,
     message: CString,
+    /// The errno behind an `Error::Io` failure; 0 otherwise.
+    os_error: i32,
 }
 
 impl Failure {
@@ -80,7 +82,26 @@ impl Failure {
             bytes.truncate(nul);
         }
         let message = CString::new(bytes).unwrap_or_default();
-        Failure { code, message }
+        Failure {
+            code,
+            message,
+            os_error: 0,
+        }
+    }
+
+    /// An `Error::Io` failure caused by the OS error `errno`; the message says what
+    /// failed, the OS's description of the error is added to it.
+    pub fn io(errno: i32, what: impl std::fmt::Display) -> Failure {
+        let description = std::io::Error::from_raw_os_error(errno);
+        Failure {
+            os_error: errno,
+            ..Failure::new(Error::Io.code(), format!("{what}: {description}"))
+        }
+    }
+
+    /// The errno behind an `Error::Io` failure; 0 for any other.
+    pub fn os_error(&self) -> i32 {
+        self.os_error
     }
 
     /// A failure with `code` and a default message naming it.

@@ -80,6 +80,8 @@ pub(super) struct Cold<K: Kind> {
     /// Names queue deliveries of this future (watches and queued callbacks).
     pub(super) next_tag: u64,
     pub(super) on_cancel: Option<CancelCallback>,
+    /// A cancel callback was registered (it may have run since): one per promise.
+    pub(super) cancel_registered: bool,
     /// The thread running the cancel callback; settling from another thread waits.
     pub(super) cancelling_on: Option<ThreadId>,
 }
@@ -94,6 +96,7 @@ impl<K: Kind> Default for Cold<K> {
             queued: Vec::new(),
             next_tag: 0,
             on_cancel: None,
+            cancel_registered: false,
             cancelling_on: None,
         }
     }
@@ -299,19 +302,25 @@ impl<K: Kind> Future<K> {
     /// and one on a future that is no promise, is `Error::Invalid`; on a settled one
     /// the callback is dropped unrun.
     pub(crate) fn on_cancel(&self, callback: CancelCallback) -> Result<(), Error> {
-        let mut inner = self.lock();
+        let inner = self.lock();
         if !self.completion().promised {
+            drop(inner);
+            drop(callback);
             return Err(Error::Invalid);
         }
+        let mut inner = inner;
         if inner.stage != Stage::Held {
             drop(inner);
             drop(callback);
             return Ok(());
         }
         let cold = inner.cold();
-        if cold.on_cancel.is_some() || cold.cancelling_on.is_some() {
+        if cold.cancel_registered {
+            drop(inner);
+            drop(callback);
             return Err(Error::Invalid);
         }
+        cold.cancel_registered = true;
         if inner.request.is_some() {
             self.run_cancel_callback(inner, callback);
         } else {

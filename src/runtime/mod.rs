@@ -23,6 +23,7 @@ use once_cell::sync::OnceCell;
 use tokio::sync::{oneshot, Notify};
 
 use crate::future::{Failure, Future, Kind, Outcome};
+use crate::promise::Promise;
 pub use crate::sched::{Placement, Rejected};
 use crate::sched::{Canceller, Owner, Queued, Sched, Stats, UnhandledHook};
 use crate::status::Error;
@@ -353,6 +354,15 @@ impl Bridge {
     pub(crate) fn shared_for_sources(&self) -> Result<&Arc<Shared>, Error> {
         self.check_running()?;
         Ok(&self.shared)
+    }
+
+    /// A promise of this bridge and its future (the caller's one handle): a future
+    /// that the promise's holder settles, which shutdown asks to stop like running
+    /// work (see [`Promise`]). Refused like [`Bridge::submit`]: `Error::NotRunning`
+    /// once shut down (and in a fork child), `Error::Busy` at `max_pending`.
+    pub fn promise<K: Kind>(&self) -> Result<(Promise<K>, Future<K>), Error> {
+        self.check_running()?;
+        Promise::new(&self.shared.owner)
     }
 
     /// A future that ends `Ok` (with no value) after `duration`, never earlier.

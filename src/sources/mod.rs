@@ -39,7 +39,8 @@ pub struct Source {
     calling: Mutex<()>,
     /// Names the source in [`CALLS`].
     id: u64,
-    callback: SourceCallback,
+    /// Taken out (and dropped, once no call is running) by `stop`.
+    callback: Mutex<Option<Arc<SourceCallback>>>,
     delivery: Option<Arc<CompletionQueue>>,
     task: Mutex<Option<tokio::task::AbortHandle>>,
     /// Undoes the registration of a signal action.
@@ -130,7 +131,7 @@ impl Source {
             }),
             calling: Mutex::new(()),
             id: NEXT_SOURCE.fetch_add(1, Ordering::Relaxed),
-            callback,
+            callback: Mutex::new(Some(Arc::new(callback))),
             delivery,
             task: Mutex::new(None),
             unregister: Mutex::new(None),
@@ -301,7 +302,10 @@ impl Source {
             }
         }
         let _called = Called(me);
-        (self.callback)(self, events);
+        let Some(callback) = lock(&self.callback).clone() else {
+            return false;
+        };
+        callback(self, events);
         true
     }
 
@@ -309,6 +313,8 @@ impl Source {
     /// thread is waited for, unless waiting would never end: called from the callback
     /// itself, or when that call is waiting (through other stops) for a call the
     /// calling thread is making, it returns at once and the running call is the last.
+    /// The callback is dropped once no call of it runs: here, or when the running call
+    /// returns.
     pub fn stop(&self) {
         lock(&self.counts).stopped = true;
         if let Some(task) = lock(&self.task).take() {
@@ -321,6 +327,8 @@ impl Source {
         {
             let mut calls = lock(&CALLS);
             if calls.would_wait_for_itself(wait.0, wait.1) {
+                drop(calls);
+                self.drop_callback();
                 return;
             }
             // Registered under the same lock as the check, so of two stops that would
@@ -329,6 +337,15 @@ impl Source {
         }
         drop(lock(&self.calling));
         remove(&mut lock(&CALLS).waits, wait);
+        self.drop_callback();
+    }
+
+    /// Drops the callback, and with it what it owns: here if no call is running, else
+    /// when the running call (which stopped the source, or which this stop did not
+    /// wait for) returns.
+    fn drop_callback(&self) {
+        let callback = lock(&self.callback).take();
+        drop(callback);
     }
 
     /// Whether [`Source::stop`] was called (or the queue it delivered to was freed).

@@ -1,0 +1,70 @@
+//! The types of future values, and `bridge_bytes_t`, the library's byte buffers.
+
+use std::ffi::c_void;
+
+use crate::ffi::boundary::boundary;
+use crate::ffi::future::CValue;
+
+/// future_value_type(): no value (pending, not BRIDGE_OK, or BRIDGE_OK without one).
+pub const BRIDGE_VALUE_NONE: u32 = 0;
+/// future_value_type(): a void* set by C work or a promise, with its free function.
+pub const BRIDGE_VALUE_USER: u32 = 1;
+/// future_value_type(): a bridge_bytes_t*, freed with bridge_bytes_free() once taken.
+pub const BRIDGE_VALUE_BYTES: u32 = 2;
+/// future_value_type(): a bridge_http_response_t*.
+pub const BRIDGE_VALUE_HTTP_RESPONSE: u32 = 3;
+/// future_value_type(): a bridge_process_result_t*.
+pub const BRIDGE_VALUE_PROCESS: u32 = 4;
+/// future_value_type(): a size_t* (future_any()), freed with free() once taken.
+pub const BRIDGE_VALUE_INDEX: u32 = 5;
+
+/// Bytes made by the library (a file's contents, a process's output, a body).
+///
+/// As a future's value it is freed with the future; taken with future_take_value(),
+/// the caller frees it with bridge_bytes_free(). `data` is NULL when `len` is 0.
+#[repr(C)]
+pub struct bridge_bytes {
+    /// The bytes, owned by this struct; not NUL-terminated.
+    pub data: *mut u8,
+    /// How many.
+    pub len: usize,
+}
+
+/// Bytes made by the library (see struct bridge_bytes).
+pub type bridge_bytes_t = bridge_bytes;
+
+/// `bytes` as a future value of type BRIDGE_VALUE_BYTES.
+#[allow(dead_code)] // the I/O functions' values
+pub(crate) fn bytes_value(bytes: Vec<u8>) -> CValue {
+    let len = bytes.len();
+    let data = if len == 0 {
+        std::ptr::null_mut()
+    } else {
+        Box::into_raw(bytes.into_boxed_slice()).cast::<u8>()
+    };
+    let buffer = Box::into_raw(Box::new(bridge_bytes { data, len }));
+    CValue::typed(buffer.cast(), Some(bridge_bytes_free), BRIDGE_VALUE_BYTES)
+}
+
+/// Frees a bridge_bytes_t made by the library (a bridge_free_fn).
+///
+/// @param bytes a bridge_bytes_t* taken from a future; NULL does nothing. Using it
+///        afterwards is undefined.
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn bridge_bytes_free(bytes: *mut c_void) {
+    boundary(|| {
+        if bytes.is_null() {
+            return;
+        }
+        // SAFETY: a non-NULL pointer is a bridge_bytes_t made by `bytes_value` and
+        // given up by the caller.
+        let buffer = unsafe { Box::from_raw(bytes.cast::<bridge_bytes>()) };
+        if !buffer.data.is_null() {
+            // SAFETY: `data` and `len` describe the boxed slice made by `bytes_value`.
+            drop(unsafe {
+                Box::from_raw(std::ptr::slice_from_raw_parts_mut(buffer.data, buffer.len))
+            });
+        }
+    })
+}

@@ -1,0 +1,130 @@
+//! Promises: futures completed by their holder rather than by work the bridge runs.
+//!
+//! This is how a callback-based API (a C library that reports completion through a
+//! callback, a device SDK) becomes a future: make a promise, hand the future out, and
+//! settle the promise from the callback. The future behaves like any other: waits,
+//! callbacks, queues, then/all/any, timeouts, and shutdown, which asks the holder to
+//! stop through the promise's cancel callback.
+
+use crate::future::{CancelCallback, Failure, Future, Kind, Outcome};
+use crate::sched::{Owner, Pending};
+use crate::status::Error;
+use crate::sync::{Arc, Weak};
+
+/// The producer's side of a future: settled exactly once, by [`Promise::resolve`],
+/// [`Promise::fail`], or dropping it.
+///
+/// Dropping an unsettled promise fails its future with `Error::Abandoned`, or ends it
+/// `Cancelled` if cancellation had been requested. Every method may be called from
+/// any thread.
+pub struct Promise<K: Kind> {
+    /// Does not keep the future's value alive: the future's handles do.
+    future: Future<K>,
+    /// The promise's place in its owner's pending registry, which shutdown reads.
+    slot: usize,
+    settled: bool,
+}
+
+/// The message of a future whose promise was dropped unsettled.
+const ABANDONED: &str = "the promise was freed without being resolved";
+
+impl<K: Kind> Promise<K> {
+    /// A new promise of `owner`'s and its future (the caller's one handle). Counts as
+    /// a submission: refused with `Error::Busy` at `max_pending`.
+    pub(crate) fn new(owner: &Arc<Owner>) -> Result<(Promise<K>, Future<K>), Error> {
+        owner.admit()?;
+        let future = Future::<K>::held(owner.clone());
+        let pending: Weak<dyn Pending> = Arc::downgrade(future.as_arc()) as Weak<dyn Pending>;
+        let slot = owner.register(pending);
+        let promise = Promise {
+            future: future.internal(),
+            slot,
+            settled: false,
+        };
+        Ok((promise, future))
+    }
+
+    /// Resolves the future `Ok` with `value` (or none). If cancellation was requested
+    /// first, the future ends as requested (`Cancelled`, or `Failed` for a timeout)
+    /// and `value` is dropped here, at once.
+    pub fn resolve(mut self, value: Option<K::Value>) {
+        self.settle(Outcome::Ok(value));
+    }
+
+    /// Fails the future with `code` (0 counts as 1: failing always fails) and
+    /// `message`; if cancellation was requested first, it ends as requested.
+    pub fn fail(mut self, code: i32, message: impl Into<Vec<u8>>) {
+        let code = if code == 0 { 1 } else { code };
+        self.settle(Outcome::Failed(Failure::new(code, message)));
+    }
+
+    /// Fails the future with `failure`, as [`Promise::fail`] does.
+    pub fn fail_with(mut self, failure: Failure) {
+        let failure = if failure.code() == 0 {
+            Failure::new(1, failure.message().to_bytes())
+        } else {
+            failure
+        };
+        self.settle(Outcome::Failed(failure));
+    }
+
+    /// Whether cancellation was requested (`Future::cancel`, a timeout, shutdown).
+    pub fn is_cancelled(&self) -> bool {
+        self.future.is_cancel_requested()
+    }
+
+    /// Registers the callback that a cancellation request runs, once, on the
+    /// requesting thread (the caller of `cancel`, of shutdown, or a bridge thread for
+    /// a timeout); at once on this thread if cancellation was already requested. It
+    /// may settle the promise itself. A second registration is `Error::Invalid` (and
+    /// drops `callback`). Once the promise is settled the callback is not running and
+    /// never runs; it is dropped then.
+    pub fn on_cancel(&self, callback: CancelCallback) -> Result<(), Error> {
+        // A handle of its own: the callback may settle (and so free) this promise.
+        let future = self.future.internal();
+        future.on_cancel(callback)
+    }
+
+    /// A handle for registering the cancel callback without borrowing the promise
+    /// meanwhile (a C caller's callback may free the promise before it returns).
+    pub(crate) fn registration_handle(&self) -> Future<K> {
+        self.future.internal()
+    }
+
+    /// Reports progress, read by `Future::progress` and delivered to progress
+    /// callbacks.
+    pub fn set_progress(&self, done: u64, total: u64) {
+        self.future.set_progress(done, total);
+    }
+
+    /// A new handle to the promise's future.
+    pub fn future(&self) -> Future<K> {
+        self.future.handle()
+    }
+
+    fn settle(&mut self, outcome: Outcome<K::Value>) {
+        self.settled = true;
+        self.future.owner().unregister(self.slot);
+        self.future.settle(outcome);
+    }
+}
+
+impl<K: Kind> Drop for Promise<K> {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.settle(Outcome::Failed(Failure::new(
+                Error::Abandoned.code(),
+                ABANDONED,
+            )));
+        }
+    }
+}
+
+impl<K: Kind> std::fmt::Debug for Promise<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Promise")
+            .field("future", &self.future)
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
+}
