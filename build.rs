@@ -79,6 +79,8 @@ fn main() {
             // The library's own trampoline (src/ffi/boundary.rs), declared in Rust to
             // be called from Rust: not part of the C API.
             exclude: vec!["asyncbridge_call_outermost".to_owned()],
+            // Value types that no function names: futures hand them out as `void *`.
+            include: vec!["bridge_bytes_t".to_owned()],
             ..Default::default()
         },
         ..Default::default()

@@ -380,6 +380,28 @@ typedef struct bridge_timer bridge_timer_t;
 typedef void (*bridge_timer_fn)(bridge_timer_t *timer, uint64_t ticks, void *user_data);
 
 /**
+ * Bytes made by the library (a file's contents, a process's output, a body).
+ *
+ * As a future's value it is freed with the future; taken with future_take_value(),
+ * the caller frees it with bridge_bytes_free(). `data` is NULL when `len` is 0.
+ */
+struct bridge_bytes {
+    /**
+     * The bytes, owned by this struct; not NUL-terminated.
+     */
+    uint8_t *data;
+    /**
+     * How many.
+     */
+    size_t len;
+};
+
+/**
+ * Bytes made by the library (see struct bridge_bytes).
+ */
+typedef struct bridge_bytes bridge_bytes_t;
+
+/**
  * Success; the future holds its value.
  */
 #define BRIDGE_OK 0

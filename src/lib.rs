@@ -52,11 +52,11 @@ pub mod ffi;
 #[cfg(all(test, asyncbridge_loom))]
 mod loom_model;
 
+pub use delivery::queue::{CompletionQueue, NotifyHook};
+pub use future::job::Job;
 pub use future::{Boxed, Failure, Future, Kind, Outcome};
 pub use promise::Promise;
-pub use future::job::Job;
-pub use sched::{Stats, UnhandledHook};
-pub use delivery::queue::{CompletionQueue, NotifyHook};
 #[cfg(not(asyncbridge_loom))]
 pub use runtime::{Bridge, Config, Placement, Rejected};
+pub use sched::{Stats, UnhandledHook};
 pub use status::{Error, Status};

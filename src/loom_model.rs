@@ -8,9 +8,9 @@ use loom::thread;
 
 use crate::delivery::queue::CompletionQueue;
 use crate::future::{Boxed, Failure, Future, Outcome};
-use crate::sync::Arc;
 use crate::sched::Owner;
 use crate::status::Status;
+use crate::sync::Arc;
 
 /// A value that counts how often it was dropped.
 struct Counted(Arc<AtomicUsize>);
@@ -283,5 +283,141 @@ fn a_future_finished_inside_a_callback_calls_back_once() {
         let status = second.status();
         assert!(status == Status::Ok || status == Status::Cancelled);
         assert_eq!(calls.load(Ordering::SeqCst), 1);
+    });
+}
+
+/// A timeout and the work's own finish race: the future ends with the work's value
+/// or timed out, never cancelled, and the value is dropped exactly once.
+#[test]
+fn a_timeout_races_the_finish() {
+    loom::model(|| {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let f = Future::<K>::running(owner());
+        let (timer, work) = (f.internal(), f.internal());
+        let d = drops.clone();
+        let t1 = thread::spawn(move || timer.time_out(5));
+        let t2 = thread::spawn(move || {
+            work.finish(Outcome::Ok(Some(Counted(d))));
+        });
+        t1.join().unwrap();
+        t2.join().unwrap();
+        match f.status() {
+            Status::Ok => {
+                assert!(f.with_value(|_| ()).is_some());
+                assert_eq!(drops.load(Ordering::SeqCst), 0);
+            }
+            Status::Failed => {
+                assert_eq!(f.failure().unwrap().code(), crate::Error::TimedOut.code());
+                assert_eq!(drops.load(Ordering::SeqCst), 1, "dropped by the finish");
+            }
+            other => panic!("ended {other:?}"),
+        }
+        drop(f);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+    });
+}
+
+/// Two finishers of one future (a combination's inputs): exactly one outcome is taken,
+/// and the callbacks run once.
+#[test]
+fn two_finishers_one_outcome() {
+    loom::model(|| {
+        let f = Future::<K>::waiting(owner(), None);
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        f.on_done(Box::new(move |_: &Future<K>| {
+            c.fetch_add(1, Ordering::SeqCst);
+        }))
+        .unwrap();
+        let (a, b) = (f.internal(), f.internal());
+        let t1 = thread::spawn(move || a.finish(Outcome::Failed(Failure::new(3, "first"))));
+        let t2 = thread::spawn(move || b.finish(Outcome::Cancelled));
+        let (took_a, took_b) = (t1.join().unwrap(), t2.join().unwrap());
+        assert!(took_a != took_b, "exactly one finisher took its outcome");
+        let status = f.status();
+        assert_eq!(status == Status::Failed, took_a);
+        assert_eq!(status == Status::Cancelled, took_b);
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    });
+}
+
+/// A withdrawal races the finish that queues the callback: the callback runs exactly
+/// when it was not withdrawn, and the value lives until nothing holds it.
+#[test]
+fn a_withdrawal_races_the_finish() {
+    loom::model(|| {
+        let queue = Arc::new(CompletionQueue::new());
+        let drops = Arc::new(AtomicUsize::new(0));
+        let calls = Arc::new(AtomicUsize::new(0));
+        let f = Future::<K>::running(owner());
+        let c = calls.clone();
+        f.on_done_via(
+            &queue,
+            Box::new(move |_: &Future<K>| {
+                c.fetch_add(1, Ordering::SeqCst);
+            }),
+        )
+        .unwrap();
+        let (work, d) = (f.internal(), drops.clone());
+        let finisher = thread::spawn(move || {
+            work.finish(Outcome::Ok(Some(Counted(d))));
+        });
+        let withdrawn = f.withdraw_via(&queue, |_| true, |_| true);
+        finisher.join().unwrap();
+        queue.dispatch(0);
+        assert_eq!(withdrawn + calls.load(Ordering::SeqCst), 1);
+        assert_eq!(drops.load(Ordering::SeqCst), 0, "the handle still holds it");
+        drop(f);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+    });
+}
+
+/// A promise settled while cancellation is requested and its cancel callback is being
+/// registered: the future ends cancelled exactly when the callback ran, the callback
+/// runs at most once and never after the settle returned, and the value is dropped
+/// exactly once.
+#[test]
+fn a_promise_settle_races_cancel_and_its_registration() {
+    use loom::sync::atomic::AtomicBool;
+    loom::model(|| {
+        let (promise, future) = crate::Promise::<K>::new(&owner()).unwrap();
+        let drops = Arc::new(AtomicUsize::new(0));
+        let ran = Arc::new(AtomicUsize::new(0));
+        let running = Arc::new(AtomicBool::new(false));
+        let canceller = {
+            let future = future.clone();
+            thread::spawn(move || {
+                future.cancel().unwrap();
+            })
+        };
+        let (r, on) = (ran.clone(), running.clone());
+        promise
+            .on_cancel(Box::new(move || {
+                on.store(true, Ordering::SeqCst);
+                r.fetch_add(1, Ordering::SeqCst);
+                on.store(false, Ordering::SeqCst);
+            }))
+            .unwrap();
+        promise.resolve(Some(Counted(drops.clone())));
+        assert!(
+            !running.load(Ordering::SeqCst),
+            "not running after the settle"
+        );
+        let ran_at_settle = ran.load(Ordering::SeqCst);
+        canceller.join().unwrap();
+        assert_eq!(ran.load(Ordering::SeqCst), ran_at_settle, "never after it");
+        assert!(ran_at_settle <= 1);
+        let status = future.status();
+        assert_eq!(
+            status == Status::Cancelled,
+            ran_at_settle == 1,
+            "{status:?}"
+        );
+        assert_eq!(
+            drops.load(Ordering::SeqCst),
+            usize::from(status == Status::Cancelled)
+        );
+        drop(future);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
     });
 }

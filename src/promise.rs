@@ -128,3 +128,132 @@ impl<K: Kind> std::fmt::Debug for Promise<K> {
             .finish()
     }
 }
+
+#[cfg(all(test, not(asyncbridge_loom)))]
+mod tests {
+    use super::*;
+    use crate::future::Boxed;
+    use crate::status::Status;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    struct Counted(Arc<AtomicUsize>);
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    type K = Boxed<Counted>;
+    const LONG: Option<Duration> = Some(Duration::from_secs(30));
+
+    fn new_promise() -> (Promise<K>, Future<K>) {
+        Promise::new(&Arc::new(Owner::new(0, None))).unwrap()
+    }
+
+    #[test]
+    fn resolved_from_another_thread_with_its_value() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let (promise, future) = new_promise();
+        let d = drops.clone();
+        let holder = std::thread::spawn(move || promise.resolve(Some(Counted(d))));
+        assert_eq!(future.wait(LONG), Ok(Status::Ok));
+        holder.join().unwrap();
+        assert!(future.with_value(|_| ()).is_some());
+        assert_eq!(future.owner().stats().pending, 0);
+        drop(future);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn failing_always_fails() {
+        let (promise, future) = new_promise();
+        promise.fail(0, "zero is not success");
+        assert_eq!(future.status(), Status::Failed);
+        let failure = future.failure().unwrap();
+        assert_eq!(
+            (failure.code(), failure.message()),
+            (1, c"zero is not success")
+        );
+    }
+
+    #[test]
+    fn dropped_unsettled_is_abandoned_or_cancelled() {
+        let (promise, future) = new_promise();
+        drop(promise);
+        assert_eq!(future.status(), Status::Failed);
+        assert_eq!(future.failure().unwrap().code(), Error::Abandoned.code());
+
+        let (promise, future) = new_promise();
+        assert_eq!(future.cancel(), Ok(Status::Ok));
+        assert_eq!(
+            future.status(),
+            Status::Pending,
+            "cancelled once the holder stops"
+        );
+        assert!(promise.is_cancelled());
+        drop(promise);
+        assert_eq!(future.status(), Status::Cancelled);
+    }
+
+    #[test]
+    fn a_value_resolved_after_a_cancel_is_dropped_at_once() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let (promise, future) = new_promise();
+        future.cancel().unwrap();
+        promise.resolve(Some(Counted(drops.clone())));
+        assert_eq!(drops.load(Ordering::SeqCst), 1, "while a handle is held");
+        assert_eq!(future.status(), Status::Cancelled);
+    }
+
+    #[test]
+    fn one_cancel_callback_on_the_requesting_thread_or_at_once() {
+        let (promise, future) = new_promise();
+        let ran_on = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let r = ran_on.clone();
+        promise
+            .on_cancel(Box::new(move || {
+                r.lock().unwrap().push(std::thread::current().id())
+            }))
+            .unwrap();
+        assert_eq!(promise.on_cancel(Box::new(|| {})), Err(Error::Invalid));
+        let canceller = std::thread::spawn(move || {
+            future.cancel().unwrap();
+            (std::thread::current().id(), future)
+        });
+        let (canceller_id, future) = canceller.join().unwrap();
+        assert_eq!(*ran_on.lock().unwrap(), vec![canceller_id]);
+        promise.resolve(None);
+        assert_eq!(future.status(), Status::Cancelled);
+
+        // Registered after the request: at once, here.
+        let (promise, future) = new_promise();
+        future.cancel().unwrap();
+        let r = ran_on.clone();
+        promise
+            .on_cancel(Box::new(move || {
+                r.lock().unwrap().push(std::thread::current().id())
+            }))
+            .unwrap();
+        assert_eq!(ran_on.lock().unwrap()[1], std::thread::current().id());
+        drop(promise);
+        assert_eq!(future.status(), Status::Cancelled);
+    }
+
+    #[test]
+    fn an_unused_cancel_callback_is_dropped_by_the_settle() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let (promise, future) = new_promise();
+        let token = Counted(drops.clone());
+        promise
+            .on_cancel(Box::new(move || {
+                let _token = token;
+                panic!("never cancelled");
+            }))
+            .unwrap();
+        promise.resolve(None);
+        assert_eq!(drops.load(Ordering::SeqCst), 1);
+        assert_eq!(future.status(), Status::Ok);
+    }
+}

@@ -19,6 +19,24 @@ pub(crate) use std::sync::{
 // checks is the completion protocol, whose counts (`holders`) are its atomics.
 pub(crate) use std::sync::{Arc, Weak};
 
+/// Names the calling thread (under loom, the modelled thread: loom runs them all on
+/// one OS thread).
+#[cfg(asyncbridge_loom)]
+pub(crate) fn current_thread() -> loom::thread::ThreadId {
+    loom::thread::current().id()
+}
+/// Names the calling thread.
+#[cfg(not(asyncbridge_loom))]
+pub(crate) fn current_thread() -> std::thread::ThreadId {
+    std::thread::current().id()
+}
+/// What [`current_thread`] returns.
+#[cfg(asyncbridge_loom)]
+pub(crate) type ThreadId = loom::thread::ThreadId;
+/// What [`current_thread`] returns.
+#[cfg(not(asyncbridge_loom))]
+pub(crate) type ThreadId = std::thread::ThreadId;
+
 /// Locks `mutex`, ignoring poisoning.
 ///
 /// Every critical section in this crate leaves its data consistent before it can

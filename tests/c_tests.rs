@@ -578,6 +578,10 @@ fn null_call(prototype: &str) -> Option<String> {
         "bridge_status" => format!("int ok = {call} == BRIDGE_E_INVALID;"),
         // bridge_job_fail returns the code it is given, whatever the job.
         "int32_t" if name == "bridge_job_fail" => format!("int ok = {call} == 0;"),
+        // An errno: 0 when there is none, NULL included.
+        "int32_t" if name == "future_os_error" => format!("int ok = {call} == 0;"),
+        // future_value_type: BRIDGE_VALUE_NONE.
+        "uint32_t" => format!("int ok = {call} == 0;"),
         "int32_t" => format!("int ok = {call} == BRIDGE_E_INVALID;"),
         r if r.ends_with('*') => format!("int ok = {call} == NULL;"),
         other => panic!("{name}: no rule for return type {other}"),

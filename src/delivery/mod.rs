@@ -59,7 +59,9 @@ impl Entry {
     /// address).
     pub(crate) fn is(&self, target: *const (), tag: u64) -> bool {
         match &self.0 {
-            Some(Delivery::To(t, g)) => *g == tag && std::ptr::eq(Arc::as_ptr(t).cast::<()>(), target),
+            Some(Delivery::To(t, g)) => {
+                *g == tag && std::ptr::eq(Arc::as_ptr(t).cast::<()>(), target)
+            }
             _ => false,
         }
     }

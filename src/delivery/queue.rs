@@ -214,7 +214,7 @@ impl CompletionQueue {
     }
 
     fn address(&self) -> usize {
-        (self as *const CompletionQueue).addr()
+        self as *const CompletionQueue as usize
     }
 
     fn dispatch_pending(&self, max: usize) -> usize {
@@ -424,4 +424,3 @@ impl CompletionQueue {
         self.len() == 0
     }
 }
-

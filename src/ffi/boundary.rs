@@ -94,7 +94,10 @@ pub struct UserData {
 }
 
 impl UserData {
-    pub(crate) fn new(ptr: *mut std::ffi::c_void, free: crate::ffi::job::bridge_free_fn) -> UserData {
+    pub(crate) fn new(
+        ptr: *mut std::ffi::c_void,
+        free: crate::ffi::job::bridge_free_fn,
+    ) -> UserData {
         UserData {
             ptr: SendPtr(ptr),
             free,

@@ -3,9 +3,11 @@
 use std::ffi::{c_char, c_void, CStr};
 use std::sync::Arc;
 
-use crate::ffi::handle::{arc_as_c, arc_borrow, arc_clone, arc_into_c, arc_take, Castable, OwnedByArc};
 use crate::ffi::boundary::{boundary, status_of, SendPtr};
 use crate::ffi::future::{future_t, into_c_future, CKind};
+use crate::ffi::handle::{
+    arc_as_c, arc_borrow, arc_clone, arc_into_c, arc_take, Castable, OwnedByArc,
+};
 use crate::ffi::job::{bridge_free_fn, bridge_work_fn, CWork};
 use crate::ffi::status::{
     bridge_status, BRIDGE_E_INVALID, BRIDGE_OK, BRIDGE_RUN_BLOCKING, BRIDGE_RUN_ON_LOOP,

@@ -10,11 +10,11 @@ use crate::ffi::status::{
     bridge_status, BRIDGE_E_INVALID, BRIDGE_OK, BRIDGE_RUN_BLOCKING, BRIDGE_RUN_ON_LOOP,
 };
 use crate::ffi::value::{BRIDGE_VALUE_INDEX, BRIDGE_VALUE_NONE, BRIDGE_VALUE_USER};
-use crate::sync::Arc;
 use crate::future::job::Job;
 use crate::future::{Completion, Failure, Future, Kind};
 use crate::sched::Placement;
 use crate::status::timeout_from_ms;
+use crate::sync::Arc;
 
 /// The result of submitted work: shared, thread-safe and reference-counted.
 ///
@@ -126,7 +126,8 @@ impl CCallback {
 #[derive(Clone)]
 pub struct CProgress(Arc<(ProgressFn, UserData)>);
 
-type ProgressFn = unsafe extern "C" fn(f: *mut future_t, done: u64, total: u64, user_data: *mut c_void);
+type ProgressFn =
+    unsafe extern "C" fn(f: *mut future_t, done: u64, total: u64, user_data: *mut c_void);
 
 impl CProgress {
     pub(crate) fn new(func: ProgressFn, user_data: UserData) -> CProgress {
@@ -648,8 +649,13 @@ pub unsafe extern "C" fn future_any(
         let (Some(inputs), false) = (unsafe { handles(fs, n) }, out.is_null()) else {
             return BRIDGE_E_INVALID;
         };
-        let value_of =
-            |index| CValue::typed(malloced_index(index), Some(free_malloced), BRIDGE_VALUE_INDEX);
+        let value_of = |index| {
+            CValue::typed(
+                malloced_index(index),
+                Some(free_malloced),
+                BRIDGE_VALUE_INDEX,
+            )
+        };
         match Future::any(&inputs, value_of) {
             Ok(any) => {
                 // SAFETY: `out` is non-NULL and writable per the API.

@@ -4,10 +4,10 @@ use std::cell::Cell;
 use std::ffi::{c_char, c_void, CStr};
 
 use crate::ffi::boundary::{boundary, call_outermost, SendPtr};
-use crate::ffi::handle::{arc_as_c, ref_as_c, ref_borrow, Borrowed, Castable};
 use crate::ffi::future::{future_t, CKind, CValue};
-use crate::future::Future;
+use crate::ffi::handle::{arc_as_c, ref_as_c, ref_borrow, Borrowed, Castable};
 use crate::future::job::Job;
+use crate::future::Future;
 
 /// The context passed to running work: set the value, fail, check for cancellation,
 /// report progress.

@@ -4,7 +4,7 @@ use std::ffi::{c_char, c_void, CStr};
 
 use crate::ffi::boundary::{boundary, UserData};
 use crate::ffi::bridge::{borrow as borrow_bridge, bridge_t};
-use crate::ffi::future::{into_c_future, future_t, CKind, CValue};
+use crate::ffi::future::{future_t, into_c_future, CKind, CValue};
 use crate::ffi::handle::{box_borrow, box_into_c, box_take, Castable, OwnedByBox};
 use crate::ffi::job::bridge_free_fn;
 use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID, BRIDGE_OK};
@@ -111,8 +111,8 @@ pub unsafe extern "C" fn bridge_promise_resolve(
     boundary(|| {
         // SAFETY: `p` is NULL or a live promise the caller gives up per the API.
         if let Some(promise) = unsafe { box_take::<bridge_promise_t>(p) } {
-            let value = (!value.is_null() || value_free.is_some())
-                .then(|| CValue::new(value, value_free));
+            let value =
+                (!value.is_null() || value_free.is_some()).then(|| CValue::new(value, value_free));
             promise.resolve(value);
         }
     })
@@ -230,8 +230,7 @@ pub unsafe extern "C" fn bridge_promise_on_cancel_with_free(
     boundary(|| {
         let user_data = UserData::new(user_data, user_data_free);
         // SAFETY: `p` is NULL or a live promise per the API.
-        let (Some(promise), Some(func)) = (unsafe { box_borrow::<bridge_promise_t>(p) }, cb)
-        else {
+        let (Some(promise), Some(func)) = (unsafe { box_borrow::<bridge_promise_t>(p) }, cb) else {
             return BRIDGE_E_INVALID;
         };
         let callback = Box::new(move || {

@@ -8,8 +8,8 @@ use crate::delivery::queue::CompletionQueue;
 use crate::ffi::boundary::{boundary, status_of, SendPtr, UserData};
 use crate::ffi::future::{borrow as borrow_future, future_done_fn, future_progress_fn, future_t};
 use crate::ffi::future::{CCallback, CProgress};
-use crate::ffi::job::bridge_free_fn;
 use crate::ffi::handle::{arc_borrow_arc, arc_clone, arc_into_c, arc_take, Castable, OwnedByArc};
+use crate::ffi::job::bridge_free_fn;
 use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID, BRIDGE_OK};
 use crate::status::timeout_from_ms;
 use crate::sync::Arc;
@@ -53,7 +53,9 @@ pub type bridge_notify_fn = Option<unsafe extern "C" fn(user_data: *mut c_void)>
 ///
 /// # Safety
 /// `q` is NULL or a handle from bridge_queue_new() not yet freed.
-pub(crate) unsafe fn borrow(q: *const bridge_queue_t) -> Option<ManuallyDrop<Arc<CompletionQueue>>> {
+pub(crate) unsafe fn borrow(
+    q: *const bridge_queue_t,
+) -> Option<ManuallyDrop<Arc<CompletionQueue>>> {
     // SAFETY: per the contract above.
     unsafe { arc_borrow_arc::<bridge_queue_t>(q) }
 }

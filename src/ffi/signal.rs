@@ -3,12 +3,12 @@
 use std::ffi::c_void;
 
 use crate::ffi::boundary::{boundary, UserData};
-use crate::ffi::job::bridge_free_fn;
 use crate::ffi::bridge::{borrow as borrow_bridge, bridge_t};
+use crate::ffi::handle::{arc_into_c, arc_ref_as_c, Castable, OwnedByArc};
+use crate::ffi::job::bridge_free_fn;
 use crate::ffi::queue::bridge_queue_t;
 use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID, BRIDGE_OK};
 use crate::ffi::timer::{delivery, free_source, stop_source};
-use crate::ffi::handle::{arc_into_c, arc_ref_as_c, Castable, OwnedByArc};
 use crate::sources::Source;
 
 /// A watch of a Unix signal. Made by bridge_signal_start(), stopped by

@@ -3,13 +3,13 @@
 use std::ffi::c_void;
 use std::time::Duration;
 
+use crate::delivery::queue::CompletionQueue;
 use crate::ffi::boundary::{boundary, UserData};
-use crate::ffi::job::bridge_free_fn;
 use crate::ffi::bridge::{borrow as borrow_bridge, bridge_t};
+use crate::ffi::handle::{arc_borrow, arc_into_c, arc_ref_as_c, arc_take, Castable, OwnedByArc};
+use crate::ffi::job::bridge_free_fn;
 use crate::ffi::queue::{borrow as borrow_queue, bridge_queue_t};
 use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID, BRIDGE_OK};
-use crate::delivery::queue::CompletionQueue;
-use crate::ffi::handle::{arc_borrow, arc_into_c, arc_ref_as_c, arc_take, Castable, OwnedByArc};
 use crate::sources::Source;
 use crate::sync::Arc;
 

@@ -298,10 +298,14 @@ impl<K: Kind> Future<K> {
             return true;
         }
         let (progress, over) = (cold.progress, cold.progress_over);
-        let found = cold.watches.iter_mut().find(|w| w.tag == tag).and_then(|w| {
-            w.queued = false;
-            (!over).then(|| w.callback.clone())
-        });
+        let found = cold
+            .watches
+            .iter_mut()
+            .find(|w| w.tag == tag)
+            .and_then(|w| {
+                w.queued = false;
+                (!over).then(|| w.callback.clone())
+            });
         drop(inner);
         match found {
             Some(callback) => {

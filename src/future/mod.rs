@@ -15,8 +15,8 @@ use std::ffi::{CStr, CString};
 
 pub use handle::Future;
 use job::Job;
-pub(crate) use state::Completion;
 pub use state::CancelCallback;
+pub(crate) use state::Completion;
 
 use crate::status::Error;
 use crate::sync::Arc;
@@ -159,7 +159,6 @@ impl<V: Send + 'static> Kind for Boxed<V> {
         callback(future, done, total)
     }
 }
-
 
 /// Lets shutdown stop a promise's future (see [`crate::sched::Pending`]).
 impl<K: Kind> crate::sched::Pending for Completion<K> {

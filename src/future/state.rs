@@ -18,7 +18,6 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::task::Waker;
-use std::thread::ThreadId;
 
 use super::callbacks::{run_unnested, Callbacks, Direct, Registration, Watch};
 use super::{Failure, Future, Kind, Outcome};
@@ -26,7 +25,10 @@ use crate::delivery::queue::CompletionQueue;
 use crate::delivery::Entry;
 use crate::sched::Owner;
 use crate::status::{Error, Status};
-use crate::sync::{lock, Arc, AtomicBool, AtomicI32, AtomicUsize, Condvar, Mutex, Ordering};
+use crate::sync::{
+    current_thread, lock, Arc, AtomicBool, AtomicI32, AtomicUsize, Condvar, Mutex, Ordering,
+    ThreadId,
+};
 
 /// Where a future is in its life.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -239,8 +241,7 @@ impl<K: Kind> Future<K> {
             // Still pending to the caller, and past the point where a request counts.
             return Ok(Status::Ok);
         }
-        if inner.request.is_some() || (request != Request::Cancel && self.is_cancel_requested())
-        {
+        if inner.request.is_some() || (request != Request::Cancel && self.is_cancel_requested()) {
             // A timeout after a cancellation (or a shutdown's) is not a timeout.
             return Ok(Status::Ok);
         }
@@ -283,7 +284,7 @@ impl<K: Kind> Future<K> {
         mut inner: crate::sync::MutexGuard<'_, Inner<K>>,
         callback: CancelCallback,
     ) {
-        inner.cold().cancelling_on = Some(std::thread::current().id());
+        inner.cold().cancelling_on = Some(current_thread());
         drop(inner);
         if catch_unwind(AssertUnwindSafe(callback)).is_err() {
             eprintln!("asyncbridge: a cancel callback panicked");
@@ -334,7 +335,7 @@ impl<K: Kind> Future<K> {
     /// thread to return, so that when this returns none runs and none will. Returns
     /// whether the future took `outcome`.
     pub(crate) fn settle(&self, outcome: Outcome<K::Value>) -> bool {
-        let me = std::thread::current().id();
+        let me = current_thread();
         let mut inner = self.lock();
         loop {
             match inner.cold.as_ref().and_then(|c| c.cancelling_on) {

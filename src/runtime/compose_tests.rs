@@ -3,7 +3,7 @@
 use super::*;
 use crate::future::Boxed;
 use crate::status::Status;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
 type K = Boxed<usize>;

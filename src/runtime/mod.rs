@@ -24,8 +24,8 @@ use tokio::sync::{oneshot, Notify};
 
 use crate::future::{Failure, Future, Kind, Outcome};
 use crate::promise::Promise;
-pub use crate::sched::{Placement, Rejected};
 use crate::sched::{Canceller, Owner, Queued, Sched, Stats, UnhandledHook};
+pub use crate::sched::{Placement, Rejected};
 use crate::status::Error;
 use crate::sync::{Arc, Condvar, Mutex, Ordering, Weak};
 use crate::sys::fork;
@@ -372,7 +372,6 @@ impl Bridge {
             Ok(None)
         })
     }
-
 }
 
 impl Shared {
@@ -430,7 +429,6 @@ impl Shared {
     pub(crate) fn handle(&self) -> &tokio::runtime::Handle {
         &self.handle
     }
-
 }
 
 /// Finishes a future `Cancelled` if its task is dropped before finishing it.
@@ -470,4 +468,3 @@ impl Sched for Shared {
 mod compose_tests;
 #[cfg(test)]
 mod tests;
-

@@ -85,4 +85,3 @@ fn spin_for_more(shared: &Shared, spin: Duration) -> bool {
         true
     }
 }
-

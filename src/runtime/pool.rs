@@ -149,4 +149,3 @@ impl crate::sys::thread_exit::Abandon for Shared {
         }
     }
 }
-

@@ -4,9 +4,9 @@ use super::*;
 use crate::future::Boxed;
 use crate::status::Status;
 use crate::sync::lock;
-use std::time::Instant;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Mutex as StdMutex;
+use std::time::Instant;
 
 type K = Boxed<u32>;
 
@@ -587,4 +587,68 @@ fn bad_configuration_is_invalid() {
         }),
         Err(Error::Invalid)
     ));
+}
+
+#[test]
+fn shutdown_asks_a_promise_to_stop_and_waits_for_its_holder() {
+    let bridge = start();
+    let (promise, future) = bridge.promise::<K>().unwrap();
+    let asked_on = Arc::new(StdMutex::new(None));
+    let a = asked_on.clone();
+    promise
+        .on_cancel(Box::new(move || {
+            *a.lock().unwrap() = Some(std::thread::current().id())
+        }))
+        .unwrap();
+    assert_eq!(bridge.stats().pending, 1);
+    assert_eq!(
+        bridge.shutdown(Some(Duration::from_millis(20))),
+        Ok(Status::Timeout),
+        "the holder has not settled it"
+    );
+    assert_eq!(*asked_on.lock().unwrap(), Some(std::thread::current().id()));
+    assert!(promise.is_cancelled());
+    assert_eq!(future.status(), Status::Pending);
+    promise.resolve(Some(3));
+    assert_eq!(future.status(), Status::Cancelled);
+    assert_eq!(bridge.stats().pending, 0);
+    assert!(matches!(bridge.promise::<K>(), Err(Error::NotRunning)));
+
+    // Settled during the grace: nothing is left behind.
+    let bridge = start();
+    let (promise, future) = bridge.promise::<K>().unwrap();
+    let holder = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(20));
+        promise.resolve(Some(4));
+    });
+    assert_eq!(bridge.shutdown(LONG), Ok(Status::Ok));
+    holder.join().unwrap();
+    assert_eq!(future.with_value(|v| *v), Some(4));
+}
+
+#[test]
+fn then_with_hands_the_work_the_future_it_follows() {
+    let bridge = start();
+    let first = bridge
+        .submit::<K>(
+            work(|job| {
+                job.set_value(20);
+                Ok(())
+            }),
+            Placement::Blocking,
+        )
+        .unwrap();
+    let second = first
+        .then_with(
+            |prev| {
+                work(move |job| {
+                    job.set_value(prev.with_value(|v| v + 1).unwrap_or(0));
+                    Ok(())
+                })
+            },
+            Placement::OnLoop,
+        )
+        .unwrap();
+    assert_eq!(second.wait(LONG), Ok(Status::Ok));
+    assert_eq!(second.take_value(), Some(21));
 }

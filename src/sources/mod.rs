@@ -457,8 +457,8 @@ mod tests {
     /// each other in `stop` for ever, and the loop with them.
     #[test]
     fn ticks_that_stop_each_other_do_not_deadlock() {
-        use crate::future::Boxed;
         use crate::delivery::queue::CompletionQueue;
+        use crate::future::Boxed;
         use std::sync::atomic::AtomicBool;
         use std::sync::{OnceLock, Weak};
         // Weak, so the two sources (each callback holding the other) do not keep each
