@@ -337,6 +337,25 @@ fn example_quickstart() {
 }
 
 #[test]
+fn example_promise_callback_api() {
+    let out = build_and_run("c_examples/promise_callback_api.c", &[]);
+    assert!(out.contains("both lookups: ok"), "{out}");
+    assert!(out.contains("lookup 1: 10") && out.contains("lookup 2: 20"), "{out}");
+    assert!(
+        out.contains("slow lookup: failed, timed out after 50 ms"),
+        "{out}"
+    );
+    assert!(out.contains("cancelled lookup: cancelled"), "{out}");
+    // Four lookups: two completed, the timed-out one failed, one cancelled; the
+    // combination is counted apart.
+    assert!(
+        out.contains("stats: 4 submitted, 2 completed, 1 failed, 1 cancelled, 0 pending"),
+        "{out}"
+    );
+    assert!(out.contains("shutdown: ok"), "{out}");
+}
+
+#[test]
 fn header_is_standalone_c_and_cpp() {
     let include = root().join("include");
     for (compiler, std) in [

@@ -196,9 +196,6 @@ unsafe fn config_from_c(cfg: *const bridge_config_t) -> Option<Config> {
     config.max_blocking_threads = c.max_blocking_threads as usize;
     config.max_pending = u64::from(c.max_pending);
     if size >= std::mem::size_of::<bridge_config_t>() {
-        if c.spin_us > 1_000_000 {
-            return None;
-        }
         config.spin = std::time::Duration::from_micros(u64::from(c.spin_us));
     }
     if !c.thread_name.is_null() {

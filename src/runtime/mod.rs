@@ -46,7 +46,7 @@ pub struct Config {
     pub on_unhandled_error: Option<UnhandledHook>,
     /// Low-latency mode: the loop, once idle, and a thread waiting for a future spin
     /// this long before they park (burning CPU meanwhile). Zero (the default): they
-    /// park at once.
+    /// park at once. At most one second.
     pub spin: Duration,
 }
 
@@ -151,6 +151,9 @@ static GLOBAL_STARTERS: std::sync::atomic::AtomicU64 = std::sync::atomic::Atomic
 /// tokio's bound on its blocking pool when none is configured.
 const DEFAULT_MAX_BLOCKING_THREADS: usize = 512;
 
+/// The longest spin a configuration may ask for.
+const MAX_SPIN: Duration = Duration::from_secs(1);
+
 /// A drained work queue keeps at most this many slots (see `WorkQueue::release_excess`).
 const KEEP_QUEUE_SLOTS: usize = 1024;
 
@@ -160,7 +163,10 @@ impl Bridge {
     /// Fails with `Error::Invalid` for an unusable configuration and
     /// `Error::NotRunning` when the runtime or its thread cannot be created.
     pub fn start(config: Config) -> Result<Bridge, Error> {
-        if config.worker_threads > 1024 || config.max_blocking_threads > 65536 {
+        if config.worker_threads > 1024
+            || config.max_blocking_threads > 65536
+            || config.spin > MAX_SPIN
+        {
             return Err(Error::Invalid);
         }
         fork::install_handler();

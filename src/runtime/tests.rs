@@ -587,6 +587,13 @@ fn bad_configuration_is_invalid() {
         }),
         Err(Error::Invalid)
     ));
+    assert!(matches!(
+        Bridge::start(Config {
+            spin: Duration::from_millis(1001),
+            ..Config::default()
+        }),
+        Err(Error::Invalid)
+    ));
 }
 
 #[test]
