@@ -5,6 +5,18 @@
 //! settle the promise from the callback. The future behaves like any other: waits,
 //! callbacks, queues, then/all/any, timeouts, and shutdown, which asks the holder to
 //! stop through the promise's cancel callback.
+//!
+//! ```
+//! use asyncbridge::{Boxed, Bridge, Config, Status};
+//! use std::time::Duration;
+//!
+//! let bridge = Bridge::start(Config::default()).unwrap();
+//! let (promise, future) = bridge.promise::<Boxed<String>>().unwrap();
+//! // The producer: any thread, any callback API's completion.
+//! std::thread::spawn(move || promise.resolve(Some("done".to_owned())));
+//! assert_eq!(future.wait(Some(Duration::from_secs(10))), Ok(Status::Ok));
+//! assert_eq!(future.take_value().as_deref(), Some("done"));
+//! ```
 
 use crate::future::{CancelCallback, Failure, Future, Kind, Outcome};
 use crate::sched::{Owner, Pending};

@@ -2,9 +2,9 @@
 //! future it made.
 //!
 //! The core (futures, composition, promises) never names the runtime: it reaches the
-//! bridge it belongs to through the [`Sched`] trait, which the runtime implements, and
+//! bridge it belongs to through the `Sched` trait, which the runtime implements, and
 //! keeps its counters, back-pressure, shutdown signalling and unhandled-error hook in
-//! an [`Owner`]. The pending registry of an owner holds the futures nobody else would
+//! an `Owner`. The pending registry of an owner holds the futures nobody else would
 //! resolve at shutdown (promises): shutdown asks each to stop.
 
 use std::ffi::CStr;

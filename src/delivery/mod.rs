@@ -1,6 +1,6 @@
 //! Delivery on the application's threads: completion queues and what they run.
 //!
-//! A queue knows nothing of futures or sources. What it holds is an [`Entry`]: either
+//! A queue knows nothing of futures or sources. What it holds is an `Entry`: either
 //! a call into an object that keeps its own callbacks (a future's done or progress
 //! callback, a source's tick), named by the object and a tag, or a function posted to
 //! the queue. The object decides at delivery what runs; a withdrawn callback simply

@@ -6,7 +6,7 @@
 //! - `pool`: the blocking pool;
 //! - `shutdown`: the shutdown sequence.
 //!
-//! The bridge is what the core knows as a [`Sched`]: futures reach it through that
+//! The bridge is what the core knows as a `Sched`: futures reach it through that
 //! trait, never by name.
 
 mod on_loop;
