@@ -2,6 +2,7 @@
  * read a failure, shut down. Build: see README.md. */
 #define _POSIX_C_SOURCE 200809L
 #include <asyncbridge.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,8 @@ static int32_t refuse(bridge_job_t *job, void *arg) {
     return bridge_job_fail(job, 42, "the answer is not for sale");
 }
 
+static atomic_int callbacks_run;
+
 /* A done callback: runs once, on the thread that finished the future. */
 static void on_done(future_t *f, void *user_data) {
     const char *name = user_data;
@@ -32,6 +35,7 @@ static void on_done(future_t *f, void *user_data) {
         printf("callback: %s finished, value %d\n", name, *(int *)future_value(f));
     else
         printf("callback: %s ended with %s\n", name, bridge_status_str(future_status(f)));
+    atomic_fetch_add(&callbacks_run, 1);
 }
 
 int main(void) {
@@ -77,6 +81,13 @@ int main(void) {
     future_on_done(f, on_done, "square(9)");
     future_wait(f, BRIDGE_FOREVER);
     future_release(f);
+    /* future_wait returns as soon as the future is final; its callback may still be
+     * running on the bridge thread. (A completion queue runs callbacks on your thread
+     * instead: see c_examples/poll_loop.c.) */
+    while (atomic_load(&callbacks_run) < 2) {
+        struct timespec ms = {0, 1000 * 1000};
+        nanosleep(&ms, NULL);
+    }
 
     /* 4. Failures carry a code and a message. */
     rc = bridge_submit(bridge, refuse, NULL, NULL, BRIDGE_RUN_ON_LOOP, &f);

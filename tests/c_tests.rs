@@ -255,7 +255,9 @@ c_tests!(
     signal,
     reentrant,
     thread_exit,
-    hostile
+    hostile,
+    promise,
+    post,
 );
 
 /// A C++ exception escaping work is fatal, as documented: std::terminate() names it.
@@ -340,7 +342,10 @@ fn example_quickstart() {
 fn example_promise_callback_api() {
     let out = build_and_run("c_examples/promise_callback_api.c", &[]);
     assert!(out.contains("both lookups: ok"), "{out}");
-    assert!(out.contains("lookup 1: 10") && out.contains("lookup 2: 20"), "{out}");
+    assert!(
+        out.contains("lookup 1: 10") && out.contains("lookup 2: 20"),
+        "{out}"
+    );
     assert!(
         out.contains("slow lookup: failed, timed out after 50 ms"),
         "{out}"

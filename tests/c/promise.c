@@ -7,6 +7,7 @@
 #include "util.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -77,7 +78,7 @@ static void canceller_free(void *user_data) {
 /* ---- helper threads ---- */
 
 /* Runs one action on a promise or future after `delay_ms`, on its own thread. */
-enum { ACT_RESOLVE, ACT_FAIL, ACT_FREE, ACT_CANCEL, ACT_ON_CANCEL };
+enum { ACT_RESOLVE, ACT_FAIL, ACT_FREE, ACT_CANCEL, ACT_ON_CANCEL, ACT_PROGRESS };
 
 typedef struct {
     int action;
@@ -102,6 +103,10 @@ static void *actor_main(void *arg) {
     case ACT_FREE: bridge_promise_free(a->p); break;
     case ACT_CANCEL: a->rc = future_cancel(a->f); break;
     case ACT_ON_CANCEL: a->rc = bridge_promise_on_cancel(a->p, cancel_cb, a->c); break;
+    case ACT_PROGRESS: /* two reports: (code - 1, 10), then (code, 10) */
+        bridge_promise_set_progress(a->p, (uint64_t)a->code - 1, 10);
+        bridge_promise_set_progress(a->p, (uint64_t)a->code, 10);
+        break;
     default: break;
     }
     return NULL;
@@ -423,7 +428,7 @@ static void cancel_callback_may_consume_the_promise(void) {
 /* future_cancel on one thread against bridge_promise_resolve on another. */
 typedef struct {
     future_t *f;
-    atomic_int go;
+    atomic_int ready, go;
     int jitter;
     pthread_t self;
 } race_canceller_t;
@@ -431,8 +436,8 @@ typedef struct {
 static void *race_cancel_main(void *arg) {
     race_canceller_t *r = arg;
     r->self = pthread_self();
-    while (!atomic_load(&r->go)) {
-    }
+    atomic_store(&r->ready, 1);
+    while (!atomic_load(&r->go)) sched_yield();
     for (volatile int i = 0; i < r->jitter; i++) {
     }
     future_cancel(r->f);
@@ -454,9 +459,11 @@ static void cancel_racing_resolve_ends_cancelled_exactly_when_the_callback_ran(v
         CHECK_STATUS(bridge_promise_new(bridge, &p, &f), BRIDGE_OK);
         CHECK_STATUS(bridge_promise_on_cancel(p, cancel_cb, &c), BRIDGE_OK);
         race_canceller_t r = {.f = f, .jitter = (round * 7) % 400};
+        atomic_store(&r.ready, 0);
         atomic_store(&r.go, 0);
         pthread_t t;
         CHECK(pthread_create(&t, NULL, race_cancel_main, &r) == 0);
+        while (!atomic_load(&r.ready)) sched_yield();
         atomic_store(&r.go, 1);
         for (volatile int i = 0; i < (round * 13) % 400; i++) {
         }
@@ -639,10 +646,10 @@ static void progress_is_read_and_delivered_through_a_queue(void) {
     CHECK(s.done == 3 && s.total == 10);
     CHECK(pthread_equal(s.thread, main_thread));
     /* from another thread, twice before a dispatch: one delivery of the latest */
-    actor_t unused = {.action = -1};
-    (void)unused;
-    bridge_promise_set_progress(p, 7, 10);
-    bridge_promise_set_progress(p, 8, 10);
+    actor_t a = {.action = ACT_PROGRESS, .p = p, .code = 8};
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, actor_main, &a) == 0);
+    pthread_join(t, NULL);
     CHECK_STATUS(bridge_queue_wait(q, 10000), BRIDGE_OK);
     CHECK(bridge_queue_dispatch(q, 0) == 1);
     CHECK(atomic_load(&s.calls) == 2);
@@ -817,6 +824,7 @@ static void cancel_callback_finalizer_runs_exactly_once_on_every_path(void) {
         CHECK(atomic_load(&c.frees) == 1);
         CHECK(c.calls_at_free == 0);
         CHECK_STATUS(future_cancel(f), how == 1 ? BRIDGE_OK : BRIDGE_FAILED);
+        CHECK_STATUS(future_status(f), how == 1 ? BRIDGE_OK : BRIDGE_FAILED);
         CHECK(atomic_load(&c.calls) == 0);
         future_release(f);
         CHECK(atomic_load(&c.frees) == 1);
