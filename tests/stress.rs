@@ -4,7 +4,9 @@
 //!
 //! Operations: submit on the loop or the blocking pool (with or without a future),
 //! wait with small timeouts, cancel, on_done, on_done_via with each thread's own queue,
-//! take_value, retain and hand a future to another thread, release; one thread shuts
+//! take_value, retain and hand a future to another thread, release; make a promise
+//! (with a counted cancel callback) that the next thread settles (resolve, fail or
+//! free), post a function to the thread's queue; one thread shuts
 //! the bridge down in the middle while the others keep submitting; another forks now
 //! and then, and each child must find the bridge refusing work and exit at once. A
 //! watchdog fails the test if the run (or a child) does not end in time.
@@ -18,6 +20,7 @@ use std::time::{Duration, Instant};
 use asyncbridge::ffi::bridge::*;
 use asyncbridge::ffi::future::*;
 use asyncbridge::ffi::job::*;
+use asyncbridge::ffi::promise::*;
 use asyncbridge::ffi::queue::*;
 use asyncbridge::ffi::status::*;
 
@@ -34,6 +37,12 @@ struct Books {
     callbacks_run: AtomicU64,
     operations: AtomicU64,
     forks: AtomicU64,
+    promises_made: AtomicU64,
+    cancel_callbacks_registered: AtomicU64,
+    cancel_callbacks_freed: AtomicU64,
+    posts_made: AtomicU64,
+    posts_run: AtomicU64,
+    posts_freed: AtomicU64,
 }
 
 static BOOKS: Books = Books {
@@ -47,6 +56,12 @@ static BOOKS: Books = Books {
     callbacks_run: AtomicU64::new(0),
     operations: AtomicU64::new(0),
     forks: AtomicU64::new(0),
+    promises_made: AtomicU64::new(0),
+    cancel_callbacks_registered: AtomicU64::new(0),
+    cancel_callbacks_freed: AtomicU64::new(0),
+    posts_made: AtomicU64::new(0),
+    posts_run: AtomicU64::new(0),
+    posts_freed: AtomicU64::new(0),
 };
 
 /// The argument of a job: what it should do.
@@ -95,6 +110,38 @@ unsafe extern "C" fn counted(_f: *mut future_t, _user_data: *mut c_void) {
     BOOKS.callbacks_run.fetch_add(1, Ordering::SeqCst);
 }
 
+unsafe extern "C" fn on_cancel(_user_data: *mut c_void) {}
+
+unsafe extern "C" fn free_cancel_data(_user_data: *mut c_void) {
+    BOOKS.cancel_callbacks_freed.fetch_add(1, Ordering::SeqCst);
+}
+
+unsafe extern "C" fn posted(_user_data: *mut c_void) {
+    BOOKS.posts_run.fetch_add(1, Ordering::SeqCst);
+}
+
+unsafe extern "C" fn free_post_data(_user_data: *mut c_void) {
+    BOOKS.posts_freed.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Settles a promise one of three ways.
+fn settle(p: *mut bridge_promise_t, how: u64) {
+    match how % 3 {
+        0 => {
+            let value = Box::into_raw(Box::new(how)).cast::<c_void>();
+            BOOKS.values_set.fetch_add(1, Ordering::SeqCst);
+            unsafe { bridge_promise_resolve(p, value, Some(free_value)) }
+        }
+        1 => unsafe { bridge_promise_fail(p, 9, c"stress promise failure".as_ptr()) },
+        _ => unsafe { bridge_promise_free(p) },
+    }
+}
+
+/// A promise handle that may cross threads (the C API allows it).
+struct PromisePtr(*mut bridge_promise_t);
+// SAFETY: every promise function may be called from any thread.
+unsafe impl Send for PromisePtr {}
+
 /// A small xorshift generator: reproducible per thread, no dependency.
 struct Rng(u64);
 
@@ -124,17 +171,66 @@ fn worker(
     until: Instant,
     to_next: mpsc::Sender<Handle>,
     from_prev: mpsc::Receiver<Handle>,
+    promises_to_next: mpsc::Sender<PromisePtr>,
+    promises_from_prev: mpsc::Receiver<PromisePtr>,
 ) -> QueuePtr {
     let mut rng = Rng(seed | 1);
     let mut queue = null_mut();
     assert_eq!(unsafe { bridge_queue_new(&mut queue) }, BRIDGE_OK);
     let mut held: Vec<*mut future_t> = Vec::new();
+    let mut to_settle: Vec<*mut bridge_promise_t> = Vec::new();
     while Instant::now() < until {
         BOOKS.operations.fetch_add(1, Ordering::Relaxed);
         while let Ok(Handle(f)) = from_prev.try_recv() {
             held.push(f);
         }
-        match rng.next() % 10 {
+        while let Ok(PromisePtr(p)) = promises_from_prev.try_recv() {
+            to_settle.push(p);
+        }
+        match rng.next() % 12 {
+            10 if !to_settle.is_empty() && rng.next() % 2 == 0 => {
+                let at = rng.next() as usize % to_settle.len();
+                settle(to_settle.swap_remove(at), rng.next());
+            }
+            10 => {
+                let (mut p, mut f) = (null_mut(), null_mut());
+                match unsafe { bridge_promise_new(b.0, &mut p, &mut f) } {
+                    BRIDGE_OK => {
+                        BOOKS.promises_made.fetch_add(1, Ordering::SeqCst);
+                        BOOKS
+                            .cancel_callbacks_registered
+                            .fetch_add(1, Ordering::SeqCst);
+                        let s = unsafe {
+                            bridge_promise_on_cancel_with_free(
+                                p,
+                                Some(on_cancel),
+                                null_mut(),
+                                Some(free_cancel_data),
+                            )
+                        };
+                        assert_eq!(s, BRIDGE_OK);
+                        held.push(f);
+                        let _ = promises_to_next.send(PromisePtr(p));
+                    }
+                    BRIDGE_E_NOT_RUNNING | BRIDGE_E_BUSY => {
+                        assert!(p.is_null() && f.is_null(), "out-parameters untouched");
+                        BOOKS.refused.fetch_add(1, Ordering::SeqCst);
+                    }
+                    other => panic!("bridge_promise_new: {other}"),
+                }
+            }
+            11 => {
+                BOOKS.posts_made.fetch_add(1, Ordering::SeqCst);
+                let s = unsafe {
+                    bridge_queue_post_with_free(
+                        queue,
+                        Some(posted),
+                        null_mut(),
+                        Some(free_post_data),
+                    )
+                };
+                assert_eq!(s, BRIDGE_OK);
+            }
             0..=3 => {
                 let kind = rng.next();
                 let arg = Box::into_raw(Box::new(Arg { kind })).cast::<c_void>();
@@ -202,6 +298,15 @@ fn worker(
         unsafe { bridge_queue_dispatch(queue, 0) };
     }
     drop(to_next);
+    drop(promises_to_next);
+    // Settle every promise handed over first: the futures this thread and the others
+    // wait for below may be theirs.
+    for p in to_settle {
+        settle(p, rng.next());
+    }
+    for PromisePtr(p) in promises_from_prev.iter() {
+        settle(p, rng.next());
+    }
     // Take what other threads handed over until they are done, then settle up: every
     // held future is waited for (shutdown resolves them all) and released.
     for Handle(f) in from_prev.iter() {
@@ -253,10 +358,16 @@ fn random_operations_under_shutdown_balance_the_books() {
         let (senders, receivers): (Vec<_>, Vec<_>) = (0..THREADS).map(|_| mpsc::channel()).unzip();
         let mut receivers: Vec<Option<mpsc::Receiver<Handle>>> =
             receivers.into_iter().map(Some).collect();
+        let (promise_senders, promise_receivers): (Vec<_>, Vec<_>) =
+            (0..THREADS).map(|_| mpsc::channel()).unzip();
+        let mut promise_receivers: Vec<Option<mpsc::Receiver<PromisePtr>>> =
+            promise_receivers.into_iter().map(Some).collect();
         let workers: Vec<_> = (0..THREADS as usize)
             .map(|i| {
                 let to_next = senders[(i + 1) % THREADS as usize].clone();
                 let from_prev = receivers[i].take().unwrap();
+                let promises_to_next = promise_senders[(i + 1) % THREADS as usize].clone();
+                let promises_from_prev = promise_receivers[i].take().unwrap();
                 let bridge = &bridge;
                 s.spawn(move || {
                     worker(
@@ -265,11 +376,14 @@ fn random_operations_under_shutdown_balance_the_books() {
                         until,
                         to_next,
                         from_prev,
+                        promises_to_next,
+                        promises_from_prev,
                     )
                 })
             })
             .collect();
         drop(senders);
+        drop(promise_senders);
         // Forks during the load, before and after the shutdown.
         s.spawn(|| {
             while Instant::now() < until {
@@ -312,7 +426,7 @@ fn random_operations_under_shutdown_balance_the_books() {
     let get = |c: &AtomicU64| c.load(Ordering::SeqCst);
     println!(
         "stress: {:.1} s, {} operations, {} forks, {} accepted, {} refused; completed {}, failed {}, \
-         cancelled {}; values set {}, freed {}, taken {}; callbacks {} of {}",
+         cancelled {}; values set {}, freed {}, taken {}; callbacks {} of {}; {} promises, {} posts",
         started.elapsed().as_secs_f64(),
         get(&BOOKS.operations),
         get(&BOOKS.forks),
@@ -326,9 +440,14 @@ fn random_operations_under_shutdown_balance_the_books() {
         get(&BOOKS.values_taken),
         get(&BOOKS.callbacks_run),
         get(&BOOKS.callbacks_registered),
+        get(&BOOKS.promises_made),
+        get(&BOOKS.posts_made),
     );
     assert_eq!(stats.pending, 0, "every future resolved");
-    assert_eq!(stats.submitted, get(&BOOKS.accepted));
+    assert_eq!(
+        stats.submitted,
+        get(&BOOKS.accepted) + get(&BOOKS.promises_made)
+    );
     assert_eq!(
         stats.completed + stats.failed + stats.cancelled,
         stats.submitted
@@ -348,6 +467,22 @@ fn random_operations_under_shutdown_balance_the_books() {
         get(&BOOKS.callbacks_registered),
         "every callback once"
     );
+    assert_eq!(
+        get(&BOOKS.cancel_callbacks_freed),
+        get(&BOOKS.cancel_callbacks_registered),
+        "every cancel callback's user data freed once"
+    );
+    assert_eq!(
+        get(&BOOKS.posts_run),
+        get(&BOOKS.posts_made),
+        "every post ran once"
+    );
+    assert_eq!(
+        get(&BOOKS.posts_freed),
+        get(&BOOKS.posts_made),
+        "and was freed once"
+    );
+    assert!(get(&BOOKS.promises_made) > 0, "promises were made");
     assert!(get(&BOOKS.forks) > 0, "forks happened under load");
     assert!(
         get(&BOOKS.refused) > 0,
