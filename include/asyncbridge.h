@@ -138,6 +138,14 @@ struct bridge_job;
  * future ends as the holder said. So a future ends cancelled exactly when its
  * registered cancel callback ran: cancelled means the producer stopped.
  *
+ * Blocking: a consuming call made while the cancel callback runs on another thread
+ * waits for it to return. So do not settle a promise while holding a lock that its
+ * cancel callback takes. Cancel callbacks that settle each other's promises (two
+ * operations that stop together) do not deadlock: when the wait would close a cycle,
+ * the consuming call returns without waiting, and that one callback may still be
+ * running then. A cancel callback must return: one whose thread ends inside it
+ * (pthread_exit) leaves every later consuming call waiting.
+ *
  * Shutdown treats a promise like running work: it requests cancellation when its
  * grace ends and returns BRIDGE_TIMEOUT if the holder has not settled the promise by
  * then; the future resolves when the holder does.
@@ -1164,8 +1172,10 @@ bridge_status bridge_queue_wait(bridge_queue_t *q, int64_t timeout_ms);
  * Threads blocked in bridge_queue_wait() on this queue return BRIDGE_E_CLOSED.
  *
  * From inside one of this queue's own callbacks it is safe too: the queue refuses new
- * deliveries at once, and the rest of the free (running what is still pending,
- * closing the descriptor) happens when the dispatch that runs the callback returns.
+ * deliveries at once, the notify hook is not called again, and the rest of the free
+ * (running what is still pending, closing the descriptor) happens when the dispatch
+ * that runs the callback returns (or a dispatch of the queue on another thread, if
+ * that one returns first).
  *
  * A notify hook that has already posted a call of bridge_queue_dispatch() to the
  * application's loop (a GLib idle source, a queued Qt invocation) must have that

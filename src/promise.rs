@@ -47,7 +47,14 @@ impl<K: Kind> Promise<K> {
         owner.admit()?;
         let future = Future::<K>::held(owner.clone());
         let pending: Weak<dyn Pending> = Arc::downgrade(future.as_arc()) as Weak<dyn Pending>;
-        let slot = owner.register(pending);
+        let slot = match owner.register(pending) {
+            Ok(slot) => slot,
+            Err(error) => {
+                // Shutdown got there first. The future, never seen, goes unfinished.
+                owner.retract();
+                return Err(error);
+            }
+        };
         let promise = Promise {
             future: future.internal(),
             slot,
@@ -267,5 +274,58 @@ mod tests {
         promise.resolve(None);
         assert_eq!(drops.load(Ordering::SeqCst), 1);
         assert_eq!(future.status(), Status::Ok);
+    }
+
+    /// Two promises whose cancel callbacks settle each other's promise, cancelled at
+    /// once from two threads: each settle used to wait for the other's callback, which
+    /// was waiting for it, for ever.
+    #[test]
+    fn cancel_callbacks_settling_each_other_do_not_deadlock() {
+        use std::sync::{Barrier, Mutex as StdMutex};
+        for _ in 0..50 {
+            let (p1, f1) = new_promise();
+            let (p2, f2) = new_promise();
+            let slots: [Arc<StdMutex<Option<Promise<K>>>>; 2] = [
+                Arc::new(StdMutex::new(Some(p1))),
+                Arc::new(StdMutex::new(Some(p2))),
+            ];
+            let inside = Arc::new(Barrier::new(2));
+            for (me, other) in [(0, 1), (1, 0)] {
+                let (other, inside) = (slots[other].clone(), inside.clone());
+                let target = slots[me]
+                    .lock()
+                    .unwrap()
+                    .as_ref()
+                    .unwrap()
+                    .registration_handle();
+                target
+                    .on_cancel(Box::new(move || {
+                        // Both callbacks are running before either settles.
+                        inside.wait();
+                        if let Some(promise) = other.lock().unwrap().take() {
+                            promise.resolve(None);
+                        }
+                    }))
+                    .unwrap();
+            }
+            let (g1, g2) = (f1.clone(), f2.clone());
+            let a = std::thread::spawn(move || g1.cancel().unwrap());
+            let b = std::thread::spawn(move || g2.cancel().unwrap());
+            a.join().unwrap();
+            b.join().unwrap();
+            assert_eq!(f1.wait(LONG), Ok(Status::Cancelled));
+            assert_eq!(f2.wait(LONG), Ok(Status::Cancelled));
+        }
+    }
+
+    /// A promise made just after shutdown asked the registry to stop would never be
+    /// asked: it is refused instead.
+    #[test]
+    fn a_promise_made_after_shutdown_asked_is_refused() {
+        let owner = Arc::new(Owner::new(0, None));
+        owner.cancel_all();
+        assert!(matches!(Promise::<K>::new(&owner), Err(Error::NotRunning)));
+        let stats = owner.stats();
+        assert_eq!((stats.submitted, stats.pending), (0, 0));
     }
 }

@@ -178,9 +178,16 @@ impl Owner {
     }
 
     /// Keeps `pending` in the registry until [`Owner::unregister`]; returns its slot.
-    pub(crate) fn register(&self, pending: Weak<dyn Pending>) -> usize {
+    /// Refused (`Error::NotRunning`) once shutdown has asked the registry to stop: a
+    /// registration after that would never be asked.
+    pub(crate) fn register(&self, pending: Weak<dyn Pending>) -> Result<usize, Error> {
         let mut registry = lock(&self.pending);
-        match registry.vacant.pop() {
+        // Read under the lock `cancel_all` takes after setting the flag: either its
+        // snapshot has this registration, or this sees the flag.
+        if self.cancelling() {
+            return Err(Error::NotRunning);
+        }
+        Ok(match registry.vacant.pop() {
             Some(slot) => {
                 registry.slots[slot] = Some(pending);
                 slot
@@ -189,7 +196,7 @@ impl Owner {
                 registry.slots.push(Some(pending));
                 registry.slots.len() - 1
             }
-        }
+        })
     }
 
     /// Takes the registration in `slot` out of the registry.

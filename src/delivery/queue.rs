@@ -240,7 +240,9 @@ impl CompletionQueue {
         // The descriptor is cleared here rather than when the last entry was taken:
         // the first callback runs a system call sooner, and a poller woken meanwhile
         // only finds nothing to do.
-        let more = !state.entries.is_empty();
+        // Closed meanwhile (from a callback): what is left runs in the close, and the
+        // hook, which the owner may have torn down with the queue, is not called.
+        let more = !state.entries.is_empty() && !state.closed;
         if !more {
             if let Some(wakeup) = &state.wakeup {
                 wakeup.clear();

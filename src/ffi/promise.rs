@@ -30,6 +30,14 @@ use crate::promise::Promise;
 /// future ends as the holder said. So a future ends cancelled exactly when its
 /// registered cancel callback ran: cancelled means the producer stopped.
 ///
+/// Blocking: a consuming call made while the cancel callback runs on another thread
+/// waits for it to return. So do not settle a promise while holding a lock that its
+/// cancel callback takes. Cancel callbacks that settle each other's promises (two
+/// operations that stop together) do not deadlock: when the wait would close a cycle,
+/// the consuming call returns without waiting, and that one callback may still be
+/// running then. A cancel callback must return: one whose thread ends inside it
+/// (pthread_exit) leaves every later consuming call waiting.
+///
 /// Shutdown treats a promise like running work: it requests cancellation when its
 /// grace ends and returns BRIDGE_TIMEOUT if the holder has not settled the promise by
 /// then; the future resolves when the holder does.

@@ -203,8 +203,10 @@ pub unsafe extern "C" fn bridge_queue_wait(
 /// Threads blocked in bridge_queue_wait() on this queue return BRIDGE_E_CLOSED.
 ///
 /// From inside one of this queue's own callbacks it is safe too: the queue refuses new
-/// deliveries at once, and the rest of the free (running what is still pending,
-/// closing the descriptor) happens when the dispatch that runs the callback returns.
+/// deliveries at once, the notify hook is not called again, and the rest of the free
+/// (running what is still pending, closing the descriptor) happens when the dispatch
+/// that runs the callback returns (or a dispatch of the queue on another thread, if
+/// that one returns first).
 ///
 /// A notify hook that has already posted a call of bridge_queue_dispatch() to the
 /// application's loop (a GLib idle source, a queued Qt invocation) must have that

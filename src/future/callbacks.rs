@@ -9,7 +9,7 @@ use super::{Future, Kind};
 use crate::delivery::queue::CompletionQueue;
 use crate::delivery::{Entry, Target};
 use crate::status::Error;
-use crate::sync::{Arc, Ordering};
+use crate::sync::{Arc, Ordering, Weak};
 
 /// Done callbacks; the first is stored inline so the common case does not allocate.
 pub(super) struct Callbacks<C> {
@@ -63,7 +63,9 @@ pub(super) enum Direct<K: Kind> {
 /// A progress callback delivered through a queue, at most one delivery pending.
 pub(super) struct Watch<K: Kind> {
     pub(super) tag: u64,
-    pub(super) queue: Arc<CompletionQueue>,
+    /// Weakly: a queued delivery holds this future, and a queue dropped without a close
+    /// must still release both.
+    pub(super) queue: Weak<CompletionQueue>,
     pub(super) callback: K::ProgressCallback,
     /// A delivery is queued and has not run yet: new progress only updates the values
     /// it will read.
@@ -116,7 +118,7 @@ impl<K: Kind> Future<K> {
         let cold = inner.cold();
         let tag = cold.next_tag;
         cold.next_tag += 1;
-        cold.queued.push((tag, queue.clone(), callback));
+        cold.queued.push((tag, Arc::downgrade(queue), callback));
         let pushed = queue.push(Entry::to(self.handle().into_target(), tag));
         drop(inner);
         match pushed {
@@ -153,7 +155,7 @@ impl<K: Kind> Future<K> {
             cold.next_tag += 1;
             cold.watches.push(Watch {
                 tag,
-                queue: queue.clone(),
+                queue: Arc::downgrade(queue),
                 callback,
                 queued: false,
             });
@@ -196,7 +198,7 @@ impl<K: Kind> Future<K> {
             if let Some(cold) = inner.cold.as_mut() {
                 let mut kept = Vec::with_capacity(cold.queued.len());
                 for (tag, q, cb) in cold.queued.drain(..) {
-                    if Arc::ptr_eq(&q, queue) && done(&cb) {
+                    if std::ptr::eq(q.as_ptr(), Arc::as_ptr(queue)) && done(&cb) {
                         tags.push(tag);
                         removed_callbacks.push(cb);
                     } else {
@@ -206,7 +208,9 @@ impl<K: Kind> Future<K> {
                 cold.queued = kept;
                 let mut kept = Vec::with_capacity(cold.watches.len());
                 for watch in cold.watches.drain(..) {
-                    if Arc::ptr_eq(&watch.queue, queue) && progress(&watch.callback) {
+                    if std::ptr::eq(watch.queue.as_ptr(), Arc::as_ptr(queue))
+                        && progress(&watch.callback)
+                    {
                         if watch.queued {
                             tags.push(watch.tag);
                         }
@@ -258,24 +262,34 @@ impl<K: Kind> Future<K> {
             return;
         }
         let mut notify = Vec::new();
+        let mut notify_none = Vec::new();
         let mut refused = Vec::new();
         for i in 0..cold.watches.len() {
             if cold.watches[i].queued {
                 continue; // coalesced: the queued delivery will read these values
             }
+            // A queue that is gone delivers nothing any more.
+            let Some(queue) = cold.watches[i].queue.upgrade() else {
+                continue;
+            };
             let entry = Entry::to(self.handle().into_target(), cold.watches[i].tag);
-            match cold.watches[i].queue.push(entry) {
+            match queue.push(entry) {
                 Ok(edge) => {
                     cold.watches[i].queued = true;
                     if edge {
-                        notify.push(cold.watches[i].queue.clone());
+                        notify.push(queue);
+                        continue;
                     }
                 }
                 Err(entry) => refused.push(entry),
             }
+            // Dropped after the lock, with the others: never the queue's last
+            // reference under this future's lock.
+            notify_none.push(queue);
         }
         drop(inner);
         drop(refused);
+        drop(notify_none);
         for queue in notify {
             queue.call_notify();
         }

@@ -27,7 +27,7 @@ use crate::sched::Owner;
 use crate::status::{Error, Status};
 use crate::sync::{
     current_thread, lock, Arc, AtomicBool, AtomicI32, AtomicUsize, Condvar, Mutex, Ordering,
-    ThreadId,
+    ThreadId, Weak,
 };
 
 /// Where a future is in its life.
@@ -77,8 +77,10 @@ pub(super) struct Cold<K: Kind> {
     pub(super) watches: Vec<Watch<K>>,
     /// A done callback has started: no progress is delivered any more.
     pub(super) progress_over: bool,
-    /// Done callbacks whose delivery waits in a queue, by tag.
-    pub(super) queued: Vec<(u64, Arc<CompletionQueue>, K::Callback)>,
+    /// Done callbacks whose delivery waits in a queue, by tag. The queue is named
+    /// weakly: its entry holds this future, and a queue dropped without a close must
+    /// still release both.
+    pub(super) queued: Vec<(u64, Weak<CompletionQueue>, K::Callback)>,
     /// Names queue deliveries of this future (watches and queued callbacks).
     pub(super) next_tag: u64,
     pub(super) on_cancel: Option<CancelCallback>,
@@ -140,6 +142,58 @@ pub(crate) struct Completion<K: Kind> {
     pub(super) owner: Arc<Owner>,
     pub(super) inner: Mutex<Inner<K>>,
     pub(super) finished: Condvar,
+}
+
+/// Which thread runs which promise's cancel callback, and which settling thread waits
+/// for which promise's callback to return, across all promises: a settle that would
+/// close a cycle of waits (two cancel callbacks settling each other's promise) does
+/// not wait.
+static CANCEL_CALLS: std::sync::Mutex<CancelCalls> = std::sync::Mutex::new(CancelCalls {
+    running: Vec::new(),
+    waits: Vec::new(),
+});
+
+struct CancelCalls {
+    /// (promise, thread running its cancel callback).
+    running: Vec<(usize, ThreadId)>,
+    /// (settling thread, promise whose running cancel callback it waits for).
+    waits: Vec<(ThreadId, usize)>,
+}
+
+impl CancelCalls {
+    /// Whether `me`, waiting for the callback that `runner` runs, would wait for
+    /// itself: `runner` is `me`, or waits (through other settles) for a callback that
+    /// `me` runs.
+    fn would_wait_for_itself(&self, me: ThreadId, runner: ThreadId) -> bool {
+        let mut runner = runner;
+        // Each step follows one registered wait; more steps than waits is a cycle.
+        for _ in 0..=self.waits.len() {
+            if runner == me {
+                return true;
+            }
+            let Some(&(_, promise)) = self.waits.iter().find(|(t, _)| *t == runner) else {
+                return false;
+            };
+            match self.running.iter().find(|(p, _)| *p == promise) {
+                Some(&(_, next)) => runner = next,
+                None => return false,
+            }
+        }
+        true
+    }
+}
+
+/// `CANCEL_CALLS`, locked (a std lock under loom too: nothing inside yields to loom).
+fn cancel_calls() -> std::sync::MutexGuard<'static, CancelCalls> {
+    CANCEL_CALLS
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn remove<T: PartialEq>(list: &mut Vec<T>, item: T) {
+    if let Some(at) = list.iter().position(|x| *x == item) {
+        list.swap_remove(at);
+    }
 }
 
 /// What a finished future gives up once nobody holds it.
@@ -284,11 +338,15 @@ impl<K: Kind> Future<K> {
         mut inner: crate::sync::MutexGuard<'_, Inner<K>>,
         callback: CancelCallback,
     ) {
-        inner.cold().cancelling_on = Some(current_thread());
+        let me = current_thread();
+        inner.cold().cancelling_on = Some(me);
+        let running = (self.key(), me);
+        cancel_calls().running.push(running);
         drop(inner);
         if catch_unwind(AssertUnwindSafe(callback)).is_err() {
             eprintln!("asyncbridge: a cancel callback panicked");
         }
+        remove(&mut cancel_calls().running, running);
         let mut inner = self.lock();
         inner.cold().cancelling_on = None;
         let wake = inner.waiters > 0;
@@ -340,12 +398,26 @@ impl<K: Kind> Future<K> {
         loop {
             match inner.cold.as_ref().and_then(|c| c.cancelling_on) {
                 Some(thread) if thread != me => {
+                    let wait = (me, self.key());
+                    {
+                        let mut calls = cancel_calls();
+                        if calls.would_wait_for_itself(me, thread) {
+                            // That callback waits, through other settles, for one this
+                            // thread is running: waiting would never end. Settled now,
+                            // with that callback still running.
+                            break;
+                        }
+                        // Registered under the lock of the check: of two settles that
+                        // would wait for each other, the second sees the first.
+                        calls.waits.push(wait);
+                    }
                     inner.waiters += 1;
                     inner = match self.completion().finished.wait(inner) {
                         Ok(guard) => guard,
                         Err(poisoned) => poisoned.into_inner(),
                     };
                     inner.waiters -= 1;
+                    remove(&mut cancel_calls().waits, wait);
                 }
                 _ => break,
             }
@@ -543,7 +615,7 @@ impl<K: Kind> Future<K> {
                     let cold = inner.cold();
                     let tag = cold.next_tag;
                     cold.next_tag += 1;
-                    cold.queued.push((tag, queue.clone(), callback));
+                    cold.queued.push((tag, Arc::downgrade(&queue), callback));
                     // The delivery's handle is taken now, before whether anyone still
                     // holds the future is decided below.
                     entries.push((queue, Entry::to(self.handle().into_target(), tag)));
@@ -656,6 +728,11 @@ impl<K: Kind> Future<K> {
                     .report_unhandled(failure.code(), failure.message());
             }
         }
+    }
+
+    /// Names this future in `CANCEL_CALLS`.
+    fn key(&self) -> usize {
+        Arc::as_ptr(self.completion()) as usize
     }
 
     pub(super) fn lock(&self) -> crate::sync::MutexGuard<'_, Inner<K>> {

@@ -526,3 +526,74 @@ fn a_nested_dispatch_delivers_what_is_pending() {
     assert_eq!(*order.lock().unwrap(), ["A begins", "B", "C", "A ends"]);
     assert!(!readable(&queue));
 }
+
+/// A queue dropped without a close used to keep its finished future's value and its
+/// queued callback for ever (the future named the queue, whose entry held the future).
+#[test]
+fn a_queue_dropped_unclosed_releases_what_it_held() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    let f = Future::<K>::running(owner());
+    let queue = Arc::new(CompletionQueue::new());
+    let token = Counted(drops.clone());
+    f.on_done_via(
+        &queue,
+        Box::new(move |_| {
+            let _token = token;
+        }),
+    )
+    .unwrap();
+    f.finish(Outcome::Ok(Some(Counted(drops.clone()))));
+    drop(f);
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        0,
+        "the queued delivery holds both"
+    );
+    drop(queue);
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        2,
+        "the value and the callback, once each"
+    );
+}
+
+/// A queue closed from inside its own callback does not call its notify hook again,
+/// even with deliveries left: the close runs them, and the owner may have torn the
+/// hook's target down with the queue.
+#[test]
+fn a_queue_closed_by_its_callback_calls_no_hook_after() {
+    let queue = Arc::new(CompletionQueue::new());
+    let notified = Arc::new(AtomicUsize::new(0));
+    let n = notified.clone();
+    queue.set_notify(Some(Box::new(move || {
+        n.fetch_add(1, Ordering::SeqCst);
+    })));
+    let ran = Arc::new(AtomicUsize::new(0));
+    let at_close = Arc::new(AtomicUsize::new(usize::MAX));
+    let (q, r, n, c) = (
+        queue.clone(),
+        ran.clone(),
+        notified.clone(),
+        at_close.clone(),
+    );
+    queue
+        .post(Box::new(move || {
+            let r2 = r.clone();
+            // Comes after the dispatch began: left for later.
+            q.post(Box::new(move || {
+                r2.fetch_add(1, Ordering::SeqCst);
+            }))
+            .unwrap();
+            q.close();
+            c.store(n.load(Ordering::SeqCst), Ordering::SeqCst);
+            r.fetch_add(1, Ordering::SeqCst);
+        }))
+        .unwrap();
+    assert_eq!(queue.dispatch(0), 1);
+    assert_eq!(ran.load(Ordering::SeqCst), 2, "the close ran what was left");
+    assert_eq!(
+        notified.load(Ordering::SeqCst),
+        at_close.load(Ordering::SeqCst),
+        "no hook after the close"
+    );
+}

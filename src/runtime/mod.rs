@@ -442,7 +442,9 @@ struct FinishOnDrop<K: Kind>(Future<K>);
 
 impl<K: Kind> Drop for FinishOnDrop<K> {
     fn drop(&mut self) {
-        if !self.0.status().is_final() {
+        // `peek`, not `status`: looking here must not count as observing a failure,
+        // or an unobserved one would never be reported.
+        if !self.0.peek().is_final() {
             self.0.finish(Outcome::Cancelled);
         }
     }

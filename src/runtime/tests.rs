@@ -659,3 +659,27 @@ fn then_with_hands_the_work_the_future_it_follows() {
     assert_eq!(second.wait(LONG), Ok(Status::Ok));
     assert_eq!(second.take_value(), Some(21));
 }
+
+/// An async future's own task used to look at its status when it ended, which counted
+/// as observing its failure: a failure nobody looked at was never reported.
+#[test]
+fn an_unobserved_async_failure_is_reported() {
+    let reports = Arc::new(AtomicUsize::new(0));
+    let r = reports.clone();
+    let bridge = Bridge::start(Config {
+        on_unhandled_error: Some(Box::new(move |code, _| {
+            assert_eq!(code, 5);
+            r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        })),
+        ..Config::default()
+    })
+    .unwrap();
+    let f = bridge
+        .spawn::<K, _>(async { Err(Failure::new(5, "nobody looks")) })
+        .unwrap();
+    while !f.peek().is_final() {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(f);
+    assert_eq!(reports.load(std::sync::atomic::Ordering::SeqCst), 1);
+}
