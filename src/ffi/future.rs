@@ -80,12 +80,12 @@ impl CValue {
     }
 
     /// The type tag.
-    fn kind(&self) -> u32 {
+    pub(crate) fn kind(&self) -> u32 {
         self.kind
     }
 
     /// The pointer, now owned by the caller: its free function will not run.
-    fn into_raw(mut self) -> *mut c_void {
+    pub(crate) fn into_raw(mut self) -> *mut c_void {
         self.free = None;
         self.ptr.get()
     }

@@ -4,6 +4,7 @@ use std::ffi::c_void;
 
 use crate::ffi::boundary::boundary;
 use crate::ffi::future::CValue;
+use crate::ffi::handle::{box_into_c, box_take, Castable, OwnedByBox};
 
 /// future_value_type(): no value (pending, not BRIDGE_OK, or BRIDGE_OK without one).
 pub const BRIDGE_VALUE_NONE: u32 = 0;
@@ -33,8 +34,14 @@ pub struct bridge_bytes {
 /// Bytes made by the library (see struct bridge_bytes).
 pub type bridge_bytes_t = bridge_bytes;
 
+/// The struct itself is boxed; its `data` is a boxed slice of `len` bytes.
+impl Castable for bridge_bytes_t {
+    type Rust = bridge_bytes;
+    type Ownership = OwnedByBox;
+}
+
 /// `bytes` as a future value of type BRIDGE_VALUE_BYTES.
-#[allow(dead_code)] // the I/O functions' values
+#[allow(dead_code)] // the I/O functions' values; tested below
 pub(crate) fn bytes_value(bytes: Vec<u8>) -> CValue {
     let len = bytes.len();
     let data = if len == 0 {
@@ -42,7 +49,7 @@ pub(crate) fn bytes_value(bytes: Vec<u8>) -> CValue {
     } else {
         Box::into_raw(bytes.into_boxed_slice()).cast::<u8>()
     };
-    let buffer = Box::into_raw(Box::new(bridge_bytes { data, len }));
+    let buffer = box_into_c::<bridge_bytes_t>(Box::new(bridge_bytes { data, len }));
     CValue::typed(buffer.cast(), Some(bridge_bytes_free), BRIDGE_VALUE_BYTES)
 }
 
@@ -54,12 +61,11 @@ pub(crate) fn bytes_value(bytes: Vec<u8>) -> CValue {
 #[no_mangle]
 pub unsafe extern "C" fn bridge_bytes_free(bytes: *mut c_void) {
     boundary(|| {
-        if bytes.is_null() {
+        // SAFETY: `bytes` is NULL or a bridge_bytes_t made by `bytes_value` and given
+        // up by the caller.
+        let Some(buffer) = (unsafe { box_take::<bridge_bytes_t>(bytes.cast()) }) else {
             return;
-        }
-        // SAFETY: a non-NULL pointer is a bridge_bytes_t made by `bytes_value` and
-        // given up by the caller.
-        let buffer = unsafe { Box::from_raw(bytes.cast::<bridge_bytes>()) };
+        };
         if !buffer.data.is_null() {
             // SAFETY: `data` and `len` describe the boxed slice made by `bytes_value`.
             drop(unsafe {
@@ -67,4 +73,32 @@ pub unsafe extern "C" fn bridge_bytes_free(bytes: *mut c_void) {
             });
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_round_trip_and_free() {
+        for content in [&b""[..], b"hello"] {
+            let value = bytes_value(content.to_vec());
+            assert_eq!(value.kind(), BRIDGE_VALUE_BYTES);
+            let raw = value.into_raw().cast::<bridge_bytes_t>();
+            // SAFETY: made just above, not freed yet.
+            let bytes = unsafe { &*raw };
+            assert_eq!(bytes.len, content.len());
+            if content.is_empty() {
+                assert!(bytes.data.is_null());
+            } else {
+                // SAFETY: `data` holds `len` bytes.
+                let got = unsafe { std::slice::from_raw_parts(bytes.data, bytes.len) };
+                assert_eq!(got, content);
+            }
+            // SAFETY: taken from its value, freed once.
+            unsafe { bridge_bytes_free(raw.cast()) };
+        }
+        // SAFETY: NULL is a no-op.
+        unsafe { bridge_bytes_free(std::ptr::null_mut()) };
+    }
 }
