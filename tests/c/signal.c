@@ -44,6 +44,8 @@ typedef struct {
     int32_t signum;
     bridge_signal_t *self; /* set by the test once start returned; NULL: not checked */
     int64_t linger_ms;     /* how long each call takes */
+    bool hold;             /* each call lasts until `release` is set (10 s at most) */
+    atomic_int release;
     bool stop_in_call;     /* the first call stops its own watch */
     atomic_int stop_returned;
 } sig_seen_t;
@@ -59,6 +61,8 @@ static void sig_reset(sig_seen_t *s, bridge_t *loop_of, int32_t signum) {
     s->signum = signum;
     s->self = NULL;
     s->linger_ms = 0;
+    s->hold = false;
+    atomic_store(&s->release, 0);
     s->stop_in_call = false;
 }
 
@@ -73,6 +77,8 @@ static void sig_cb(bridge_signal_t *w, int32_t signum, uint64_t count, void *use
         atomic_store(&s->stop_returned, 1);
     }
     if (s->linger_ms) spin_ms(s->linger_ms);
+    for (int64_t until = now_ms() + 10000; s->hold && !atomic_load(&s->release) && now_ms() < until;)
+        sleep_ms(1);
     atomic_fetch_add(&s->total, count);
     atomic_store(&s->in_call, 0);
     atomic_fetch_add(&s->calls, 1);
@@ -254,16 +260,29 @@ static void signal_stop_from_its_callback_returns(void) {
     bridge_queue_free(q);
 }
 
+/* Lets a held call end a little after it is started. */
+static void *release_later(void *arg) {
+    sig_seen_t *s = arg;
+    sleep_ms(50);
+    atomic_store(&s->release, 1);
+    return NULL;
+}
+
 static void signal_stop_waits_for_a_running_call(void) {
     static sig_seen_t s;
     sig_reset(&s, bridge, SIGURG);
-    s.linger_ms = 60;
+    /* The call lasts until released, not for a fixed time: under valgrind this thread
+     * may not run at all for longer than a fixed linger. */
+    s.hold = true;
     bridge_signal_t *w = NULL;
     CHECK_STATUS(bridge_signal_start(bridge, SIGURG, NULL, sig_cb, &s, &w), BRIDGE_OK);
     raise(SIGURG);
     WAIT_UNTIL(atomic_load(&s.in_call) != 0, 10000);
     CHECK(atomic_load(&s.in_call) == 1);
+    pthread_t releaser;
+    CHECK(pthread_create(&releaser, NULL, release_later, &s) == 0);
     bridge_signal_stop(w);
+    pthread_join(releaser, NULL);
     CHECK(atomic_load(&s.in_call) == 0); /* the running call had ended */
     CHECK(atomic_load(&s.calls) == 1);
     raise_n(SIGURG, 3);
