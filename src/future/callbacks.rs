@@ -4,7 +4,6 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use super::state::Stage;
 use super::{Future, Kind};
 use crate::delivery::queue::CompletionQueue;
 use crate::delivery::{Entry, Target};
@@ -83,7 +82,7 @@ impl<K: Kind> Future<K> {
                 return Err(Error::NotRunning);
             }
             let mut inner = self.lock();
-            if !is_final(inner.stage) {
+            if !inner.stage.is_final() {
                 inner.callbacks.push(Registration::Direct(callback));
                 return Ok(());
             }
@@ -109,7 +108,7 @@ impl<K: Kind> Future<K> {
         let Some(mut inner) = self.lock_unless_orphaned() else {
             return Err(Error::NotRunning);
         };
-        if !is_final(inner.stage) {
+        if !inner.stage.is_final() {
             inner
                 .callbacks
                 .push(Registration::Via(queue.clone(), callback));
@@ -149,7 +148,7 @@ impl<K: Kind> Future<K> {
             return Err(Error::NotRunning);
         }
         let mut inner = self.lock();
-        if !is_final(inner.stage) {
+        if !inner.stage.is_final() {
             let cold = inner.cold();
             let tag = cold.next_tag;
             cold.next_tag += 1;
@@ -244,7 +243,7 @@ impl<K: Kind> Future<K> {
                 return Err(Error::NotRunning);
             }
             let mut inner = self.lock();
-            if !is_final(inner.stage) {
+            if !inner.stage.is_final() {
                 inner.callbacks.push(Registration::Internal(callback));
                 return Ok(());
             }
@@ -365,10 +364,6 @@ impl<K: Kind> Future<K> {
     fn target_address(&self) -> *const () {
         Arc::as_ptr(self.completion()).cast::<()>()
     }
-}
-
-fn is_final(stage: Stage) -> bool {
-    matches!(stage, Stage::Done | Stage::Released)
 }
 
 impl<K: Kind> Target for super::state::Completion<K> {

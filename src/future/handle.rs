@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::state::{Completion, Stage};
+use super::state::Completion;
 use super::{Failure, Kind};
 use crate::sched::Owner;
 use crate::status::{Error, Status};
@@ -169,7 +169,7 @@ impl<K: Kind> Future<K> {
         }
         let mut inner = self.lock();
         inner.waiters += 1;
-        while !matches!(inner.stage, Stage::Done | Stage::Released) {
+        while !inner.stage.is_final() {
             // No deadline (no limit, or one too far to represent): sleep in long slices.
             let wait = match deadline {
                 None => Duration::from_secs(3600),
@@ -184,7 +184,7 @@ impl<K: Kind> Future<K> {
             };
         }
         inner.waiters -= 1;
-        let done = matches!(inner.stage, Stage::Done | Stage::Released);
+        let done = inner.stage.is_final();
         drop(inner);
         Ok(if done { self.status() } else { Status::Timeout })
     }

@@ -50,7 +50,8 @@ pub(super) enum Stage {
 }
 
 impl Stage {
-    fn is_final(self) -> bool {
+    /// `Done` or `Released`: the outcome is published.
+    pub(super) fn is_final(self) -> bool {
         matches!(self, Stage::Done | Stage::Released)
     }
 }
@@ -254,7 +255,14 @@ impl<K: Kind> Future<K> {
     /// timeout or by shutdown.
     pub fn is_cancel_requested(&self) -> bool {
         let c = self.completion();
-        c.cancel_requested.load(Ordering::SeqCst) || (!c.promised && c.owner.cancelling())
+        c.cancel_requested.load(Ordering::SeqCst) || self.shutdown_cancels()
+    }
+
+    /// Whether shutdown past its grace counts as a request for this future: for all but
+    /// promises, which shutdown asks through a request of their own.
+    fn shutdown_cancels(&self) -> bool {
+        let c = self.completion();
+        !c.promised && c.owner.cancelling()
     }
 
     /// Requests cancellation.
@@ -544,7 +552,7 @@ impl<K: Kind> Future<K> {
         inner.stage = Stage::Finishing;
         let completion = self.completion();
         let request = inner.request.or_else(|| {
-            (!completion.promised && completion.owner.cancelling()).then_some(Request::Cancel)
+            self.shutdown_cancels().then_some(Request::Cancel)
         });
         // What the request overrides is dropped below, outside the lock.
         let (outcome, taken, overridden) = match (outcome, request) {
