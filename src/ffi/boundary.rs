@@ -85,32 +85,40 @@ impl SendPtr {
     }
 }
 
-/// A callback's user data with the function that frees it (NULL: none), which runs
-/// exactly once, when this is dropped: after the last call of the callback, or when
-/// the registration is withdrawn, dropped or refused.
-pub struct UserData {
+/// A pointer handed to the library with the function that frees it (NULL: none),
+/// which runs exactly once, when this is dropped, unless [`FreeOnDrop::into_raw`]
+/// gives the pointer back first. It holds work arguments, values, and callbacks' user
+/// data (dropped after the callback's last call, or when the registration is
+/// withdrawn, dropped or refused).
+pub struct FreeOnDrop {
     ptr: SendPtr,
     free: crate::ffi::job::bridge_free_fn,
 }
 
-impl UserData {
+impl FreeOnDrop {
     pub(crate) fn new(
         ptr: *mut std::ffi::c_void,
         free: crate::ffi::job::bridge_free_fn,
-    ) -> UserData {
-        UserData {
+    ) -> FreeOnDrop {
+        FreeOnDrop {
             ptr: SendPtr(ptr),
             free,
         }
     }
 
-    /// The pointer, for a call of the callback.
+    /// The pointer, still owned (for a call).
     pub(crate) fn get(&self) -> *mut std::ffi::c_void {
+        self.ptr.get()
+    }
+
+    /// The pointer, given back: its free function will not run.
+    pub(crate) fn into_raw(mut self) -> *mut std::ffi::c_void {
+        self.free = None;
         self.ptr.get()
     }
 }
 
-impl Drop for UserData {
+impl Drop for FreeOnDrop {
     fn drop(&mut self) {
         if let Some(free) = self.free {
             // SAFETY: the caller gave `free` for this pointer; dropping happens once.

@@ -3,7 +3,7 @@
 use std::ffi::{c_char, c_void};
 use std::mem::ManuallyDrop;
 
-use crate::ffi::boundary::{boundary, status_of, SendPtr, UserData};
+use crate::ffi::boundary::{boundary, status_of, FreeOnDrop};
 use crate::ffi::handle::{arc_as_c, arc_borrow_arc, arc_into_c, arc_take, Castable, OwnedByArc};
 use crate::ffi::job::{bridge_free_fn, bridge_then_fn, CWork};
 use crate::ffi::status::{
@@ -54,8 +54,7 @@ pub struct CKind;
 /// A value of a C future, freed by its `value_free` when dropped, with its type tag
 /// (future_value_type()).
 pub struct CValue {
-    ptr: SendPtr,
-    free: bridge_free_fn,
+    data: FreeOnDrop,
     kind: u32,
 }
 
@@ -68,15 +67,14 @@ impl CValue {
     /// A value made by the library, of type `kind` (a BRIDGE_VALUE_* constant).
     pub(crate) fn typed(ptr: *mut c_void, free: bridge_free_fn, kind: u32) -> CValue {
         CValue {
-            ptr: SendPtr(ptr),
-            free,
+            data: FreeOnDrop::new(ptr, free),
             kind,
         }
     }
 
     /// The pointer, still owned by the value.
     fn as_ptr(&self) -> *mut c_void {
-        self.ptr.get()
+        self.data.get()
     }
 
     /// The type tag.
@@ -85,19 +83,8 @@ impl CValue {
     }
 
     /// The pointer, now owned by the caller: its free function will not run.
-    pub(crate) fn into_raw(mut self) -> *mut c_void {
-        self.free = None;
-        self.ptr.get()
-    }
-}
-
-impl Drop for CValue {
-    fn drop(&mut self) {
-        if let Some(free) = self.free {
-            // SAFETY: `free` came with `ptr` (bridge_job_set_value, a promise, or the
-            // library's own value); dropping happens once.
-            unsafe { free(self.ptr.get()) }
-        }
+    pub(crate) fn into_raw(self) -> *mut c_void {
+        self.data.into_raw()
     }
 }
 
@@ -105,13 +92,13 @@ impl Drop for CValue {
 /// the callback has run or was dropped unrun).
 pub struct CCallback {
     func: unsafe extern "C" fn(f: *mut future_t, user_data: *mut c_void),
-    user_data: UserData,
+    user_data: FreeOnDrop,
 }
 
 impl CCallback {
     pub(crate) fn new(
         func: unsafe extern "C" fn(*mut future_t, *mut c_void),
-        user_data: UserData,
+        user_data: FreeOnDrop,
     ) -> CCallback {
         CCallback { func, user_data }
     }
@@ -124,13 +111,13 @@ impl CCallback {
 /// A C progress callback with its user data, shared by the deliveries of one
 /// registration: the user data is freed once the registration is gone.
 #[derive(Clone)]
-pub struct CProgress(Arc<(ProgressFn, UserData)>);
+pub struct CProgress(Arc<(ProgressFn, FreeOnDrop)>);
 
 type ProgressFn =
     unsafe extern "C" fn(f: *mut future_t, done: u64, total: u64, user_data: *mut c_void);
 
 impl CProgress {
-    pub(crate) fn new(func: ProgressFn, user_data: UserData) -> CProgress {
+    pub(crate) fn new(func: ProgressFn, user_data: FreeOnDrop) -> CProgress {
         CProgress(Arc::new((func, user_data)))
     }
 
@@ -397,7 +384,7 @@ pub unsafe extern "C" fn future_on_done_with_free(
     user_data_free: bridge_free_fn,
 ) -> bridge_status {
     boundary(|| {
-        let user_data = UserData::new(user_data, user_data_free);
+        let user_data = FreeOnDrop::new(user_data, user_data_free);
         // SAFETY: `f` is NULL or a held reference per the API.
         let (Some(future), Some(func)) = (unsafe { borrow(f) }, cb) else {
             return BRIDGE_E_INVALID;

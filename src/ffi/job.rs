@@ -3,7 +3,7 @@
 use std::cell::Cell;
 use std::ffi::{c_char, c_void, CStr};
 
-use crate::ffi::boundary::{boundary, call_outermost, SendPtr};
+use crate::ffi::boundary::{boundary, call_outermost, FreeOnDrop};
 use crate::ffi::future::{future_t, CKind, CValue};
 use crate::ffi::handle::{arc_as_c, ref_as_c, ref_borrow, Borrowed, Castable};
 use crate::future::job::Job;
@@ -69,9 +69,9 @@ enum WorkFn {
 /// Dropping it frees the argument, so it is freed exactly once whether the work ran
 /// or was dropped unrun.
 pub struct CWork {
+    /// Before `func`: the argument is freed before the future it follows is released.
+    arg: FreeOnDrop,
     func: WorkFn,
-    arg: SendPtr,
-    arg_free: bridge_free_fn,
 }
 
 impl CWork {
@@ -81,9 +81,8 @@ impl CWork {
         arg_free: bridge_free_fn,
     ) -> CWork {
         CWork {
+            arg: FreeOnDrop::new(arg, arg_free),
             func: WorkFn::Plain(func),
-            arg: SendPtr(arg),
-            arg_free,
         }
     }
 
@@ -95,15 +94,14 @@ impl CWork {
         arg_free: bridge_free_fn,
     ) -> CWork {
         CWork {
+            arg: FreeOnDrop::new(arg, arg_free),
             func: WorkFn::Then(func, prev),
-            arg: SendPtr(arg),
-            arg_free,
         }
     }
 
     /// Forgets the work without freeing its argument (a refused submission).
-    pub(crate) fn disarm(mut self) {
-        self.arg_free = None;
+    pub(crate) fn disarm(self) {
+        let _ = self.arg.into_raw();
     }
 
     /// Calls the work with `job` and then frees its argument; returns the work's code.
@@ -166,16 +164,6 @@ impl CWork {
 thread_local! {
     /// The C work this thread is running.
     static RUNNING: Cell<Option<CWork>> = const { Cell::new(None) };
-}
-
-impl Drop for CWork {
-    fn drop(&mut self) {
-        if let Some(free) = self.arg_free {
-            // SAFETY: the caller of bridge_submit gave `arg_free` for `arg`; dropping
-            // happens once.
-            unsafe { free(self.arg.get()) }
-        }
-    }
 }
 
 /// Borrows the job behind a C pointer.

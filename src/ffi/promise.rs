@@ -2,7 +2,7 @@
 
 use std::ffi::{c_char, c_void, CStr};
 
-use crate::ffi::boundary::{boundary, UserData};
+use crate::ffi::boundary::{boundary, FreeOnDrop};
 use crate::ffi::bridge::{borrow as borrow_bridge, bridge_t};
 use crate::ffi::future::{future_t, into_c_future, CKind, CValue};
 use crate::ffi::handle::{box_borrow, box_into_c, box_take, Castable, OwnedByBox};
@@ -236,7 +236,7 @@ pub unsafe extern "C" fn bridge_promise_on_cancel_with_free(
     user_data_free: bridge_free_fn,
 ) -> bridge_status {
     boundary(|| {
-        let user_data = UserData::new(user_data, user_data_free);
+        let user_data = FreeOnDrop::new(user_data, user_data_free);
         // SAFETY: `p` is NULL or a live promise per the API.
         let (Some(promise), Some(func)) = (unsafe { box_borrow::<bridge_promise_t>(p) }, cb) else {
             return BRIDGE_E_INVALID;

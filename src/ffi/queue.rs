@@ -5,7 +5,7 @@ use std::ffi::{c_int, c_void};
 use std::mem::ManuallyDrop;
 
 use crate::delivery::queue::CompletionQueue;
-use crate::ffi::boundary::{boundary, status_of, SendPtr, UserData};
+use crate::ffi::boundary::{boundary, status_of, FreeOnDrop, SendPtr};
 use crate::ffi::future::{borrow as borrow_future, future_done_fn, future_progress_fn, future_t};
 use crate::ffi::future::{CCallback, CProgress};
 use crate::ffi::handle::{arc_borrow_arc, arc_clone, arc_into_c, arc_take, Castable, OwnedByArc};
@@ -267,7 +267,7 @@ pub unsafe extern "C" fn future_on_done_via_with_free(
     user_data_free: bridge_free_fn,
 ) -> bridge_status {
     boundary(|| {
-        let user_data = UserData::new(user_data, user_data_free);
+        let user_data = FreeOnDrop::new(user_data, user_data_free);
         // SAFETY: `f` and `q` are NULL or live handles per the API.
         let (Some(future), Some(queue), Some(func)) =
             (unsafe { borrow_future(f) }, unsafe { borrow(q) }, cb)
@@ -323,7 +323,7 @@ pub unsafe extern "C" fn future_on_progress_via_with_free(
     user_data_free: bridge_free_fn,
 ) -> bridge_status {
     boundary(|| {
-        let user_data = UserData::new(user_data, user_data_free);
+        let user_data = FreeOnDrop::new(user_data, user_data_free);
         // SAFETY: `f` and `q` are NULL or live handles per the API.
         let (Some(future), Some(queue), Some(func)) =
             (unsafe { borrow_future(f) }, unsafe { borrow(q) }, cb)
@@ -407,7 +407,7 @@ pub unsafe extern "C" fn bridge_queue_post_with_free(
     user_data_free: bridge_free_fn,
 ) -> bridge_status {
     boundary(|| {
-        let user_data = UserData::new(user_data, user_data_free);
+        let user_data = FreeOnDrop::new(user_data, user_data_free);
         // SAFETY: `q` is NULL or a live handle per the API.
         let (Some(queue), Some(func)) = (unsafe { borrow(q) }, fn_) else {
             return BRIDGE_E_INVALID;

@@ -2,7 +2,7 @@
 
 use std::ffi::c_void;
 
-use crate::ffi::boundary::{boundary, UserData};
+use crate::ffi::boundary::{boundary, FreeOnDrop};
 use crate::ffi::bridge::{borrow as borrow_bridge, bridge_t};
 use crate::ffi::handle::{arc_into_c, arc_ref_as_c, Castable, OwnedByArc};
 use crate::ffi::job::bridge_free_fn;
@@ -94,7 +94,7 @@ pub unsafe extern "C" fn bridge_signal_start_with_free(
 ) -> bridge_status {
     boundary(|| {
         // Built first: dropped on every way out (refused, or with the source).
-        let user_data = UserData::new(user_data, user_data_free);
+        let user_data = FreeOnDrop::new(user_data, user_data_free);
         // SAFETY: `b` is NULL or a live handle per the API.
         let (Some(bridge), Some(cb), false) = (unsafe { borrow_bridge(b) }, cb, out.is_null())
         else {

@@ -4,7 +4,7 @@ use std::ffi::c_void;
 use std::time::Duration;
 
 use crate::delivery::queue::CompletionQueue;
-use crate::ffi::boundary::{boundary, UserData};
+use crate::ffi::boundary::{boundary, FreeOnDrop};
 use crate::ffi::bridge::{borrow as borrow_bridge, bridge_t};
 use crate::ffi::handle::{arc_borrow, arc_into_c, arc_ref_as_c, arc_take, Castable, OwnedByArc};
 use crate::ffi::job::bridge_free_fn;
@@ -95,7 +95,7 @@ pub unsafe extern "C" fn bridge_timer_start_with_free(
 ) -> bridge_status {
     boundary(|| {
         // Built first: dropped on every way out (refused, or with the source).
-        let user_data = UserData::new(user_data, user_data_free);
+        let user_data = FreeOnDrop::new(user_data, user_data_free);
         // SAFETY: `b` is NULL or a live handle per the API.
         let (Some(bridge), Some(cb), false) = (unsafe { borrow_bridge(b) }, cb, out.is_null())
         else {

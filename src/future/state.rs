@@ -551,9 +551,9 @@ impl<K: Kind> Future<K> {
         }
         inner.stage = Stage::Finishing;
         let completion = self.completion();
-        let request = inner.request.or_else(|| {
-            self.shutdown_cancels().then_some(Request::Cancel)
-        });
+        let request = inner
+            .request
+            .or_else(|| self.shutdown_cancels().then_some(Request::Cancel));
         // What the request overrides is dropped below, outside the lock.
         let (outcome, taken, overridden) = match (outcome, request) {
             (Outcome::Cancelled, Some(Request::Timeout(ms))) => {
