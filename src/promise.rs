@@ -37,6 +37,15 @@ pub struct Promise<K: Kind> {
     settled: bool,
 }
 
+/// The code a promise fails with when given `code`: failing always fails, so 0 is 1.
+fn failing(code: i32) -> i32 {
+    if code == 0 {
+        1
+    } else {
+        code
+    }
+}
+
 /// The message of a future whose promise was dropped unsettled.
 const ABANDONED: &str = "the promise was freed without being resolved";
 
@@ -72,17 +81,22 @@ impl<K: Kind> Promise<K> {
 
     /// Fails the future with `code` (0 counts as 1: failing always fails) and
     /// `message`; if cancellation was requested first, it ends as requested.
-    pub fn fail(mut self, code: i32, message: impl Into<Vec<u8>>) {
-        let code = if code == 0 { 1 } else { code };
-        self.settle(Outcome::Failed(Failure::new(code, message)));
+    pub fn fail(self, code: i32, message: impl Into<Vec<u8>>) {
+        self.fail_with(Failure::new(code, message));
     }
 
-    /// Fails the future with `failure`, as [`Promise::fail`] does.
+    /// Fails the future with `code` (0 counts as 1) and a default message naming it.
+    pub fn fail_code(self, code: i32) {
+        self.fail_with(Failure::from_code(failing(code)));
+    }
+
+    /// Fails the future with `failure`, as [`Promise::fail`] does (code 0 counts as 1).
     pub fn fail_with(mut self, failure: Failure) {
-        let failure = if failure.code() == 0 {
-            Failure::new(1, failure.message().to_bytes())
-        } else {
+        let code = failing(failure.code());
+        let failure = if code == failure.code() {
             failure
+        } else {
+            Failure::new(code, failure.message().to_bytes())
         };
         self.settle(Outcome::Failed(failure));
     }

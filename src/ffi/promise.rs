@@ -144,9 +144,8 @@ pub unsafe extern "C" fn bridge_promise_fail(
     boundary(|| {
         // SAFETY: `p` is NULL or a live promise the caller gives up per the API.
         if let Some(promise) = unsafe { box_take::<bridge_promise_t>(p) } {
-            let code = if code == 0 { 1 } else { code };
             if message.is_null() {
-                promise.fail_with(crate::future::Failure::from_code(code));
+                promise.fail_code(code);
             } else {
                 // SAFETY: a non-NULL message is a NUL-terminated string per the API.
                 let message = unsafe { CStr::from_ptr(message) };
