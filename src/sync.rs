@@ -59,3 +59,72 @@ pub(crate) fn try_lock<T>(mutex: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
         Err(TryLockError::WouldBlock) => None,
     }
 }
+
+/// Who runs which callback, and which thread waits for which callback to return,
+/// for callers that wait for a running callback before they go on (a source's stop, a
+/// promise's settle). A wait that would close a cycle of waits would never end; such a
+/// caller asks [`WaitGraph::would_wait_for_itself`] and does not wait.
+///
+/// `O` names the objects whose callbacks run, `T` the threads.
+pub(crate) struct WaitGraph<O, T> {
+    /// (object, thread running its callback).
+    running: Vec<(O, T)>,
+    /// (waiting thread, object whose running callback it waits for).
+    waits: Vec<(T, O)>,
+}
+
+impl<O: Copy + PartialEq, T: Copy + PartialEq> WaitGraph<O, T> {
+    pub(crate) const fn new() -> WaitGraph<O, T> {
+        WaitGraph {
+            running: Vec::new(),
+            waits: Vec::new(),
+        }
+    }
+
+    /// `thread` runs `object`'s callback, until [`WaitGraph::returned`].
+    pub(crate) fn running(&mut self, object: O, thread: T) {
+        self.running.push((object, thread));
+    }
+
+    pub(crate) fn returned(&mut self, object: O, thread: T) {
+        remove(&mut self.running, (object, thread));
+    }
+
+    /// `thread` waits for `object`'s running callback, until [`WaitGraph::waited`].
+    /// Registered under the same lock as the check before it, so of two waits that
+    /// would close a cycle, the second sees the first.
+    pub(crate) fn waiting(&mut self, thread: T, object: O) {
+        self.waits.push((thread, object));
+    }
+
+    pub(crate) fn waited(&mut self, thread: T, object: O) {
+        remove(&mut self.waits, (thread, object));
+    }
+
+    /// Whether `thread` waiting for `object`'s running callback would wait for itself:
+    /// the thread running it is `thread`, or waits (through other waits) for a
+    /// callback that `thread` is running.
+    pub(crate) fn would_wait_for_itself(&self, thread: T, object: O) -> bool {
+        let mut object = object;
+        // Each step follows one registered wait; more steps than waits is a cycle.
+        for _ in 0..=self.waits.len() {
+            let Some(&(_, runner)) = self.running.iter().find(|(o, _)| *o == object) else {
+                return false;
+            };
+            if runner == thread {
+                return true;
+            }
+            match self.waits.iter().find(|(t, _)| *t == runner) {
+                Some(&(_, next)) => object = next,
+                None => return false,
+            }
+        }
+        true
+    }
+}
+
+fn remove<I: PartialEq>(list: &mut Vec<I>, item: I) {
+    if let Some(at) = list.iter().position(|x| *x == item) {
+        list.swap_remove(at);
+    }
+}

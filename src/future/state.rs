@@ -27,7 +27,7 @@ use crate::sched::Owner;
 use crate::status::{Error, Status};
 use crate::sync::{
     current_thread, lock, Arc, AtomicBool, AtomicI32, AtomicUsize, Condvar, Mutex, Ordering,
-    ThreadId, Weak,
+    ThreadId, WaitGraph, Weak,
 };
 
 /// Where a future is in its life.
@@ -146,55 +146,17 @@ pub(crate) struct Completion<K: Kind> {
 }
 
 /// Which thread runs which promise's cancel callback, and which settling thread waits
-/// for which promise's callback to return, across all promises: a settle that would
-/// close a cycle of waits (two cancel callbacks settling each other's promise) does
-/// not wait.
-static CANCEL_CALLS: std::sync::Mutex<CancelCalls> = std::sync::Mutex::new(CancelCalls {
-    running: Vec::new(),
-    waits: Vec::new(),
-});
-
-struct CancelCalls {
-    /// (promise, thread running its cancel callback).
-    running: Vec<(usize, ThreadId)>,
-    /// (settling thread, promise whose running cancel callback it waits for).
-    waits: Vec<(ThreadId, usize)>,
-}
-
-impl CancelCalls {
-    /// Whether `me`, waiting for the callback that `runner` runs, would wait for
-    /// itself: `runner` is `me`, or waits (through other settles) for a callback that
-    /// `me` runs.
-    fn would_wait_for_itself(&self, me: ThreadId, runner: ThreadId) -> bool {
-        let mut runner = runner;
-        // Each step follows one registered wait; more steps than waits is a cycle.
-        for _ in 0..=self.waits.len() {
-            if runner == me {
-                return true;
-            }
-            let Some(&(_, promise)) = self.waits.iter().find(|(t, _)| *t == runner) else {
-                return false;
-            };
-            match self.running.iter().find(|(p, _)| *p == promise) {
-                Some(&(_, next)) => runner = next,
-                None => return false,
-            }
-        }
-        true
-    }
-}
+/// for which promise's callback to return, across all promises (by address): a settle
+/// that would close a cycle of waits (two cancel callbacks settling each other's
+/// promise) does not wait.
+static CANCEL_CALLS: std::sync::Mutex<WaitGraph<usize, ThreadId>> =
+    std::sync::Mutex::new(WaitGraph::new());
 
 /// `CANCEL_CALLS`, locked (a std lock under loom too: nothing inside yields to loom).
-fn cancel_calls() -> std::sync::MutexGuard<'static, CancelCalls> {
+fn cancel_calls() -> std::sync::MutexGuard<'static, WaitGraph<usize, ThreadId>> {
     CANCEL_CALLS
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-fn remove<T: PartialEq>(list: &mut Vec<T>, item: T) {
-    if let Some(at) = list.iter().position(|x| *x == item) {
-        list.swap_remove(at);
-    }
 }
 
 /// What a finished future gives up once nobody holds it.
@@ -348,13 +310,12 @@ impl<K: Kind> Future<K> {
     ) {
         let me = current_thread();
         inner.cold().cancelling_on = Some(me);
-        let running = (self.key(), me);
-        cancel_calls().running.push(running);
+        cancel_calls().running(self.key(), me);
         drop(inner);
         if catch_unwind(AssertUnwindSafe(callback)).is_err() {
             eprintln!("asyncbridge: a cancel callback panicked");
         }
-        remove(&mut cancel_calls().running, running);
+        cancel_calls().returned(self.key(), me);
         let mut inner = self.lock();
         inner.cold().cancelling_on = None;
         let wake = inner.waiters > 0;
@@ -406,18 +367,15 @@ impl<K: Kind> Future<K> {
         loop {
             match inner.cold.as_ref().and_then(|c| c.cancelling_on) {
                 Some(thread) if thread != me => {
-                    let wait = (me, self.key());
                     {
                         let mut calls = cancel_calls();
-                        if calls.would_wait_for_itself(me, thread) {
+                        if calls.would_wait_for_itself(me, self.key()) {
                             // That callback waits, through other settles, for one this
                             // thread is running: waiting would never end. Settled now,
                             // with that callback still running.
                             break;
                         }
-                        // Registered under the lock of the check: of two settles that
-                        // would wait for each other, the second sees the first.
-                        calls.waits.push(wait);
+                        calls.waiting(me, self.key());
                     }
                     inner.waiters += 1;
                     inner = match self.completion().finished.wait(inner) {
@@ -425,7 +383,7 @@ impl<K: Kind> Future<K> {
                         Err(poisoned) => poisoned.into_inner(),
                     };
                     inner.waiters -= 1;
-                    remove(&mut cancel_calls().waits, wait);
+                    cancel_calls().waited(me, self.key());
                 }
                 _ => break,
             }

@@ -16,7 +16,7 @@ use crate::delivery::queue::CompletionQueue;
 use crate::delivery::{Entry, Target};
 use crate::runtime::Bridge;
 use crate::status::Error;
-use crate::sync::{lock, Arc, Mutex, Ordering};
+use crate::sync::{lock, Arc, Mutex, Ordering, WaitGraph};
 use crate::sys::wakeup::Wakeup;
 
 /// Called with the number of events since the previous call.
@@ -55,61 +55,9 @@ static NEXT_TOKEN: AtomicU64 = AtomicU64::new(1);
 static NEXT_SOURCE: AtomicU64 = AtomicU64::new(1);
 
 /// Who is calling which source, and which source each stopping thread waits for,
-/// across all sources: a stop that would close a cycle of waits does not wait.
-static CALLS: Mutex<Calls> = Mutex::new(Calls {
-    callers: Vec::new(),
-    waits: Vec::new(),
-});
-
-struct Calls {
-    /// (source, thread calling its callback).
-    callers: Vec<(u64, u64)>,
-    /// (thread inside `stop`, source whose running call it waits for).
-    waits: Vec<(u64, u64)>,
-}
-
-impl Calls {
-    fn caller_of(&self, source: u64) -> Option<u64> {
-        self.callers
-            .iter()
-            .find(|(s, _)| *s == source)
-            .map(|&(_, t)| t)
-    }
-
-    fn waited_by(&self, thread: u64) -> Option<u64> {
-        self.waits
-            .iter()
-            .find(|(t, _)| *t == thread)
-            .map(|&(_, s)| s)
-    }
-
-    /// Whether `thread` waiting for `source`'s call would wait for itself: the thread
-    /// calling `source` is `thread`, or waits (through other stops) for a call that
-    /// `thread` is making.
-    fn would_wait_for_itself(&self, thread: u64, source: u64) -> bool {
-        let mut source = source;
-        // Each step follows one registered wait; more steps than waits is a cycle.
-        for _ in 0..=self.waits.len() {
-            let Some(caller) = self.caller_of(source) else {
-                return false;
-            };
-            if caller == thread {
-                return true;
-            }
-            match self.waited_by(caller) {
-                Some(next) => source = next,
-                None => return false,
-            }
-        }
-        true
-    }
-}
-
-fn remove(list: &mut Vec<(u64, u64)>, item: (u64, u64)) {
-    if let Some(at) = list.iter().position(|&x| x == item) {
-        list.swap_remove(at);
-    }
-}
+/// across all sources (sources by id, threads by token): a stop that would close a
+/// cycle of waits does not wait.
+static CALLS: Mutex<WaitGraph<u64, u64>> = Mutex::new(WaitGraph::new());
 
 /// A number naming the calling thread, never 0.
 fn thread_token() -> u64 {
@@ -293,12 +241,12 @@ impl Source {
             return false;
         }
         let me = (self.id, thread_token());
-        lock(&CALLS).callers.push(me);
+        lock(&CALLS).running(me.0, me.1);
         /// Unregisters the call even if a Rust callback panics.
         struct Called((u64, u64));
         impl Drop for Called {
             fn drop(&mut self) {
-                remove(&mut lock(&CALLS).callers, self.0);
+                lock(&CALLS).returned(self.0 .0, self.0 .1);
             }
         }
         let _called = Called(me);
@@ -331,12 +279,12 @@ impl Source {
                 self.drop_callback();
                 return;
             }
-            // Registered under the same lock as the check, so of two stops that would
-            // wait for each other, the second sees the first and does not wait.
-            calls.waits.push(wait);
+            // Under the same lock as the check: of two stops that would wait for
+            // each other, the second sees the first and does not wait.
+            calls.waiting(wait.0, wait.1);
         }
         drop(lock(&self.calling));
-        remove(&mut lock(&CALLS).waits, wait);
+        lock(&CALLS).waited(wait.0, wait.1);
         self.drop_callback();
     }
 
