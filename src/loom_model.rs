@@ -7,27 +7,12 @@ use loom::sync::atomic::{AtomicUsize, Ordering};
 use loom::thread;
 
 use crate::delivery::queue::CompletionQueue;
+use crate::future::testing::{owner, Counted};
 use crate::future::{Boxed, Failure, Future, Outcome};
-use crate::sched::Owner;
 use crate::status::Status;
 use crate::sync::Arc;
 
-/// A value that counts how often it was dropped.
-struct Counted(Arc<AtomicUsize>);
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
 type K = Boxed<Counted>;
-
-fn owner() -> Arc<Owner> {
-    let owner = Arc::new(Owner::new(0, None));
-    owner.admit().unwrap();
-    owner
-}
 
 #[test]
 fn finish_races_cancel_one_outcome_value_dropped_once() {

@@ -165,18 +165,11 @@ impl<K: Kind> std::fmt::Debug for Promise<K> {
 #[cfg(all(test, not(asyncbridge_loom)))]
 mod tests {
     use super::*;
+    use crate::future::testing::Counted;
     use crate::future::Boxed;
     use crate::status::Status;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
-
-    struct Counted(Arc<AtomicUsize>);
-
-    impl Drop for Counted {
-        fn drop(&mut self) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
 
     type K = Boxed<Counted>;
     const LONG: Option<Duration> = Some(Duration::from_secs(30));

@@ -191,9 +191,14 @@ fn arm_running_work<K: Kind>(future: &Future<K>) -> crate::sys::thread_exit::Arm
     crate::sys::thread_exit::arm(&RUNNING_WORK, future.as_arc().clone())
 }
 
-/// loom's threads cannot end under work.
+/// loom's threads cannot end under work: nothing to arm.
 #[cfg(asyncbridge_loom)]
-fn arm_running_work<K: Kind>(_future: &Future<K>) {}
+struct NotArmed;
+
+#[cfg(asyncbridge_loom)]
+fn arm_running_work<K: Kind>(_future: &Future<K>) -> NotArmed {
+    NotArmed
+}
 
 /// The message of a future whose work's thread ended inside it.
 #[cfg(not(asyncbridge_loom))]
@@ -221,5 +226,7 @@ impl<K: Kind> crate::sys::thread_exit::Abandon for Completion<K> {
     }
 }
 
+#[cfg(test)]
+pub(crate) mod testing;
 #[cfg(all(test, not(asyncbridge_loom)))]
 mod tests;

@@ -1,5 +1,6 @@
 //! Unit tests of the state machine, its handles and its callbacks.
 
+use super::testing::{owner, Counted};
 use super::*;
 use crate::delivery::queue::CompletionQueue;
 use crate::sched::Owner;
@@ -9,21 +10,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::Mutex as StdMutex;
 use std::time::{Duration, Instant};
 
-struct Counted(Arc<AtomicUsize>);
-
-impl Drop for Counted {
-    fn drop(&mut self) {
-        self.0.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
 type K = Boxed<Counted>;
-
-fn owner() -> Arc<Owner> {
-    let owner = Arc::new(Owner::new(0, None));
-    owner.admit().unwrap();
-    owner
-}
 
 #[test]
 fn value_lives_until_the_last_handle() {
