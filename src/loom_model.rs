@@ -88,7 +88,7 @@ fn queued_work_runs_or_is_dropped_never_both() {
         );
         let runner = {
             let f = f.clone();
-            thread::spawn(move || f.run_queued())
+            thread::spawn(move || f.run_queued(&|| {}))
         };
         f.cancel().unwrap();
         runner.join().unwrap();

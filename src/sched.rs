@@ -11,7 +11,7 @@ use std::ffi::CStr;
 use std::time::{Duration, Instant};
 
 use crate::status::{Error, Status};
-use crate::sync::{lock, Arc, AtomicBool, AtomicU64, Condvar, Mutex, Ordering, Weak};
+use crate::sync::{lock, Arc, AtomicBool, AtomicU64, CachePadded, Condvar, Mutex, Ordering, Weak};
 use crate::sys::fork;
 
 /// Where synchronous work runs.
@@ -41,8 +41,11 @@ impl<W> std::fmt::Debug for Rejected<W> {
 
 /// Queued synchronous work, type-erased, as a runtime's queues hold it.
 pub(crate) trait Queued: Send + Sync {
-    /// Runs the work (or skips it if it was cancelled first).
-    fn run(self: Arc<Self>);
+    /// Runs the work (or skips it if it was cancelled first). `returned` is called
+    /// once the work has returned and before its future can be seen finished (not at
+    /// all if the work did not run), so that the thread can count itself free before
+    /// anyone learns of the result.
+    fn run(self: Arc<Self>, returned: &dyn Fn());
     /// Drops the work unrun and finishes its future `Cancelled`, if not yet started.
     fn cancel_queued(self: Arc<Self>);
 }
@@ -98,16 +101,19 @@ pub struct Stats {
 }
 
 /// Bookkeeping shared by a bridge and every future it made.
+///
+/// The counters live on two cache lines of their own: one written by the threads that
+/// submit, one by the threads that finish, so that neither side's writes take the
+/// other's line away on every operation. What is in flight is their difference.
 pub(crate) struct Owner {
     fork_generation: u64,
     max_pending: u64,
     /// How long the loop and waiters spin before parking (zero: they park at once).
     spin: Duration,
-    in_flight: AtomicU64,
-    submitted: AtomicU64,
-    completed: AtomicU64,
-    failed: AtomicU64,
-    cancelled: AtomicU64,
+    /// Written by submitting threads: futures accepted (less those taken back).
+    admitted: CachePadded<AtomicU64>,
+    /// Written by finishing threads.
+    finished: CachePadded<Finished>,
     /// Set once shutdown's grace period is over: running work is told to stop, and
     /// whatever it returns ends `Cancelled`.
     cancelling: AtomicBool,
@@ -122,6 +128,16 @@ pub(crate) struct Owner {
     pending: Mutex<Registry>,
 }
 
+/// The counters the finishing side writes.
+#[derive(Default)]
+struct Finished {
+    /// Futures no longer in flight.
+    left: AtomicU64,
+    completed: AtomicU64,
+    failed: AtomicU64,
+    cancelled: AtomicU64,
+}
+
 impl Owner {
     pub(crate) fn new(max_pending: u64, on_unhandled: Option<UnhandledHook>) -> Owner {
         Owner::with_hook(max_pending, on_unhandled.map(std::sync::Arc::new))
@@ -132,11 +148,8 @@ impl Owner {
             fork_generation: fork::generation(),
             max_pending,
             spin: Duration::ZERO,
-            in_flight: AtomicU64::new(0),
-            submitted: AtomicU64::new(0),
-            completed: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            cancelled: AtomicU64::new(0),
+            admitted: CachePadded::new(AtomicU64::new(0)),
+            finished: CachePadded::new(Finished::default()),
             cancelling: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             idle_lock: Mutex::new(()),
@@ -228,47 +241,57 @@ impl Owner {
     /// Counts one more future in flight, unless `max_pending` is reached.
     pub(crate) fn admit(&self) -> Result<(), Error> {
         if self.max_pending == 0 {
-            self.in_flight.fetch_add(1, Ordering::SeqCst);
+            self.admitted.fetch_add(1, Ordering::SeqCst);
         } else {
-            self.in_flight
-                .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |n| {
-                    (n < self.max_pending).then_some(n + 1)
+            // `left` only grows: a stale read counts more in flight, never fewer, so
+            // the bound is never passed.
+            self.admitted
+                .fetch_update(Ordering::SeqCst, Ordering::Relaxed, |admitted| {
+                    let left = self.finished.left.load(Ordering::SeqCst);
+                    (admitted.saturating_sub(left) < self.max_pending).then_some(admitted + 1)
                 })
                 .map_err(|_| Error::Busy)?;
         }
-        self.submitted.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     /// Undoes an [`admit`](Owner::admit) whose submission was refused after all.
     pub(crate) fn retract(&self) {
-        self.submitted.fetch_sub(1, Ordering::Relaxed);
-        self.leave();
+        self.admitted.fetch_sub(1, Ordering::SeqCst);
+        self.wake_if_idle();
     }
 
     /// Counts a future's final state.
     pub(crate) fn record(&self, status: Status) {
         let counter = match status {
-            Status::Ok => &self.completed,
-            Status::Failed => &self.failed,
-            _ => &self.cancelled,
+            Status::Ok => &self.finished.completed,
+            Status::Failed => &self.finished.failed,
+            _ => &self.finished.cancelled,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
     /// A future is finished: it no longer counts as pending.
     pub(crate) fn leave(&self) {
-        let before = self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.finished.left.fetch_add(1, Ordering::SeqCst);
+        self.wake_if_idle();
+    }
+
+    /// Wakes a shutdown waiting for the last future in flight.
+    fn wake_if_idle(&self) {
         // SeqCst pairs with `wait_idle`: either it sees the count at zero, or this
         // thread sees `draining` and wakes it, under the lock it waits with.
-        if before == 1 && self.draining.load(Ordering::SeqCst) {
+        if self.draining.load(Ordering::SeqCst) && self.in_flight() == 0 {
             let _guard = lock(&self.idle_lock);
             self.idle.notify_all();
         }
     }
 
     pub(crate) fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::SeqCst)
+        // `left` first: every future it counts was admitted before, so the difference
+        // is never below the true count at the moment `admitted` is read.
+        let left = self.finished.left.load(Ordering::SeqCst);
+        self.admitted.load(Ordering::SeqCst).saturating_sub(left)
     }
 
     /// Waits until nothing is in flight, or until `deadline` (`None`: no limit).
@@ -277,7 +300,7 @@ impl Owner {
         self.draining.store(true, Ordering::SeqCst);
         let mut guard = lock(&self.idle_lock);
         loop {
-            if self.in_flight.load(Ordering::SeqCst) == 0 {
+            if self.in_flight() == 0 {
                 return true;
             }
             let wait = match deadline {
@@ -325,12 +348,13 @@ impl Owner {
     }
 
     pub(crate) fn stats(&self) -> Stats {
+        let pending = self.in_flight();
         Stats {
-            submitted: self.submitted.load(Ordering::Relaxed),
-            completed: self.completed.load(Ordering::Relaxed),
-            failed: self.failed.load(Ordering::Relaxed),
-            cancelled: self.cancelled.load(Ordering::Relaxed),
-            pending: self.in_flight.load(Ordering::SeqCst),
+            submitted: self.admitted.load(Ordering::Relaxed),
+            completed: self.finished.completed.load(Ordering::Relaxed),
+            failed: self.finished.failed.load(Ordering::Relaxed),
+            cancelled: self.finished.cancelled.load(Ordering::Relaxed),
+            pending,
         }
     }
 }

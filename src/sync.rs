@@ -37,6 +37,25 @@ pub(crate) type ThreadId = loom::thread::ThreadId;
 #[cfg(not(asyncbridge_loom))]
 pub(crate) type ThreadId = std::thread::ThreadId;
 
+/// Keeps `T` on cache lines of its own (two 64-byte lines: x86's adjacent-line
+/// prefetch pairs them), so that writes to it do not take neighbouring data's line
+/// away from the threads that use that data.
+#[repr(align(128))]
+pub(crate) struct CachePadded<T>(T);
+
+impl<T> CachePadded<T> {
+    pub(crate) const fn new(value: T) -> CachePadded<T> {
+        CachePadded(value)
+    }
+}
+
+impl<T> std::ops::Deref for CachePadded<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
+}
+
 /// Locks `mutex`, ignoring poisoning.
 ///
 /// Every critical section in this crate leaves its data consistent before it can

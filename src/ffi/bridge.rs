@@ -12,6 +12,7 @@ use crate::ffi::job::{bridge_free_fn, bridge_work_fn, CWork};
 use crate::ffi::status::{
     bridge_status, BRIDGE_E_INVALID, BRIDGE_OK, BRIDGE_RUN_BLOCKING, BRIDGE_RUN_ON_LOOP,
 };
+use crate::future::Future;
 use crate::runtime::{Bridge, Config, Placement};
 use crate::status::timeout_from_ms;
 
@@ -407,11 +408,13 @@ pub unsafe extern "C" fn bridge_submit(
             _ => return BRIDGE_E_INVALID,
         };
         let work = CWork::new(work, arg, arg_free);
-        match bridge.submit::<CKind>(work, placement) {
+        match bridge.submit_shared::<CKind>(work, placement) {
             Ok(future) => {
-                if !out.is_null() {
+                if out.is_null() {
+                    drop(Future::from_arc(future));
+                } else {
                     // SAFETY: `out` is non-NULL and writable per the API.
-                    unsafe { out.write(into_c_future(future)) };
+                    unsafe { out.write(arc_into_c::<future_t>(future)) };
                 }
                 BRIDGE_OK
             }

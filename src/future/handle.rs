@@ -76,11 +76,14 @@ impl<K: Kind> Future<K> {
     /// Turns this handle into one reference to the shared state that still counts as
     /// a handle (the value stays alive) until it comes back through
     /// [`Future::from_arc`] and is dropped.
-    pub(crate) fn into_arc(self) -> Arc<Completion<K>> {
-        if self.holder {
-            // Kept for the returned reference; `self`'s drop gives one back.
+    pub(crate) fn into_arc(mut self) -> Arc<Completion<K>> {
+        if !self.holder {
+            // An internal reference becomes a handle's.
             self.completion.holders.fetch_add(1, Ordering::SeqCst);
         }
+        // The count this handle holds passes to the returned reference: `self`'s drop
+        // gives back only its share of the shared state.
+        self.holder = false;
         self.completion.clone()
     }
 

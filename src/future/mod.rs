@@ -169,8 +169,8 @@ impl<K: Kind> crate::sched::Pending for Completion<K> {
 
 /// Lets a runtime's queues run and drop queued work.
 impl<K: Kind> crate::sched::Queued for Completion<K> {
-    fn run(self: Arc<Self>) {
-        Future::from_completion(self, false).run_queued();
+    fn run(self: Arc<Self>, returned: &dyn Fn()) {
+        Future::from_completion(self, false).run_queued(returned);
     }
 
     fn cancel_queued(self: Arc<Self>) {

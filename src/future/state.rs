@@ -167,34 +167,44 @@ pub(super) struct Release<V> {
 
 impl<K: Kind> Future<K> {
     pub(super) fn with_stage(owner: Arc<Owner>, stage: Stage, work: Option<K::Work>) -> Future<K> {
-        Future::from_completion(
-            Arc::new(Completion {
-                status: AtomicI32::new(Status::Pending.code()),
-                holders: AtomicUsize::new(1),
-                cancel_requested: AtomicBool::new(false),
-                observed: AtomicBool::new(false),
-                promised: stage == Stage::Held,
-                failure: std::sync::OnceLock::new(),
-                owner,
-                inner: Mutex::new(Inner {
-                    stage,
-                    request: None,
-                    work,
-                    value: None,
-                    callbacks: Callbacks::new(),
-                    waiters: 0,
-                    waker: None,
-                    cold: None,
-                }),
-                finished: Condvar::new(),
+        Future::from_completion(Future::shared(owner, stage, work), true)
+    }
+
+    /// The shared state of a new future, with one handle counted (see
+    /// [`Future::from_arc`]).
+    fn shared(owner: Arc<Owner>, stage: Stage, work: Option<K::Work>) -> Arc<Completion<K>> {
+        Arc::new(Completion {
+            status: AtomicI32::new(Status::Pending.code()),
+            holders: AtomicUsize::new(1),
+            cancel_requested: AtomicBool::new(false),
+            observed: AtomicBool::new(false),
+            promised: stage == Stage::Held,
+            failure: std::sync::OnceLock::new(),
+            owner,
+            inner: Mutex::new(Inner {
+                stage,
+                request: None,
+                work,
+                value: None,
+                callbacks: Callbacks::new(),
+                waiters: 0,
+                waker: None,
+                cold: None,
             }),
-            true,
-        )
+            finished: Condvar::new(),
+        })
     }
 
     /// A future whose synchronous `work` waits in a queue.
+    #[cfg(any(test, asyncbridge_loom))]
     pub(crate) fn queued(owner: Arc<Owner>, work: K::Work) -> Future<K> {
         Future::with_stage(owner, Stage::Queued, Some(work))
+    }
+
+    /// [`Future::queued`], as the one reference its submitter holds (see
+    /// [`Future::from_arc`]).
+    pub(crate) fn queued_shared(owner: Arc<Owner>, work: K::Work) -> Arc<Completion<K>> {
+        Future::shared(owner, Stage::Queued, Some(work))
     }
 
     /// A future that waits for others (a chain, a combination): no work of its own
@@ -398,8 +408,9 @@ impl<K: Kind> Future<K> {
         self.finish_locked(inner, outcome, on_cancel)
     }
 
-    /// Runs queued synchronous work, unless a request came first.
-    pub(crate) fn run_queued(&self) {
+    /// Runs queued synchronous work, unless a request came first; calls `returned`
+    /// once the work has returned, before the future finishes.
+    pub(crate) fn run_queued(&self, returned: &dyn Fn()) {
         let work = {
             let mut inner = self.lock();
             if inner.stage != Stage::Queued {
@@ -420,6 +431,7 @@ impl<K: Kind> Future<K> {
         let result = catch_unwind(AssertUnwindSafe(|| K::run(work, &job)))
             .unwrap_or_else(|_| Err(Failure::panic()));
         drop(armed);
+        returned();
         self.finish(match result {
             Ok(()) => Outcome::Ok(None),
             Err(failure) => Outcome::Failed(failure),

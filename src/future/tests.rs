@@ -51,7 +51,7 @@ fn staged_value_of_failed_work_is_dropped_at_once() {
         }),
     );
     let keep = f.clone();
-    f.run_queued();
+    f.run_queued(&|| {});
     assert_eq!(
         drops.load(Ordering::SeqCst),
         1,
@@ -64,7 +64,7 @@ fn staged_value_of_failed_work_is_dropped_at_once() {
 #[test]
 fn failure_without_message_names_its_code() {
     let f = Future::<K>::queued(owner(), Box::new(|job| job.outcome_of(17)));
-    f.run_queued();
+    f.run_queued(&|| {});
     assert_eq!(f.status(), Status::Failed);
     assert_eq!(f.failure().unwrap().message(), c"work failed with code 17");
 }
@@ -119,7 +119,7 @@ fn cancel_queued_releases_work_before_returning() {
     assert_eq!(f.cancel(), Ok(Status::Ok));
     assert_eq!(drops.load(Ordering::SeqCst), 1);
     assert_eq!(f.status(), Status::Cancelled);
-    f.run_queued(); // the runner finds it cancelled and skips it
+    f.run_queued(&|| {}); // the runner finds it cancelled and skips it
     assert_eq!(f.status(), Status::Cancelled);
     assert_eq!(f.cancel(), Ok(Status::Cancelled));
 }
@@ -135,7 +135,7 @@ fn cancel_while_running_wins_when_the_work_returns() {
             Ok(())
         }),
     );
-    f.run_queued();
+    f.run_queued(&|| {});
     assert_eq!(f.status(), Status::Cancelled);
 }
 
@@ -174,7 +174,7 @@ fn a_panicking_callback_does_not_stop_the_others() {
 #[test]
 fn panicking_work_fails_with_the_panic_code() {
     let f = Future::<K>::queued(owner(), Box::new(|_| panic!("work panics")));
-    f.run_queued();
+    f.run_queued(&|| {});
     assert_eq!(f.status(), Status::Failed);
     assert_eq!(f.failure().unwrap().code(), Error::Panic.code());
 }
@@ -249,7 +249,7 @@ fn progress_is_read_back() {
         }),
     );
     assert_eq!(f.progress(), Ok((0, 0)));
-    f.run_queued();
+    f.run_queued(&|| {});
     assert_eq!(f.progress(), Ok((3, 10)));
 }
 

@@ -27,7 +27,7 @@ use crate::promise::Promise;
 use crate::sched::{Canceller, Owner, Queued, Sched, Stats, UnhandledHook};
 pub use crate::sched::{Placement, Rejected};
 use crate::status::Error;
-use crate::sync::{Arc, Condvar, Mutex, Ordering, Weak};
+use crate::sync::{Arc, CachePadded, Mutex, Ordering, Weak};
 use crate::sys::fork;
 use crate::sys::thread_role;
 
@@ -74,12 +74,11 @@ struct WorkQueue {
     scheduled: bool,
     /// Blocking queue only: pool tasks draining it (a pending item costs a queue slot,
     /// not a pool task); of those, how many will take an item without being told
-    /// (just started, or woken for one), and how many sleep in `blocking_ready`
-    /// waiting for work. `wakeups` are sleepers told to get up that have not yet.
+    /// (just started, woken for one, or spinning after their last item), and those
+    /// asleep waiting for work, the most recently parked last (woken first).
     runners: usize,
     starting: usize,
-    parked: usize,
-    wakeups: usize,
+    sleepers: Vec<Arc<pool::Sleeper>>,
     closed: bool,
 }
 
@@ -90,8 +89,7 @@ impl WorkQueue {
             scheduled: false,
             runners: 0,
             starting: 0,
-            parked: 0,
-            wakeups: 0,
+            sleepers: Vec::new(),
             closed: false,
         })
     }
@@ -113,13 +111,22 @@ pub(crate) struct Shared {
     owner: Arc<Owner>,
     state: AtomicU8,
     handle: tokio::runtime::Handle,
-    on_loop: Mutex<WorkQueue>,
-    /// Items in `on_loop`, for the dispatcher to watch while it spins without the lock.
+    /// Padded: both the submitting threads and the loop write it on every operation,
+    /// and the fields around it are read on every submission.
+    on_loop: CachePadded<Mutex<WorkQueue>>,
+    /// Low-latency mode (`Config::spin`): the dispatcher spins before it parks.
+    spinning: bool,
+    /// Items in `on_loop`, kept only in low-latency mode, for the dispatcher to watch
+    /// while it spins without the lock.
     on_loop_len: std::sync::atomic::AtomicUsize,
     on_loop_ready: Notify,
-    blocking: Mutex<WorkQueue>,
-    /// Pool tasks with nothing to do sleep here for a while before they end.
-    blocking_ready: Condvar,
+    blocking: CachePadded<Mutex<WorkQueue>>,
+    /// Pool tasks whose work has returned and that have not yet looked for the next
+    /// item: they will take one without being told.
+    returning: CachePadded<std::sync::atomic::AtomicUsize>,
+    /// Items in `blocking`, kept only in low-latency mode, for a pool task to watch
+    /// while it spins without the lock.
+    blocking_len: std::sync::atomic::AtomicUsize,
     /// At most this many pool tasks drain `blocking`: the pool's own bound.
     max_runners: usize,
 }
@@ -201,11 +208,13 @@ impl Bridge {
             ),
             state: AtomicU8::new(RUNNING),
             handle: runtime.handle().clone(),
-            on_loop: WorkQueue::new(),
+            on_loop: CachePadded::new(WorkQueue::new()),
+            spinning: !config.spin.is_zero(),
             on_loop_len: std::sync::atomic::AtomicUsize::new(0),
             on_loop_ready: Notify::new(),
-            blocking: WorkQueue::new(),
-            blocking_ready: Condvar::new(),
+            blocking: CachePadded::new(WorkQueue::new()),
+            returning: CachePadded::new(std::sync::atomic::AtomicUsize::new(0)),
+            blocking_len: std::sync::atomic::AtomicUsize::new(0),
             max_runners,
         });
         let sched: Weak<dyn Sched> = shared.me.clone();
@@ -322,24 +331,37 @@ impl Bridge {
         work: K::Work,
         placement: Placement,
     ) -> Result<Future<K>, Rejected<K::Work>> {
+        self.submit_shared(work, placement).map(Future::from_arc)
+    }
+
+    /// [`Bridge::submit`], the caller's handle given as the shared state it counts
+    /// for (see [`Future::from_arc`]), which is what a C handle is.
+    pub(crate) fn submit_shared<K: Kind>(
+        &self,
+        work: K::Work,
+        placement: Placement,
+    ) -> Result<Arc<crate::future::Completion<K>>, Rejected<K::Work>> {
         if let Err(error) = self.check_running() {
             return Err(Rejected { error, work });
         }
         if let Err(error) = self.shared.owner.admit() {
             return Err(Rejected { error, work });
         }
-        let future = Future::<K>::queued(self.shared.owner.clone(), work);
-        let item: Arc<dyn Queued> = future.as_arc().clone();
+        let completion = Future::<K>::queued_shared(self.shared.owner.clone(), work);
+        let item: Arc<dyn Queued> = completion.clone();
         match self.shared.push(item, placement) {
-            Ok(()) => Ok(future),
+            Ok(()) => Ok(completion),
             // Refused before any thread could see the item: the work is still inside.
-            Err(error) => match future.take_queued_work() {
-                Some(work) => {
-                    self.shared.owner.retract();
-                    Err(Rejected { error, work })
+            Err(error) => {
+                let future = Future::from_arc(completion);
+                match future.take_queued_work() {
+                    Some(work) => {
+                        self.shared.owner.retract();
+                        Err(Rejected { error, work })
+                    }
+                    None => Ok(future.into_arc()),
                 }
-                None => Ok(future),
-            },
+            }
         }
     }
 

@@ -71,7 +71,7 @@ impl Shared {
         // The queues close before anything is cancelled: a pool task or the dispatcher
         // could otherwise take a queued item meanwhile and finish it cancelled on its
         // own thread. This way queued work is dropped, and its callbacks run, here.
-        let queued: Vec<_> = [&self.on_loop, &self.blocking]
+        let queued: Vec<_> = [&*self.on_loop, &*self.blocking]
             .into_iter()
             .flat_map(|queue| {
                 let mut queue = lock(queue);
@@ -80,7 +80,7 @@ impl Shared {
             })
             .collect();
         // Sleeping pool tasks end now rather than at their keep-alive.
-        self.blocking_ready.notify_all();
+        self.wake_sleepers();
         self.owner.cancel_all();
         for item in queued {
             item.cancel_queued();

@@ -279,7 +279,7 @@ fn an_idle_pool_task_waits_for_the_next_item_and_shutdown_ends_it() {
         loop {
             {
                 let queue = lock(&bridge.shared.blocking);
-                if queue.parked == parked && queue.runners == runners {
+                if queue.sleepers.len() == parked && queue.runners == runners {
                     return;
                 }
             }
@@ -294,6 +294,21 @@ fn an_idle_pool_task_waits_for_the_next_item_and_shutdown_ends_it() {
     settled(1, 1);
     assert_eq!(bridge.shutdown(LONG), Ok(Status::Ok));
     settled(0, 0);
+}
+
+#[test]
+fn one_stream_of_round_trips_stays_on_one_pool_task() {
+    // A task counts itself free before its result can be seen, so the caller's next
+    // submission finds it about to look for work: no second task is woken or started.
+    let bridge = start();
+    for round in 0..300 {
+        let f = bridge
+            .submit::<K>(work(|_| Ok(())), Placement::Blocking)
+            .unwrap();
+        assert_eq!(f.wait(LONG), Ok(Status::Ok));
+        let runners = lock(&bridge.shared.blocking).runners;
+        assert_eq!(runners, 1, "round {round}: {runners} pool tasks");
+    }
 }
 
 #[test]
