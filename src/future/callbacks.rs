@@ -24,6 +24,12 @@ impl<C> Callbacks<C> {
         }
     }
 
+    /// The first callback and those after it (`first` is `None` only if `rest` is
+    /// empty).
+    pub(super) fn from_parts(first: Option<C>, rest: Vec<C>) -> Callbacks<C> {
+        Callbacks { first, rest }
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.first.is_none() && self.rest.is_empty()
     }
@@ -83,7 +89,7 @@ impl<K: Kind> Future<K> {
             }
             let mut inner = self.lock();
             if !inner.stage.is_final() {
-                inner.callbacks.push(Registration::Direct(callback));
+                inner.push_callback(Registration::Direct(callback));
                 return Ok(());
             }
         }
@@ -109,9 +115,7 @@ impl<K: Kind> Future<K> {
             return Err(Error::NotRunning);
         };
         if !inner.stage.is_final() {
-            inner
-                .callbacks
-                .push(Registration::Via(queue.clone(), callback));
+            inner.push_callback(Registration::Via(queue.clone(), callback));
             return Ok(());
         }
         let cold = inner.cold();
@@ -185,13 +189,13 @@ impl<K: Kind> Future<K> {
             let Some(mut inner) = self.lock_unless_orphaned() else {
                 return 0;
             };
-            let callbacks = std::mem::replace(&mut inner.callbacks, Callbacks::new());
+            let callbacks = inner.take_callbacks();
             for registration in callbacks.into_iter() {
                 match registration {
                     Registration::Via(q, cb) if Arc::ptr_eq(&q, queue) && done(&cb) => {
                         removed_callbacks.push(cb)
                     }
-                    other => inner.callbacks.push(other),
+                    other => inner.push_callback(other),
                 }
             }
             if let Some(cold) = inner.cold.as_mut() {
@@ -244,7 +248,7 @@ impl<K: Kind> Future<K> {
             }
             let mut inner = self.lock();
             if !inner.stage.is_final() {
-                inner.callbacks.push(Registration::Internal(callback));
+                inner.push_callback(Registration::Internal(callback));
                 return Ok(());
             }
         }

@@ -195,7 +195,7 @@ impl<K: Kind> Future<K> {
     /// The failure, without counting as observing it.
     pub(crate) fn failure_unobserved(&self) -> Option<&Failure> {
         match self.peek() {
-            Status::Failed => self.completion.failure.get(),
+            Status::Failed => self.completion.failure.get().map(|f| &**f),
             _ => None,
         }
     }
@@ -210,7 +210,7 @@ impl<K: Kind> Future<K> {
         if self.peek() != Status::Ok {
             return None;
         }
-        self.lock_unless_orphaned()?.value.as_ref().map(f)
+        self.lock_unless_orphaned()?.slot.value().map(f)
     }
 
     /// Takes the value out of a future that ended `Ok`; the caller owns it now.
@@ -218,7 +218,7 @@ impl<K: Kind> Future<K> {
         if self.peek() != Status::Ok {
             return None;
         }
-        self.lock_unless_orphaned()?.value.take()
+        self.lock_unless_orphaned()?.slot.take_value()
     }
 
     /// The failure of a future that ended `Failed`; reading it counts as observing it.
@@ -227,7 +227,7 @@ impl<K: Kind> Future<K> {
             return None;
         }
         self.observe(Status::Failed);
-        self.completion.failure.get()
+        self.completion.failure.get().map(|f| &**f)
     }
 
     /// The latest progress reported by the work: `(done, total)`.

@@ -65,6 +65,84 @@ pub(super) enum Request {
     Timeout(u64),
 }
 
+/// A request as a future keeps it: the milliseconds of a timeout wait in the cold
+/// part, so the common state stays small.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(super) enum Requested {
+    Cancel,
+    Timeout,
+}
+
+/// What a future holds besides its outcome, one thing at a time: the work while it is
+/// queued, the waker of its task while async work runs, then the value (staged by
+/// running synchronous work, or given when it finishes; the value of an `Ok` future).
+/// Work is taken before it runs, only synchronous work stages a value, and async work
+/// gives its value only as it finishes, so no two of them are ever needed at once.
+pub(super) enum Slot<K: Kind> {
+    Empty,
+    Work(K::Work),
+    Waker(Waker),
+    Value(K::Value),
+}
+
+impl<K: Kind> Slot<K> {
+    pub(super) fn take_work(&mut self) -> Option<K::Work> {
+        match std::mem::replace(self, Slot::Empty) {
+            Slot::Work(work) => Some(work),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+
+    fn take_waker(&mut self) -> Option<Waker> {
+        match std::mem::replace(self, Slot::Empty) {
+            Slot::Waker(waker) => Some(waker),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+
+    /// Keeps `waker` unless the one kept already wakes the same task.
+    fn set_waker(&mut self, waker: &Waker) {
+        match self {
+            Slot::Waker(kept) if kept.will_wake(waker) => {}
+            Slot::Empty | Slot::Waker(_) => *self = Slot::Waker(waker.clone()),
+            // Never the case for async work (nothing is queued or staged for it).
+            Slot::Work(_) | Slot::Value(_) => {}
+        }
+    }
+
+    pub(super) fn take_value(&mut self) -> Option<K::Value> {
+        match std::mem::replace(self, Slot::Empty) {
+            Slot::Value(value) => Some(value),
+            other => {
+                *self = other;
+                None
+            }
+        }
+    }
+
+    /// Puts `value` in; gives back the value it replaces. A waker left there by async
+    /// work that finishes with this value is no longer needed.
+    fn set_value(&mut self, value: K::Value) -> Option<K::Value> {
+        match std::mem::replace(self, Slot::Value(value)) {
+            Slot::Value(old) => Some(old),
+            _ => None,
+        }
+    }
+
+    pub(super) fn value(&self) -> Option<&K::Value> {
+        match self {
+            Slot::Value(value) => Some(value),
+            _ => None,
+        }
+    }
+}
+
 /// A promise's cancel callback: run once, on the requesting thread.
 pub type CancelCallback = Box<dyn FnOnce() + Send>;
 
@@ -89,6 +167,10 @@ pub(super) struct Cold<K: Kind> {
     pub(super) cancel_registered: bool,
     /// The thread running the cancel callback; settling from another thread waits.
     pub(super) cancelling_on: Option<ThreadId>,
+    /// The milliseconds of a timeout request.
+    pub(super) timeout_ms: u64,
+    /// Done callbacks registered after the first (which `Inner` keeps), in order.
+    pub(super) more_callbacks: Vec<Registration<K>>,
 }
 
 impl<K: Kind> Default for Cold<K> {
@@ -103,27 +185,65 @@ impl<K: Kind> Default for Cold<K> {
             on_cancel: None,
             cancel_registered: false,
             cancelling_on: None,
+            timeout_ms: 0,
+            more_callbacks: Vec::new(),
         }
     }
 }
 
 pub(super) struct Inner<K: Kind> {
     pub(super) stage: Stage,
-    pub(super) request: Option<Request>,
-    pub(super) work: Option<K::Work>,
-    /// While running: the value staged by the work. Once `Ok`: the future's value.
-    pub(super) value: Option<K::Value>,
-    pub(super) callbacks: Callbacks<Registration<K>>,
+    requested: Option<Requested>,
     /// Threads sleeping on `finished`; notifying nobody costs a syscall, so count.
     pub(super) waiters: u32,
-    /// The task of async work, woken by a request.
-    pub(super) waker: Option<Waker>,
+    /// The work, the waker of its task, or the value.
+    pub(super) slot: Slot<K>,
+    /// The first done callback; the others wait in the cold part. None only if
+    /// there are no others either.
+    first_callback: Option<Registration<K>>,
     pub(super) cold: Option<Box<Cold<K>>>,
 }
 
 impl<K: Kind> Inner<K> {
     pub(super) fn cold(&mut self) -> &mut Cold<K> {
         self.cold.get_or_insert_with(Box::default)
+    }
+
+    /// The request made, if any.
+    fn request(&self) -> Option<Request> {
+        self.requested.map(|requested| match requested {
+            Requested::Cancel => Request::Cancel,
+            Requested::Timeout => Request::Timeout(self.cold.as_ref().map_or(0, |c| c.timeout_ms)),
+        })
+    }
+
+    fn set_request(&mut self, request: Request) {
+        self.requested = Some(match request {
+            Request::Cancel => Requested::Cancel,
+            Request::Timeout(ms) => {
+                self.cold().timeout_ms = ms;
+                Requested::Timeout
+            }
+        });
+    }
+
+    /// Adds a done callback after those registered before.
+    pub(super) fn push_callback(&mut self, registration: Registration<K>) {
+        if self.first_callback.is_none() {
+            self.first_callback = Some(registration);
+        } else {
+            self.cold().more_callbacks.push(registration);
+        }
+    }
+
+    /// Takes every done callback out, in the order registered.
+    pub(super) fn take_callbacks(&mut self) -> Callbacks<Registration<K>> {
+        let first = self.first_callback.take();
+        let rest = match self.cold.as_mut() {
+            Some(cold) => std::mem::take(&mut cold.more_callbacks),
+            None => Vec::new(),
+        };
+        Callbacks::from_parts(first, rest)
     }
 }
 
@@ -139,7 +259,8 @@ pub(crate) struct Completion<K: Kind> {
     pub(super) observed: AtomicBool,
     /// A promise's future: shutdown stops it through its request, like any other.
     pub(super) promised: bool,
-    pub(super) failure: std::sync::OnceLock<Failure>,
+    /// Boxed: most futures never fail, and the cell is read without the lock.
+    pub(super) failure: std::sync::OnceLock<Box<Failure>>,
     pub(super) owner: Arc<Owner>,
     pub(super) inner: Mutex<Inner<K>>,
     pub(super) finished: Condvar,
@@ -183,12 +304,13 @@ impl<K: Kind> Future<K> {
             owner,
             inner: Mutex::new(Inner {
                 stage,
-                request: None,
-                work,
-                value: None,
-                callbacks: Callbacks::new(),
+                requested: None,
                 waiters: 0,
-                waker: None,
+                slot: match work {
+                    Some(work) => Slot::Work(work),
+                    None => Slot::Empty,
+                },
+                first_callback: None,
                 cold: None,
             }),
             finished: Condvar::new(),
@@ -275,18 +397,18 @@ impl<K: Kind> Future<K> {
             // Still pending to the caller, and past the point where a request counts.
             return Ok(Status::Ok);
         }
-        if inner.request.is_some() || (request != Request::Cancel && self.is_cancel_requested()) {
+        if inner.requested.is_some() || (request != Request::Cancel && self.is_cancel_requested()) {
             // A timeout after a cancellation (or a shutdown's) is not a timeout.
             return Ok(Status::Ok);
         }
-        inner.request = Some(request);
+        inner.set_request(request);
         self.completion()
             .cancel_requested
             .store(true, Ordering::SeqCst);
         match inner.stage {
             Stage::Queued => {
                 inner.stage = Stage::Running;
-                let work = inner.work.take();
+                let work = inner.slot.take_work();
                 drop(inner);
                 // The work's resources are released before anyone can see the future
                 // finished: cancelled means nothing of the work is left.
@@ -294,7 +416,7 @@ impl<K: Kind> Future<K> {
                 self.finish(Outcome::Cancelled);
             }
             Stage::Running => {
-                let waker = inner.waker.take();
+                let waker = inner.slot.take_waker();
                 drop(inner);
                 if let Some(waker) = waker {
                     waker.wake();
@@ -359,7 +481,7 @@ impl<K: Kind> Future<K> {
             return Err(Error::Invalid);
         }
         cold.cancel_registered = true;
-        if inner.request.is_some() {
+        if inner.requested.is_some() {
             self.run_cancel_callback(inner, callback);
         } else {
             inner.cold().on_cancel = Some(callback);
@@ -417,7 +539,7 @@ impl<K: Kind> Future<K> {
                 return;
             }
             inner.stage = Stage::Running;
-            inner.work.take()
+            inner.slot.take_work()
         };
         let Some(work) = work else { return };
         if self.is_cancel_requested() {
@@ -445,7 +567,7 @@ impl<K: Kind> Future<K> {
             return None;
         }
         inner.stage = Stage::Released;
-        inner.work.take()
+        inner.slot.take_work()
     }
 
     /// Drops queued work unrun and finishes the future `Cancelled`; no-op otherwise.
@@ -458,19 +580,14 @@ impl<K: Kind> Future<K> {
 
     /// Records the wakeup of async work; returns whether cancellation was requested.
     pub(crate) fn register_waker(&self, waker: &Waker) -> bool {
-        let mut inner = self.lock();
-        match &inner.waker {
-            Some(w) if w.will_wake(waker) => {}
-            _ => inner.waker = Some(waker.clone()),
-        }
-        drop(inner);
+        self.lock().slot.set_waker(waker);
         // Checked after storing: a request that stored its flag before we locked is
         // seen here, and one that locks after us takes the waker.
         self.is_cancel_requested()
     }
 
     pub(crate) fn stage_value(&self, value: K::Value) {
-        let old = self.lock().value.replace(value);
+        let old = self.lock().slot.set_value(value);
         drop(old);
     }
 
@@ -522,7 +639,7 @@ impl<K: Kind> Future<K> {
         inner.stage = Stage::Finishing;
         let completion = self.completion();
         let request = inner
-            .request
+            .request()
             .or_else(|| self.shutdown_cancels().then_some(Request::Cancel));
         // What the request overrides is dropped below, outside the lock.
         let (outcome, taken, overridden) = match (outcome, request) {
@@ -543,23 +660,23 @@ impl<K: Kind> Future<K> {
         let (status, discarded) = match outcome {
             Outcome::Ok(value) => {
                 let old = match value {
-                    Some(v) => inner.value.replace(v),
+                    Some(v) => inner.slot.set_value(v),
                     None => None,
                 };
                 (Status::Ok, old)
             }
             Outcome::Failed(failure) => {
                 // Only this thread finishes, and only once, so the cell is empty.
-                let _ = completion.failure.set(failure);
-                (Status::Failed, inner.value.take())
+                let _ = completion.failure.set(Box::new(failure));
+                (Status::Failed, inner.slot.take_value())
             }
             Outcome::TimedOut(ms) => {
                 let failure =
                     Failure::new(Error::TimedOut.code(), format!("timed out after {ms} ms"));
-                let _ = completion.failure.set(failure);
-                (Status::Failed, inner.value.take())
+                let _ = completion.failure.set(Box::new(failure));
+                (Status::Failed, inner.slot.take_value())
             }
-            Outcome::Cancelled => (Status::Cancelled, inner.value.take()),
+            Outcome::Cancelled => (Status::Cancelled, inner.slot.take_value()),
         };
         if discarded.is_some() || overridden.is_some() || unused_cancel_callback.is_some() {
             // Freed before anyone can see the future finished, and outside the lock
@@ -572,11 +689,11 @@ impl<K: Kind> Future<K> {
             inner = self.lock();
         }
         inner.stage = Stage::Done;
-        inner.waker = None;
+        drop(inner.slot.take_waker());
         if let Some(cold) = inner.cold.as_mut() {
             cold.staged_message = None;
         }
-        let registrations = std::mem::replace(&mut inner.callbacks, Callbacks::new());
+        let registrations = inner.take_callbacks();
         // Each queued callback's entry holds a handle until it has run; the entries are
         // pushed below, under the lock, where a withdrawal can find them.
         let mut callbacks = Callbacks::new();
@@ -689,7 +806,7 @@ impl<K: Kind> Future<K> {
         }
         inner.stage = Stage::Released;
         Some(Release {
-            value: inner.value.take(),
+            value: inner.slot.take_value(),
             unobserved: status == Status::Failed
                 && !self.completion().observed.load(Ordering::Relaxed),
         })
