@@ -67,8 +67,9 @@ struct State {
     close_deferred: bool,
     /// Threads in `wait`; notifying nobody costs a syscall, so count.
     waiters: u32,
-    /// Dropped (closing the descriptor) when the queue is closed.
-    wakeup: Option<Wakeup>,
+    /// Dropped when the queue is closed (which closes the descriptor, once a push
+    /// that is raising it has done so).
+    wakeup: Option<Arc<Wakeup>>,
 }
 
 /// A queue of callbacks that run only inside [`CompletionQueue::dispatch`], on the
@@ -101,7 +102,7 @@ impl CompletionQueue {
                 closed: false,
                 close_deferred: false,
                 waiters: 0,
-                wakeup: Wakeup::new().ok(),
+                wakeup: Wakeup::new().ok().map(Arc::new),
             }),
             nonempty: Condvar::new(),
             notify: Mutex::new(None),
@@ -121,7 +122,7 @@ impl CompletionQueue {
         if self.orphaned() {
             return None;
         }
-        lock(&self.state).wakeup.as_ref().map(Wakeup::fd)
+        lock(&self.state).wakeup.as_ref().map(|w| w.fd())
     }
 
     /// Sets (or with `None` removes) the hook called on each empty→non-empty edge.
@@ -175,13 +176,18 @@ impl CompletionQueue {
         let seq = state.next;
         state.next += 1;
         state.entries.push_back((seq, entry));
-        if edge {
-            if let Some(wakeup) = &state.wakeup {
-                wakeup.raise();
-            }
-        }
         let wake = edge && state.waiters > 0;
+        // Raised outside the lock, so that a poller it wakes does not find the lock
+        // held. A dispatch that drains the queue meanwhile and clears the descriptor
+        // leaves it readable with nothing queued (the next dispatch finds nothing to
+        // run), never the other way round: the descriptor is cleared only under the
+        // lock, with the queue seen empty, and every later push raises it again. The
+        // reference keeps the descriptor open should the queue be closed meanwhile.
+        let raise = if edge { state.wakeup.clone() } else { None };
         drop(state);
+        if let Some(raise) = raise {
+            raise.raise();
+        }
         if wake {
             self.nonempty.notify_all();
         }

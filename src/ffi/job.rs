@@ -137,6 +137,14 @@ impl CWork {
                 self.arg.get(),
             ),
         };
+        if crate::sys::thread_role::on_any_loop() {
+            // A loop thread that ends inside work takes the process with it (see
+            // `future::arm_running_work`): nothing would be left to free.
+            // SAFETY: as below; the work stays on the stack for the call.
+            let code = unsafe { call_outermost(func, job_ptr, second, third) };
+            drop(self);
+            return code;
+        }
         // The work waits in this thread's slot while it runs, not on the stack: should
         // the thread end inside it (see `call_outermost`), destroying the slot drops
         // it, which frees its argument and releases the future it follows, exactly

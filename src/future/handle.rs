@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::state::Completion;
+use super::state::{Completion, RELEASE_PENDING};
 use super::{Failure, Kind};
 use crate::sched::Owner;
 use crate::status::{Error, Status};
@@ -36,7 +36,12 @@ impl<K: Kind> Clone for Future<K> {
 
 impl<K: Kind> Drop for Future<K> {
     fn drop(&mut self) {
-        if self.holder && self.completion.holders.fetch_sub(1, Ordering::SeqCst) == 1 {
+        if self.holder
+            && self.completion.holders.fetch_sub(1, Ordering::SeqCst) == 1
+            // Not finished: its finish finds no holder and releases. Finished with
+            // nothing to release: nothing to do. Either way, no lock.
+            && self.completion.release.load(Ordering::SeqCst) == RELEASE_PENDING
+        {
             self.release_if_unheld();
         }
     }

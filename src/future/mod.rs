@@ -185,11 +185,23 @@ std::thread_local! {
         const { crate::sys::thread_exit::Slot::new() };
 }
 
-/// Keeps the future whose work this thread runs where the thread's end finds it.
+/// Keeps the future whose work this thread runs where the thread's end finds it. On a
+/// loop thread there is nothing to finish, only the process to stop: no reference is
+/// taken there.
 #[cfg(not(asyncbridge_loom))]
 fn arm_running_work<K: Kind>(future: &Future<K>) -> crate::sys::thread_exit::Armed {
-    crate::sys::thread_exit::arm(&RUNNING_WORK, future.as_arc().clone())
+    use crate::sys::thread_exit::{arm, Running};
+    if crate::sys::thread_role::on_any_loop() {
+        arm(&RUNNING_WORK, Running::Fatal(LOOP_THREAD_ENDED))
+    } else {
+        arm(&RUNNING_WORK, Running::Shared(future.as_arc().clone()))
+    }
 }
+
+/// Why the process stops when a loop thread ends inside work.
+#[cfg(not(asyncbridge_loom))]
+const LOOP_THREAD_ENDED: &str = "a loop thread ended inside work run on it (pthread_exit or \
+     thread cancellation); the bridge cannot go on without its loop: aborting";
 
 /// loom's threads cannot end under work: nothing to arm.
 #[cfg(asyncbridge_loom)]
@@ -213,10 +225,7 @@ impl<K: Kind> crate::sys::thread_exit::Abandon for Completion<K> {
     /// it every async task of the bridge, so that is fatal.
     fn abandon(self: Arc<Self>) {
         if crate::sys::thread_role::on_any_loop() {
-            eprintln!(
-                "asyncbridge: a loop thread ended inside work run on it (pthread_exit or \
-                 thread cancellation); the bridge cannot go on without its loop: aborting"
-            );
+            eprintln!("asyncbridge: {LOOP_THREAD_ENDED}");
             std::process::abort();
         }
         Future::from_completion(self, false).finish(Outcome::Failed(Failure::new(

@@ -26,8 +26,8 @@ use crate::delivery::Entry;
 use crate::sched::Owner;
 use crate::status::{Error, Status};
 use crate::sync::{
-    current_thread, lock, Arc, AtomicBool, AtomicI32, AtomicUsize, Condvar, Mutex, Ordering,
-    ThreadId, WaitGraph, Weak,
+    current_thread, lock, Arc, AtomicBool, AtomicI32, AtomicU8, AtomicUsize, Condvar, Mutex,
+    Ordering, ThreadId, WaitGraph, Weak,
 };
 
 /// Where a future is in its life.
@@ -259,6 +259,11 @@ pub(crate) struct Completion<K: Kind> {
     pub(super) observed: AtomicBool,
     /// A promise's future: shutdown stops it through its request, like any other.
     pub(super) promised: bool,
+    /// Whether releasing the last handle has anything to do: [`RELEASE_UNDECIDED`]
+    /// until the future finishes, then [`RELEASE_PENDING`] (a value to drop or a
+    /// failure to report, under the lock) or [`RELEASE_NONE`]. Lets a handle dropped
+    /// before the finish, or after one that left nothing behind, go without the lock.
+    pub(super) release: AtomicU8,
     /// Boxed: most futures never fail, and the cell is read without the lock.
     pub(super) failure: std::sync::OnceLock<Box<Failure>>,
     pub(super) owner: Arc<Owner>,
@@ -278,6 +283,32 @@ fn cancel_calls() -> std::sync::MutexGuard<'static, WaitGraph<usize, ThreadId>> 
     CANCEL_CALLS
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `Completion::release`: the future has not finished; its finish decides.
+pub(super) const RELEASE_UNDECIDED: u8 = 0;
+/// `Completion::release`: the last handle dropped releases under the lock.
+pub(super) const RELEASE_PENDING: u8 = 1;
+/// `Completion::release`: nothing is left to release.
+pub(super) const RELEASE_NONE: u8 = 2;
+
+/// What queueing a finished future's deliveries leaves to do once its lock is
+/// released.
+#[derive(Default)]
+struct Deliveries {
+    /// Queues that went from empty to non-empty: their hooks are called.
+    notify: Vec<Arc<CompletionQueue>>,
+    /// Entries of closed queues: dropped.
+    refused: Vec<Entry>,
+}
+
+impl Deliveries {
+    fn notify(self) {
+        drop(self.refused);
+        for queue in self.notify {
+            queue.call_notify();
+        }
+    }
 }
 
 /// What a finished future gives up once nobody holds it.
@@ -300,6 +331,7 @@ impl<K: Kind> Future<K> {
             cancel_requested: AtomicBool::new(false),
             observed: AtomicBool::new(false),
             promised: stage == Stage::Held,
+            release: AtomicU8::new(RELEASE_UNDECIDED),
             failure: std::sync::OnceLock::new(),
             owner,
             inner: Mutex::new(Inner {
@@ -690,14 +722,22 @@ impl<K: Kind> Future<K> {
         }
         inner.stage = Stage::Done;
         drop(inner.slot.take_waker());
+        // Whether the last handle will have anything to release: a value, or a failure
+        // to report if nobody looked. Published before the holder count is read below
+        // (and before any callback's handle exists): a handle dropped to zero either
+        // sees it, or was dropped before that read, which then finds no holder left.
+        if status == Status::Failed || inner.slot.value().is_some() {
+            completion.release.store(RELEASE_PENDING, Ordering::SeqCst);
+        } else {
+            inner.stage = Stage::Released;
+            completion.release.store(RELEASE_NONE, Ordering::SeqCst);
+        }
         if let Some(cold) = inner.cold.as_mut() {
             cold.staged_message = None;
         }
         let registrations = inner.take_callbacks();
-        // Each queued callback's entry holds a handle until it has run; the entries are
-        // pushed below, under the lock, where a withdrawal can find them.
         let mut callbacks = Callbacks::new();
-        let mut entries = Vec::new();
+        let mut deliveries = Vec::new();
         let mut user_callbacks = false;
         for registration in registrations.into_iter() {
             match registration {
@@ -706,17 +746,19 @@ impl<K: Kind> Future<K> {
                     callbacks.push(Direct::User(callback))
                 }
                 Registration::Internal(callback) => callbacks.push(Direct::Internal(callback)),
-                Registration::Via(queue, callback) => {
-                    let cold = inner.cold();
-                    let tag = cold.next_tag;
-                    cold.next_tag += 1;
-                    cold.queued.push((tag, Arc::downgrade(&queue), callback));
-                    // The delivery's handle is taken now, before whether anyone still
-                    // holds the future is decided below.
-                    entries.push((queue, Entry::to(self.handle().into_target(), tag)));
-                }
+                Registration::Via(queue, callback) => deliveries.push((queue, callback)),
             }
         }
+        // Queued before the future can be seen finished: an owner that waits for it
+        // and then frees the queue finds the callback there (freeing runs it; a later
+        // delivery would be dropped), and finds the descriptor readable already (a
+        // waiter and a poller agree). A dispatch that takes an entry early waits on
+        // this lock before its callback runs, so the callback sees the final state.
+        let queued = if deliveries.is_empty() {
+            Deliveries::default()
+        } else {
+            self.queue_deliveries(&mut inner, deliveries)
+        };
         // Progress must not be delivered after a done callback has started.
         if user_callbacks {
             if let Some(cold) = inner.cold.as_mut() {
@@ -736,20 +778,6 @@ impl<K: Kind> Future<K> {
         };
         let wake = inner.waiters > 0;
         let owner = &completion.owner;
-        // Queued before the future can be seen finished: an owner that waits for it
-        // and then frees the queue finds the callback there (freeing runs it; a later
-        // delivery would be dropped), and finds the descriptor readable already (a
-        // waiter and a poller agree). A dispatch that takes an entry early waits on
-        // this lock before its callback runs, so the callback sees the final state.
-        let mut notify = Vec::new();
-        let mut refused = Vec::new();
-        for (queue, entry) in entries {
-            match queue.push(entry) {
-                Ok(true) => notify.push(queue),
-                Ok(false) => {}
-                Err(entry) => refused.push(entry),
-            }
-        }
         // Counted before it can be seen finished, so stats read after a wait add up.
         owner.record(status);
         completion.status.store(status.code(), Ordering::Release);
@@ -758,14 +786,12 @@ impl<K: Kind> Future<K> {
         // for it.
         owner.leave();
         drop(inner);
-        // Outside the lock: a refused entry holds a handle whose drop may take it.
-        drop(refused);
         if wake {
             completion.finished.notify_all();
         }
-        for queue in notify {
-            queue.call_notify();
-        }
+        // Outside the lock: a refused entry holds a handle whose drop may take it, and
+        // a notify hook is user code.
+        queued.notify();
         match callback_handle {
             Some(handle) => run_unnested(move || {
                 for callback in callbacks.into_iter() {
@@ -784,6 +810,30 @@ impl<K: Kind> Future<K> {
             None => self.release(release),
         }
         taken
+    }
+
+    /// Under the lock of a future that is finishing: queues the delivery of each done
+    /// callback registered through a queue. Each entry holds a handle until it has
+    /// run, taken before whether anyone still holds the future is decided; the
+    /// callbacks wait here, by tag, where a withdrawal can find them.
+    fn queue_deliveries(
+        &self,
+        inner: &mut Inner<K>,
+        deliveries: Vec<(Arc<CompletionQueue>, K::Callback)>,
+    ) -> Deliveries {
+        let mut queued = Deliveries::default();
+        for (queue, callback) in deliveries {
+            let cold = inner.cold();
+            let tag = cold.next_tag;
+            cold.next_tag += 1;
+            cold.queued.push((tag, Arc::downgrade(&queue), callback));
+            match queue.push(Entry::to(self.handle().into_target(), tag)) {
+                Ok(true) => queued.notify.push(queue),
+                Ok(false) => {}
+                Err(entry) => queued.refused.push(entry),
+            }
+        }
+        queued
     }
 
     /// Drops the value (and reports an unobserved failure) once the future has

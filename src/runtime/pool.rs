@@ -19,6 +19,7 @@ use super::{Shared, WorkQueue};
 use crate::sched::Queued;
 use crate::status::Error;
 use crate::sync::{lock, Arc, MutexGuard, Ordering};
+use crate::sys::thread_exit::Running;
 use crate::sys::thread_role;
 
 /// How long a pool task with nothing to do waits for more before it ends (and its
@@ -132,7 +133,7 @@ impl Shared {
     fn drain_blocking(self: &Arc<Self>) {
         thread_role::enter_blocking(self.id);
         // Should work end this thread, the pool learns that it has one task less.
-        let _armed = crate::sys::thread_exit::arm(&POOL_TASK, self.clone());
+        let _armed = crate::sys::thread_exit::arm(&POOL_TASK, Running::Shared(self.clone()));
         let me = Arc::new(Sleeper {
             thread: std::thread::current(),
             woken: AtomicBool::new(false),

@@ -21,8 +21,17 @@ pub(crate) trait Abandon: Send + Sync {
     fn abandon(self: Arc<Self>);
 }
 
+/// What a slot holds while something runs.
+pub(crate) enum Running {
+    /// To be finished on the ending thread.
+    Shared(Arc<dyn Abandon>),
+    /// Nothing can be finished: the process cannot go on without this thread. The
+    /// message is printed and the process aborts.
+    Fatal(&'static str),
+}
+
 /// One slot: what this thread is running, to finish if it ends meanwhile.
-pub(crate) struct Slot(RefCell<Option<Arc<dyn Abandon>>>);
+pub(crate) struct Slot(RefCell<Option<Running>>);
 
 impl Slot {
     pub(crate) const fn new() -> Slot {
@@ -32,15 +41,20 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Some(running) = self.0.get_mut().take() {
-            running.abandon();
+        match self.0.get_mut().take() {
+            Some(Running::Shared(running)) => running.abandon(),
+            Some(Running::Fatal(message)) => {
+                eprintln!("asyncbridge: {message}");
+                std::process::abort();
+            }
+            None => {}
         }
     }
 }
 
 /// Keeps `running` in the thread's slot `key` until the guard drops (the normal way
 /// out), when the slot gets back what it held before.
-pub(crate) fn arm(key: &'static std::thread::LocalKey<Slot>, running: Arc<dyn Abandon>) -> Armed {
+pub(crate) fn arm(key: &'static std::thread::LocalKey<Slot>, running: Running) -> Armed {
     let previous = key
         .try_with(|slot| slot.0.borrow_mut().replace(running))
         .ok()
@@ -51,7 +65,7 @@ pub(crate) fn arm(key: &'static std::thread::LocalKey<Slot>, running: Arc<dyn Ab
 /// Restores a slot when what it guarded returned normally.
 pub(crate) struct Armed {
     key: &'static std::thread::LocalKey<Slot>,
-    previous: Option<Arc<dyn Abandon>>,
+    previous: Option<Running>,
 }
 
 impl Drop for Armed {
