@@ -127,6 +127,47 @@ fn last_release_races_finish_value_freed_once_at_once() {
 }
 
 #[test]
+fn last_release_races_a_failing_finish_reported_once() {
+    loom::model(|| {
+        let reports = Arc::new(AtomicUsize::new(0));
+        let r = reports.clone();
+        let owner = Arc::new(crate::sched::Owner::new(
+            0,
+            Some(Box::new(move |_, _| {
+                r.fetch_add(1, Ordering::SeqCst);
+            })),
+        ));
+        owner.admit().unwrap();
+        let handle = Future::<K>::running(owner);
+        let work = handle.internal();
+        let releaser = thread::spawn(move || drop(handle));
+        work.finish(Outcome::Failed(Failure::new(5, "nobody looked")));
+        releaser.join().unwrap();
+        // Whichever came last reported it, once, before returning.
+        assert_eq!(reports.load(Ordering::SeqCst), 1);
+        drop(work);
+        assert_eq!(reports.load(Ordering::SeqCst), 1);
+    });
+}
+
+#[test]
+fn releases_racing_a_finish_that_leaves_nothing() {
+    loom::model(|| {
+        let handle = Future::<K>::running(owner());
+        let second = handle.clone();
+        let work = handle.internal();
+        let releaser = thread::spawn(move || drop(handle));
+        work.finish(Outcome::Ok(None));
+        // A handle kept past the finish still reads the outcome.
+        assert_eq!(second.status(), Status::Ok);
+        assert!(second.with_value(|_| ()).is_none());
+        drop(second);
+        releaser.join().unwrap();
+        assert_eq!(work.status(), Status::Ok);
+    });
+}
+
+#[test]
 fn value_outlives_a_release_racing_its_callback() {
     loom::model(|| {
         let drops = Arc::new(AtomicUsize::new(0));

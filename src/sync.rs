@@ -6,12 +6,12 @@
 
 #[cfg(asyncbridge_loom)]
 pub(crate) use loom::sync::{
-    atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering},
     Condvar, Mutex, MutexGuard,
 };
 #[cfg(not(asyncbridge_loom))]
 pub(crate) use std::sync::{
-    atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicU8, AtomicUsize, Ordering},
+    atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering},
     Condvar, Mutex, MutexGuard,
 };
 // Reference counts stay std's under loom too: the objects they keep are handed around

@@ -37,10 +37,10 @@ impl<K: Kind> Clone for Future<K> {
 impl<K: Kind> Drop for Future<K> {
     fn drop(&mut self) {
         if self.holder
-            && self.completion.holders.fetch_sub(1, Ordering::SeqCst) == 1
-            // Not finished: its finish finds no holder and releases. Finished with
+            // The last handle of a finished future that left something to release.
+            // Not finished yet: its finish finds no holder and releases. Finished with
             // nothing to release: nothing to do. Either way, no lock.
-            && self.completion.release.load(Ordering::SeqCst) == RELEASE_PENDING
+            && self.completion.holders.fetch_sub(1, Ordering::SeqCst) == RELEASE_PENDING | 1
         {
             self.release_if_unheld();
         }

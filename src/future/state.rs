@@ -26,8 +26,8 @@ use crate::delivery::Entry;
 use crate::sched::Owner;
 use crate::status::{Error, Status};
 use crate::sync::{
-    current_thread, lock, Arc, AtomicBool, AtomicI32, AtomicU8, AtomicUsize, Condvar, Mutex,
-    Ordering, ThreadId, WaitGraph, Weak,
+    current_thread, lock, Arc, AtomicBool, AtomicI32, AtomicUsize, Condvar, Mutex, Ordering,
+    ThreadId, WaitGraph, Weak,
 };
 
 /// Where a future is in its life.
@@ -259,11 +259,6 @@ pub(crate) struct Completion<K: Kind> {
     pub(super) observed: AtomicBool,
     /// A promise's future: shutdown stops it through its request, like any other.
     pub(super) promised: bool,
-    /// Whether releasing the last handle has anything to do: [`RELEASE_UNDECIDED`]
-    /// until the future finishes, then [`RELEASE_PENDING`] (a value to drop or a
-    /// failure to report, under the lock) or [`RELEASE_NONE`]. Lets a handle dropped
-    /// before the finish, or after one that left nothing behind, go without the lock.
-    pub(super) release: AtomicU8,
     /// Boxed: most futures never fail, and the cell is read without the lock.
     pub(super) failure: std::sync::OnceLock<Box<Failure>>,
     pub(super) owner: Arc<Owner>,
@@ -285,12 +280,15 @@ fn cancel_calls() -> std::sync::MutexGuard<'static, WaitGraph<usize, ThreadId>> 
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// `Completion::release`: the future has not finished; its finish decides.
-pub(super) const RELEASE_UNDECIDED: u8 = 0;
-/// `Completion::release`: the last handle dropped releases under the lock.
-pub(super) const RELEASE_PENDING: u8 = 1;
-/// `Completion::release`: nothing is left to release.
-pub(super) const RELEASE_NONE: u8 = 2;
+/// In `Completion::holders`, beside the count: set by a finish that left something for
+/// the last handle to release (a value to drop, or a failure to report), which that
+/// handle's drop does under the lock.
+pub(super) const RELEASE_PENDING: usize = 1 << (usize::BITS - 1);
+/// In `Completion::holders`, beside the count: set by a finish that left nothing to
+/// release.
+pub(super) const RELEASE_NONE: usize = 1 << (usize::BITS - 2);
+/// The count of handles in `Completion::holders`.
+pub(super) const HOLDER_COUNT: usize = RELEASE_NONE - 1;
 
 /// What queueing a finished future's deliveries leaves to do once its lock is
 /// released.
@@ -331,7 +329,6 @@ impl<K: Kind> Future<K> {
             cancel_requested: AtomicBool::new(false),
             observed: AtomicBool::new(false),
             promised: stage == Stage::Held,
-            release: AtomicU8::new(RELEASE_UNDECIDED),
             failure: std::sync::OnceLock::new(),
             owner,
             inner: Mutex::new(Inner {
@@ -722,16 +719,23 @@ impl<K: Kind> Future<K> {
         }
         inner.stage = Stage::Done;
         drop(inner.slot.take_waker());
-        // Whether the last handle will have anything to release: a value, or a failure
-        // to report if nobody looked. Published before the holder count is read below
-        // (and before any callback's handle exists): a handle dropped to zero either
-        // sees it, or was dropped before that read, which then finds no holder left.
-        if status == Status::Failed || inner.slot.value().is_some() {
-            completion.release.store(RELEASE_PENDING, Ordering::SeqCst);
+        // Whether the last handle will have anything to release (a value, or a failure
+        // to report if nobody looked), marked in the word that counts the handles, and
+        // before any callback's handle exists. The handle dropped last either sees the
+        // mark (and releases, under the lock, or knows there is nothing to) or was
+        // dropped before it, which the finish sees as no holder left. A handle dropped
+        // before the finish, or after one that left nothing, takes no lock.
+        let unheld = if status == Status::Failed || inner.slot.value().is_some() {
+            completion
+                .holders
+                .fetch_or(RELEASE_PENDING, Ordering::SeqCst)
+                & HOLDER_COUNT
+                == 0
         } else {
             inner.stage = Stage::Released;
-            completion.release.store(RELEASE_NONE, Ordering::SeqCst);
-        }
+            completion.holders.fetch_or(RELEASE_NONE, Ordering::SeqCst);
+            false
+        };
         if let Some(cold) = inner.cold.as_mut() {
             cold.staged_message = None;
         }
@@ -739,25 +743,23 @@ impl<K: Kind> Future<K> {
         let mut callbacks = Callbacks::new();
         let mut deliveries = Vec::new();
         let mut user_callbacks = false;
-        for registration in registrations.into_iter() {
-            match registration {
-                Registration::Direct(callback) => {
-                    user_callbacks = true;
-                    callbacks.push(Direct::User(callback))
-                }
-                Registration::Internal(callback) => callbacks.push(Direct::Internal(callback)),
-                Registration::Via(queue, callback) => deliveries.push((queue, callback)),
+        registrations.for_each(|registration| match registration {
+            Registration::Direct(callback) => {
+                user_callbacks = true;
+                callbacks.push(Direct::User(callback))
             }
-        }
+            Registration::Internal(callback) => callbacks.push(Direct::Internal(callback)),
+            Registration::Via(queue, callback) => deliveries.push((queue, callback)),
+        });
         // Queued before the future can be seen finished: an owner that waits for it
         // and then frees the queue finds the callback there (freeing runs it; a later
         // delivery would be dropped), and finds the descriptor readable already (a
         // waiter and a poller agree). A dispatch that takes an entry early waits on
         // this lock before its callback runs, so the callback sees the final state.
         let queued = if deliveries.is_empty() {
-            Deliveries::default()
+            None
         } else {
-            self.queue_deliveries(&mut inner, deliveries)
+            Some(self.queue_deliveries(&mut inner, deliveries))
         };
         // Progress must not be delivered after a done callback has started.
         if user_callbacks {
@@ -774,7 +776,8 @@ impl<K: Kind> Future<K> {
         // Decided before anything (status, stats) can tell a caller it finished.
         let release = match callback_handle {
             Some(_) => None,
-            None => self.take_release(&mut inner, status),
+            None if unheld => self.take_release(&mut inner, status),
+            None => None,
         };
         let wake = inner.waiters > 0;
         let owner = &completion.owner;
@@ -791,10 +794,12 @@ impl<K: Kind> Future<K> {
         }
         // Outside the lock: a refused entry holds a handle whose drop may take it, and
         // a notify hook is user code.
-        queued.notify();
+        if let Some(queued) = queued {
+            queued.notify();
+        }
         match callback_handle {
             Some(handle) => run_unnested(move || {
-                for callback in callbacks.into_iter() {
+                callbacks.for_each(|callback| {
                     // A panicking Rust callback must not keep the others from running.
                     let call = || match callback {
                         Direct::User(callback) => K::call(callback, &handle),
@@ -803,7 +808,7 @@ impl<K: Kind> Future<K> {
                     if catch_unwind(AssertUnwindSafe(call)).is_err() {
                         eprintln!("asyncbridge: a done callback panicked");
                     }
-                }
+                });
                 // Dropping the last handle releases the value, here and now.
                 drop(handle);
             }),
@@ -851,7 +856,9 @@ impl<K: Kind> Future<K> {
     /// Under the lock: takes what is to be released if the future is finished, no
     /// handle is left and nothing was released yet.
     fn take_release(&self, inner: &mut Inner<K>, status: Status) -> Option<Release<K::Value>> {
-        if inner.stage != Stage::Done || self.completion().holders.load(Ordering::SeqCst) != 0 {
+        if inner.stage != Stage::Done
+            || self.completion().holders.load(Ordering::SeqCst) & HOLDER_COUNT != 0
+        {
             return None;
         }
         inner.stage = Stage::Released;

@@ -11,7 +11,7 @@
 //! thread, so a slot armed closer to the work is finished first: the work's argument
 //! is freed, then its future resolves, then the pool learns it lost a thread.
 
-use std::cell::RefCell;
+use std::cell::Cell;
 
 use crate::sync::Arc;
 
@@ -31,11 +31,11 @@ pub(crate) enum Running {
 }
 
 /// One slot: what this thread is running, to finish if it ends meanwhile.
-pub(crate) struct Slot(RefCell<Option<Running>>);
+pub(crate) struct Slot(Cell<Option<Running>>);
 
 impl Slot {
     pub(crate) const fn new() -> Slot {
-        Slot(RefCell::new(None))
+        Slot(Cell::new(None))
     }
 }
 
@@ -56,7 +56,7 @@ impl Drop for Slot {
 /// out), when the slot gets back what it held before.
 pub(crate) fn arm(key: &'static std::thread::LocalKey<Slot>, running: Running) -> Armed {
     let previous = key
-        .try_with(|slot| slot.0.borrow_mut().replace(running))
+        .try_with(|slot| slot.0.replace(Some(running)))
         .ok()
         .flatten();
     Armed { key, previous }
@@ -71,6 +71,6 @@ pub(crate) struct Armed {
 impl Drop for Armed {
     fn drop(&mut self) {
         let previous = self.previous.take();
-        let _ = self.key.try_with(|slot| *slot.0.borrow_mut() = previous);
+        let _ = self.key.try_with(|slot| slot.0.set(previous));
     }
 }
