@@ -20,6 +20,7 @@
 #include <uv.h>
 
 #include "bench_common.h"
+#include "uv_peer.h"
 
 #define DRIVER "bench_c"
 
@@ -141,129 +142,7 @@ static void pingpong_stop(pingpong_t *p) {
 
 /* ------------------------------------------------------------------------------------ */
 /* libuv peer: a mutex-protected queue + uv_async_send to a thread running uv_run        */
-
-typedef struct uvreq uvreq_t;
-struct uvreq {
-    uvreq_t *next;
-    void (*fn)(void *);
-    void *arg;
-    int pool;                       /* 1: run fn through uv_queue_work */
-    void (*on_done)(uvreq_t *);     /* NULL: wake the waiter (mutex + cond below) */
-    void *user;
-    int finished;
-    pthread_mutex_t m;
-    pthread_cond_t c;
-};
-
-typedef struct {
-    uv_loop_t loop;
-    uv_async_t async;
-    pthread_mutex_t m;
-    uvreq_t *head, *tail;
-    int stopping;
-    pthread_t thread;
-} uvpeer_t;
-
-static void uvreq_complete(uvreq_t *r) {
-    if (r->on_done) {
-        r->on_done(r); /* the callback owns r now */
-        return;
-    }
-    pthread_mutex_lock(&r->m);
-    r->finished = 1;
-    pthread_cond_signal(&r->c);
-    pthread_mutex_unlock(&r->m);
-}
-
-static void uv_pool_work(uv_work_t *w) {
-    uvreq_t *r = w->data;
-    r->fn(r->arg);
-}
-
-static void uv_pool_after(uv_work_t *w, int status) {
-    (void)status;
-    uvreq_t *r = w->data;
-    free(w);
-    uvreq_complete(r);
-}
-
-static void uv_on_async(uv_async_t *a) {
-    uvpeer_t *p = a->data;
-    pthread_mutex_lock(&p->m);
-    uvreq_t *r = p->head;
-    p->head = p->tail = NULL;
-    int stopping = p->stopping;
-    pthread_mutex_unlock(&p->m);
-    while (r) {
-        uvreq_t *next = r->next;
-        if (r->pool) {
-            uv_work_t *w = malloc(sizeof *w);
-            if (!w) die("out of memory");
-            w->data = r;
-            if (uv_queue_work(&p->loop, w, uv_pool_work, uv_pool_after) != 0) die("uv_queue_work");
-        } else {
-            r->fn(r->arg);
-            uvreq_complete(r);
-        }
-        r = next;
-    }
-    if (stopping) uv_close((uv_handle_t *)&p->async, NULL);
-}
-
-static void *uv_thread(void *arg) {
-    uvpeer_t *p = arg;
-    uv_run(&p->loop, UV_RUN_DEFAULT);
-    return NULL;
-}
-
-static void uvpeer_start(uvpeer_t *p) {
-    memset(p, 0, sizeof *p);
-    pthread_mutex_init(&p->m, NULL);
-    if (uv_loop_init(&p->loop) != 0 || uv_async_init(&p->loop, &p->async, uv_on_async) != 0)
-        die("uv init");
-    p->async.data = p;
-    if (pthread_create(&p->thread, NULL, uv_thread, p) != 0) die("pthread_create");
-}
-
-static void uvpeer_submit(uvpeer_t *p, uvreq_t *r) {
-    r->next = NULL;
-    pthread_mutex_lock(&p->m);
-    if (p->tail) p->tail->next = r;
-    else p->head = r;
-    p->tail = r;
-    pthread_mutex_unlock(&p->m);
-    uv_async_send(&p->async); /* coalesced by libuv while one is pending */
-}
-
-static void uvpeer_stop(uvpeer_t *p) {
-    pthread_mutex_lock(&p->m);
-    p->stopping = 1;
-    pthread_mutex_unlock(&p->m);
-    uv_async_send(&p->async);
-    pthread_join(p->thread, NULL);
-    uv_loop_close(&p->loop);
-    pthread_mutex_destroy(&p->m);
-}
-
-static uvreq_t *uvreq_new(void (*fn)(void *), void *arg, int pool) {
-    uvreq_t *r = calloc(1, sizeof *r);
-    if (!r) die("out of memory");
-    r->fn = fn;
-    r->arg = arg;
-    r->pool = pool;
-    pthread_mutex_init(&r->m, NULL);
-    pthread_cond_init(&r->c, NULL);
-    return r;
-}
-
-static void uvreq_wait_free(uvreq_t *r) {
-    pthread_mutex_lock(&r->m);
-    while (!r->finished) pthread_cond_wait(&r->c, &r->m);
-    pthread_mutex_unlock(&r->m);
-    pthread_mutex_destroy(&r->m);
-    pthread_cond_destroy(&r->c);
-    free(r);
-}
+/* (benches/uv_peer.h, shared with benches/callgrind_ops.c)                              */
 
 static void uv_round_trip(uvpeer_t *p, int pool) {
     uvreq_t *r = uvreq_new(noop_fn, NULL, pool);
