@@ -246,6 +246,30 @@ fn queue_edge_finishing_races_dispatch() {
 }
 
 #[test]
+fn a_future_seen_finished_has_its_queue_readable() {
+    // The finish raises the queue's descriptor with no lock held, but before the
+    // outcome is published: whoever sees the future finished and then polls the
+    // descriptor finds it readable (a waiter and a poller agree).
+    loom::model(|| {
+        let queue = Arc::new(CompletionQueue::new());
+        let future = Future::<K>::running(owner());
+        future
+            .on_done_via(&queue, Box::new(|_: &Future<K>| {}))
+            .unwrap();
+        let work = future.internal();
+        let finisher = thread::spawn(move || work.finish(Outcome::Ok(None)));
+        if future.status() == Status::Ok {
+            assert!(readable(&queue));
+        }
+        finisher.join().unwrap();
+        assert_eq!(future.status(), Status::Ok);
+        assert!(readable(&queue));
+        assert_eq!(queue.dispatch(0), 1);
+        assert!(!readable(&queue));
+    });
+}
+
+#[test]
 fn queue_freed_once_its_future_is_seen_finished_still_runs_the_callback() {
     // An owner that sees the future finished (by wait or status) and then frees the
     // queue must find the callback there: freeing runs what is queued, and a delivery

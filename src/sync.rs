@@ -56,6 +56,14 @@ impl<T> std::ops::Deref for CachePadded<T> {
     }
 }
 
+/// Lets another thread run (under loom, another modelled thread).
+pub(crate) fn yield_now() {
+    #[cfg(asyncbridge_loom)]
+    loom::thread::yield_now();
+    #[cfg(not(asyncbridge_loom))]
+    std::thread::yield_now();
+}
+
 /// Locks `mutex`, ignoring poisoning.
 ///
 /// Every critical section in this crate leaves its data consistent before it can

@@ -19,6 +19,25 @@ use crate::sys::wakeup::Wakeup;
 /// Called on each empty→non-empty edge of a queue, from any thread.
 pub type NotifyHook = Box<dyn Fn() + Send + Sync>;
 
+/// An empty→non-empty edge of a queue, made by [`CompletionQueue::push`]: the pusher
+/// raises the descriptor outside the queue's lock, so that a poller it wakes does not
+/// find that lock held. A dispatch that drains the queue in between and clears the
+/// descriptor leaves it readable with nothing queued (the next dispatch finds nothing
+/// to run), never the other way round: the descriptor is cleared only under the lock,
+/// with the queue seen empty, and every later push makes an edge of its own. The
+/// reference keeps the descriptor open should the queue be closed meanwhile.
+#[must_use = "an edge must be raised"]
+pub(crate) struct Edge(Option<Arc<Wakeup>>);
+
+impl Edge {
+    /// Makes the queue's descriptor readable.
+    pub(crate) fn raise(self) {
+        if let Some(wakeup) = self.0 {
+            wakeup.raise();
+        }
+    }
+}
+
 thread_local! {
     /// The calling thread is inside a notify hook.
     static IN_HOOK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
@@ -160,11 +179,13 @@ impl CompletionQueue {
         }
     }
 
-    /// Queues `entry`; gives it back if the queue is closed. Runs no user code, so it
-    /// may be called under a future's lock: the caller drops a refused entry, and calls
-    /// [`CompletionQueue::call_notify`] if this returns `Ok(true)` (an empty→non-empty
-    /// edge), once it has let go of that lock.
-    pub(crate) fn push(&self, entry: Entry) -> Result<bool, Entry> {
+    /// Queues `entry`; gives it back if the queue is closed. Runs no user code and makes
+    /// no system call, so it may be called under a future's lock: the caller drops a
+    /// refused entry, and on an empty→non-empty edge (`Ok(Some(edge))`) raises the
+    /// descriptor with [`Edge::raise`] and then calls [`CompletionQueue::call_notify`],
+    /// once it has let go of that lock (raising it first if what the entry delivers
+    /// must not be seen before the descriptor is readable).
+    pub(crate) fn push(&self, entry: Entry) -> Result<Option<Edge>, Entry> {
         if self.orphaned() {
             return Err(entry);
         }
@@ -177,17 +198,8 @@ impl CompletionQueue {
         state.next += 1;
         state.entries.push_back((seq, entry));
         let wake = edge && state.waiters > 0;
-        // Raised outside the lock, so that a poller it wakes does not find the lock
-        // held. A dispatch that drains the queue meanwhile and clears the descriptor
-        // leaves it readable with nothing queued (the next dispatch finds nothing to
-        // run), never the other way round: the descriptor is cleared only under the
-        // lock, with the queue seen empty, and every later push raises it again. The
-        // reference keeps the descriptor open should the queue be closed meanwhile.
-        let raise = if edge { state.wakeup.clone() } else { None };
+        let edge = edge.then(|| Edge(state.wakeup.clone()));
         drop(state);
-        if let Some(raise) = raise {
-            raise.raise();
-        }
         if wake {
             self.nonempty.notify_all();
         }
@@ -381,7 +393,8 @@ impl CompletionQueue {
         let call: Posted = call;
         match self.push(Entry::post(call)) {
             Ok(edge) => {
-                if edge {
+                if let Some(edge) = edge {
+                    edge.raise();
                     self.call_notify();
                 }
                 Ok(())

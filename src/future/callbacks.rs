@@ -76,6 +76,9 @@ pub(super) enum Direct<K: Kind> {
     Internal(InternalCallback<K>),
 }
 
+/// How often a delivery that finds its future still finishing yields before it sleeps.
+const FINISHING_YIELDS: u32 = 64;
+
 /// A progress callback delivered through a queue, at most one delivery pending.
 pub(super) struct Watch<K: Kind> {
     pub(super) tag: u64,
@@ -137,7 +140,8 @@ impl<K: Kind> Future<K> {
         drop(inner);
         match pushed {
             Ok(edge) => {
-                if edge {
+                if let Some(edge) = edge {
+                    edge.raise();
                     queue.call_notify();
                 }
             }
@@ -290,8 +294,8 @@ impl<K: Kind> Future<K> {
             match queue.push(entry) {
                 Ok(edge) => {
                     cold.watches[i].queued = true;
-                    if edge {
-                        notify.push(queue);
+                    if let Some(edge) = edge {
+                        notify.push((queue, edge));
                         continue;
                     }
                 }
@@ -304,7 +308,8 @@ impl<K: Kind> Future<K> {
         drop(inner);
         drop(refused);
         drop(notify_none);
-        for queue in notify {
+        for (queue, edge) in notify {
+            edge.raise();
             queue.call_notify();
         }
     }
@@ -313,6 +318,25 @@ impl<K: Kind> Future<K> {
     /// latest values unless a done callback has started. Returns whether it called.
     fn deliver(&self, tag: u64) -> bool {
         let mut inner = self.lock();
+        // A finish that raised the queue's descriptor without holding the lock has yet
+        // to publish the outcome (see `finish_locked`): it is about to, on a thread that
+        // is running. A few yields let it; past them, sleep until it wakes the waiters.
+        let mut yields = 0;
+        while inner.raising {
+            if yields < FINISHING_YIELDS {
+                yields += 1;
+                drop(inner);
+                crate::sync::yield_now();
+                inner = self.lock();
+            } else {
+                inner.waiters += 1;
+                inner = match self.completion().finished.wait(inner) {
+                    Ok(guard) => guard,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                inner.waiters -= 1;
+            }
+        }
         let Some(cold) = inner.cold.as_mut() else {
             return false;
         };

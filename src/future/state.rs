@@ -21,7 +21,7 @@ use std::task::Waker;
 
 use super::callbacks::{run_unnested, Callbacks, Direct, Registration, Watch};
 use super::{Failure, Future, Kind, Outcome};
-use crate::delivery::queue::CompletionQueue;
+use crate::delivery::queue::{CompletionQueue, Edge};
 use crate::delivery::Entry;
 use crate::sched::Owner;
 use crate::status::{Error, Status};
@@ -194,6 +194,9 @@ impl<K: Kind> Default for Cold<K> {
 pub(super) struct Inner<K: Kind> {
     pub(super) stage: Stage,
     requested: Option<Requested>,
+    /// The finishing thread is raising queue descriptors with the lock let go, and
+    /// publishes the outcome next (it runs no user code meanwhile).
+    pub(super) raising: bool,
     /// Threads sleeping on `finished`; notifying nobody costs a syscall, so count.
     pub(super) waiters: u32,
     /// The work, the waker of its task, or the value.
@@ -294,14 +297,30 @@ pub(super) const HOLDER_COUNT: usize = RELEASE_NONE - 1;
 /// released.
 #[derive(Default)]
 struct Deliveries {
-    /// Queues that went from empty to non-empty: their hooks are called.
+    /// The descriptors of queues that went from empty to non-empty, to raise before
+    /// the future can be seen finished.
+    edges: Vec<Edge>,
+    /// Those queues: their hooks are called.
     notify: Vec<Arc<CompletionQueue>>,
     /// Entries of closed queues: dropped.
     refused: Vec<Entry>,
 }
 
 impl Deliveries {
-    fn notify(self) {
+    fn raise(&mut self) {
+        for edge in self.edges.drain(..) {
+            edge.raise();
+        }
+    }
+
+    fn absorb(&mut self, other: Deliveries) {
+        self.notify.extend(other.notify);
+        self.refused.extend(other.refused);
+    }
+
+    fn notify(mut self) {
+        // Raised already unless the lock had to be kept (see `finish_locked`).
+        self.raise();
         drop(self.refused);
         for queue in self.notify {
             queue.call_notify();
@@ -334,6 +353,7 @@ impl<K: Kind> Future<K> {
             inner: Mutex::new(Inner {
                 stage,
                 requested: None,
+                raising: false,
                 waiters: 0,
                 slot: match work {
                     Some(work) => Slot::Work(work),
@@ -717,14 +737,46 @@ impl<K: Kind> Future<K> {
             drop(unused_cancel_callback);
             inner = self.lock();
         }
-        inner.stage = Stage::Done;
         drop(inner.slot.take_waker());
+        if let Some(cold) = inner.cold.as_mut() {
+            cold.staged_message = None;
+        }
+        let mut callbacks = Callbacks::new();
+        let mut user_callbacks = false;
+        // Queued before the future can be seen finished: an owner that waits for it
+        // and then frees the queue finds the callback there (freeing runs it; a later
+        // delivery would be dropped), and finds the descriptor readable already (a
+        // waiter and a poller agree).
+        let mut queued = self.sort_callbacks(&mut inner, &mut callbacks, &mut user_callbacks);
+        if queued.as_ref().is_some_and(|q| !q.edges.is_empty()) {
+            // The descriptors are raised with no lock held, so that a poller they wake
+            // finds neither the queue's lock nor this future's taken. The future stays
+            // `Finishing` meanwhile: a dispatch that takes one of its deliveries waits
+            // until it is done (see `deliver`), so a callback sees the final state.
+            inner.raising = true;
+            drop(inner);
+            if let Some(queued) = queued.as_mut() {
+                queued.raise();
+            }
+            inner = self.lock();
+            inner.raising = false;
+            // Callbacks registered meanwhile (a `Finishing` future still takes them).
+            if let Some(late) = self.sort_callbacks(&mut inner, &mut callbacks, &mut user_callbacks)
+            {
+                let mut late = late;
+                late.raise();
+                if let Some(queued) = queued.as_mut() {
+                    queued.absorb(late);
+                }
+            }
+        }
+        inner.stage = Stage::Done;
         // Whether the last handle will have anything to release (a value, or a failure
-        // to report if nobody looked), marked in the word that counts the handles, and
-        // before any callback's handle exists. The handle dropped last either sees the
-        // mark (and releases, under the lock, or knows there is nothing to) or was
-        // dropped before it, which the finish sees as no holder left. A handle dropped
-        // before the finish, or after one that left nothing, takes no lock.
+        // to report if nobody looked), marked in the word that counts the handles. The
+        // handle dropped last either sees the mark (and releases, under the lock, or
+        // knows there is nothing to) or was dropped before it, which the finish sees as
+        // no holder left. A handle dropped before the finish, or after one that left
+        // nothing, takes no lock.
         let unheld = if status == Status::Failed || inner.slot.value().is_some() {
             completion
                 .holders
@@ -735,31 +787,6 @@ impl<K: Kind> Future<K> {
             inner.stage = Stage::Released;
             completion.holders.fetch_or(RELEASE_NONE, Ordering::SeqCst);
             false
-        };
-        if let Some(cold) = inner.cold.as_mut() {
-            cold.staged_message = None;
-        }
-        let registrations = inner.take_callbacks();
-        let mut callbacks = Callbacks::new();
-        let mut deliveries = Vec::new();
-        let mut user_callbacks = false;
-        registrations.for_each(|registration| match registration {
-            Registration::Direct(callback) => {
-                user_callbacks = true;
-                callbacks.push(Direct::User(callback))
-            }
-            Registration::Internal(callback) => callbacks.push(Direct::Internal(callback)),
-            Registration::Via(queue, callback) => deliveries.push((queue, callback)),
-        });
-        // Queued before the future can be seen finished: an owner that waits for it
-        // and then frees the queue finds the callback there (freeing runs it; a later
-        // delivery would be dropped), and finds the descriptor readable already (a
-        // waiter and a poller agree). A dispatch that takes an entry early waits on
-        // this lock before its callback runs, so the callback sees the final state.
-        let queued = if deliveries.is_empty() {
-            None
-        } else {
-            Some(self.queue_deliveries(&mut inner, deliveries))
         };
         // Progress must not be delivered after a done callback has started.
         if user_callbacks {
@@ -817,6 +844,30 @@ impl<K: Kind> Future<K> {
         taken
     }
 
+    /// Under the lock of a finishing future: takes the done callbacks registered so
+    /// far, adds those run by the finishing thread to `callbacks` (noting in
+    /// `user_callbacks` whether any is the user's) and queues the delivery of the
+    /// others; returns what is left to do about those, if there were any.
+    fn sort_callbacks(
+        &self,
+        inner: &mut Inner<K>,
+        callbacks: &mut Callbacks<Direct<K>>,
+        user_callbacks: &mut bool,
+    ) -> Option<Deliveries> {
+        let mut deliveries = Vec::new();
+        inner
+            .take_callbacks()
+            .for_each(|registration| match registration {
+                Registration::Direct(callback) => {
+                    *user_callbacks = true;
+                    callbacks.push(Direct::User(callback))
+                }
+                Registration::Internal(callback) => callbacks.push(Direct::Internal(callback)),
+                Registration::Via(queue, callback) => deliveries.push((queue, callback)),
+            });
+        (!deliveries.is_empty()).then(|| self.queue_deliveries(inner, deliveries))
+    }
+
     /// Under the lock of a future that is finishing: queues the delivery of each done
     /// callback registered through a queue. Each entry holds a handle until it has
     /// run, taken before whether anyone still holds the future is decided; the
@@ -833,8 +884,11 @@ impl<K: Kind> Future<K> {
             cold.next_tag += 1;
             cold.queued.push((tag, Arc::downgrade(&queue), callback));
             match queue.push(Entry::to(self.handle().into_target(), tag)) {
-                Ok(true) => queued.notify.push(queue),
-                Ok(false) => {}
+                Ok(Some(edge)) => {
+                    queued.edges.push(edge);
+                    queued.notify.push(queue);
+                }
+                Ok(None) => {}
                 Err(entry) => queued.refused.push(entry),
             }
         }

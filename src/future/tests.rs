@@ -584,3 +584,29 @@ fn a_queue_closed_by_its_callback_calls_no_hook_after() {
         "no hook after the close"
     );
 }
+
+#[test]
+fn whoever_sees_a_future_finished_finds_its_queue_readable() {
+    // The finish raises the queue's descriptor with no lock held, before it publishes
+    // the outcome: a thread that watches the status and then polls the descriptor
+    // never finds it finished and the descriptor not yet readable.
+    let queue = Arc::new(CompletionQueue::new());
+    for round in 0..2000 {
+        let future = Future::<K>::running(owner());
+        future
+            .on_done_via(&queue, Box::new(|_: &Future<K>| {}))
+            .unwrap();
+        let work = future.internal();
+        let finisher = std::thread::spawn(move || work.finish(Outcome::Ok(None)));
+        while future.status() != Status::Ok {
+            std::hint::spin_loop();
+        }
+        assert!(
+            readable(&queue),
+            "round {round}: finished, descriptor not readable"
+        );
+        finisher.join().unwrap();
+        assert_eq!(queue.dispatch(0), 1);
+        assert!(!readable(&queue));
+    }
+}

@@ -222,7 +222,8 @@ impl Source {
         let target: Arc<dyn Target> = self.clone();
         match delivery.push(Entry::to(target, 0)) {
             Ok(edge) => {
-                if edge {
+                if let Some(edge) = edge {
+                    edge.raise();
                     delivery.call_notify();
                 }
             }
