@@ -56,7 +56,8 @@ pub struct bridge_config {
         Option<unsafe extern "C" fn(code: i32, message: *const c_char, user_data: *mut c_void)>,
     /// Passed to on_unhandled_error.
     pub user_data: *mut c_void,
-    /// Low-latency mode, off (0) by default: the loop, once idle, and any thread
+    /// Low-latency mode, off (0) by default: the loop, once idle, a blocking-pool
+    /// thread right after its work returned (never while idle), and any thread
     /// waiting in future_wait() spin this many microseconds before they sleep, which
     /// turns a wake-up (tens of microseconds on a busy machine) into a few. It burns
     /// CPU for that long after each burst of work and in each wait: see README,

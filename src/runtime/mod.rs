@@ -44,8 +44,9 @@ pub struct Config {
     pub thread_name: String,
     /// Receives failures nobody observed; `None`: they are printed to stderr.
     pub on_unhandled_error: Option<UnhandledHook>,
-    /// Low-latency mode: the loop, once idle, and a thread waiting for a future spin
-    /// this long before they park (burning CPU meanwhile). Zero (the default): they
+    /// Low-latency mode: the loop, once idle, a blocking-pool task right after its
+    /// work (never while idle), and a thread waiting for a future spin this long
+    /// before they park (burning CPU meanwhile). Zero (the default): they
     /// park at once. At most one second.
     pub spin: Duration,
 }

@@ -258,10 +258,28 @@ fn blocking_work_fills_the_pool_and_no_more() {
     }
     assert_eq!(most.load(Ordering::SeqCst), 3);
     // Every pool task ends once it has found nothing to do for its keep-alive.
+    wait_for_pool_tasks_to_end(&bridge);
+}
+
+/// Waits (up to 30 s) until the pool has no task left.
+fn wait_for_pool_tasks_to_end(bridge: &Bridge) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while lock(&bridge.shared.blocking).runners != 0 {
         assert!(Instant::now() < deadline, "pool tasks did not end");
         std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Makes `rounds` blocking round trips one after the other, checking after each that
+/// the pool has one task.
+fn round_trips_on_one_pool_task(bridge: &Bridge, rounds: usize) {
+    for round in 0..rounds {
+        let f = bridge
+            .submit::<K>(work(|_| Ok(())), Placement::Blocking)
+            .unwrap();
+        assert_eq!(f.wait(LONG), Ok(Status::Ok));
+        let runners = lock(&bridge.shared.blocking).runners;
+        assert_eq!(runners, 1, "round {round}: {runners} pool tasks");
     }
 }
 
@@ -301,14 +319,22 @@ fn one_stream_of_round_trips_stays_on_one_pool_task() {
     // A task counts itself free before its result can be seen, so the caller's next
     // submission finds it about to look for work: no second task is woken or started.
     let bridge = start();
-    for round in 0..300 {
-        let f = bridge
-            .submit::<K>(work(|_| Ok(())), Placement::Blocking)
-            .unwrap();
-        assert_eq!(f.wait(LONG), Ok(Status::Ok));
-        let runners = lock(&bridge.shared.blocking).runners;
-        assert_eq!(runners, 1, "round {round}: {runners} pool tasks");
-    }
+    round_trips_on_one_pool_task(&bridge, 300);
+}
+
+#[test]
+fn a_spinning_pool_task_takes_the_next_item_and_ends_at_shutdown() {
+    // Low-latency mode: after its work a pool task spins for more instead of parking
+    // (and counts as about to take an item meanwhile), so the next submission wakes
+    // nobody and starts no second task; shutdown still ends it.
+    let bridge = Bridge::start(Config {
+        spin: Duration::from_millis(20),
+        ..Config::default()
+    })
+    .unwrap();
+    round_trips_on_one_pool_task(&bridge, 200);
+    assert_eq!(bridge.shutdown(LONG), Ok(Status::Ok));
+    wait_for_pool_tasks_to_end(&bridge);
 }
 
 #[test]
