@@ -61,7 +61,9 @@ impl<C> Callbacks<C> {
 /// A done callback as registered: run by the finishing thread, or queued.
 pub(super) enum Registration<K: Kind> {
     Direct(K::Callback),
-    Via(Arc<CompletionQueue>, K::Callback),
+    /// Boxed: it is the largest, and the rarest on the hot path (a future keeps its
+    /// first registration inline).
+    Via(Box<(Arc<CompletionQueue>, K::Callback)>),
     /// The library's own: a chained or combined future, a timeout. Does not count
     /// as observing a failure.
     Internal(InternalCallback<K>),
@@ -129,7 +131,7 @@ impl<K: Kind> Future<K> {
             return Err(Error::NotRunning);
         };
         if !inner.stage.is_final() {
-            inner.push_callback(Registration::Via(queue.clone(), callback));
+            inner.push_callback(Registration::Via(Box::new((queue.clone(), callback))));
             return Ok(());
         }
         let cold = inner.cold();
@@ -207,8 +209,8 @@ impl<K: Kind> Future<K> {
             let callbacks = inner.take_callbacks();
             for registration in callbacks.into_iter() {
                 match registration {
-                    Registration::Via(q, cb) if Arc::ptr_eq(&q, queue) && done(&cb) => {
-                        removed_callbacks.push(cb)
+                    Registration::Via(via) if Arc::ptr_eq(&via.0, queue) && done(&via.1) => {
+                        removed_callbacks.push(via.1)
                     }
                     other => inner.push_callback(other),
                 }

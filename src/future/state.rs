@@ -863,7 +863,7 @@ impl<K: Kind> Future<K> {
                     callbacks.push(Direct::User(callback))
                 }
                 Registration::Internal(callback) => callbacks.push(Direct::Internal(callback)),
-                Registration::Via(queue, callback) => deliveries.push((queue, callback)),
+                Registration::Via(via) => deliveries.push(*via),
             });
         (!deliveries.is_empty()).then(|| self.queue_deliveries(inner, deliveries))
     }
