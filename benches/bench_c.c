@@ -161,6 +161,7 @@ enum {
     RT_UV_LOOP,
     RT_UV_POOL,
     RT_BRIDGE_SPIN,
+    RT_BRIDGE_SPIN_POOL,
     RT_KINDS
 };
 
@@ -172,8 +173,11 @@ static const struct {
 } rt_names[RT_KINDS] = {
     {"asyncbridge", "loop"}, {"asyncbridge", "blocking"}, {"futex floor", "loop"},
     {"spin floor", "loop"},  {"libuv", "loop"},           {"libuv", "blocking"},
-    {"asyncbridge, spin_us=50", "loop"},
+    {"asyncbridge, spin_us=50", "loop"}, {"asyncbridge, spin_us=50", "blocking"},
 };
+
+/* The peers that keep a core busy while they spin: left out on one CPU. */
+static int spins(int k) { return k == RT_SPIN || k == RT_BRIDGE_SPIN || k == RT_BRIDGE_SPIN_POOL; }
 
 static void bridge_round_trip(bridge_t *b, uint32_t flags) {
     future_t *f;
@@ -216,13 +220,15 @@ static void run_rtt(const bench_opts_t *o) {
         }
         for (int j = 0; j < RT_KINDS; j++) {
             int k = (chunk + j) % RT_KINDS;
-            if ((k == RT_SPIN || k == RT_BRIDGE_SPIN) && skip_spin) continue;
+            if (spins(k) && skip_spin) continue;
             /* The spinning peers keep a core busy: each runs only during its own turn. */
             if (k == RT_SPIN) {
                 pingpong_start(&sp, 1);
                 for (int i = 0; i < 200; i++) pingpong_once(&sp);
             }
-            bridge_t *spinning = k == RT_BRIDGE_SPIN ? start_bridge_with(0, BENCH_SPIN_US) : NULL;
+            bridge_t *spinning = k == RT_BRIDGE_SPIN || k == RT_BRIDGE_SPIN_POOL
+                                     ? start_bridge_with(0, BENCH_SPIN_US)
+                                     : NULL;
             for (int i = 0; i < m; i++) {
                 uint64_t t = bench_now_ns();
                 switch (k) {
@@ -233,6 +239,7 @@ static void run_rtt(const bench_opts_t *o) {
                 case RT_UV_LOOP: uv_round_trip(&uv, 0); break;
                 case RT_UV_POOL: uv_round_trip(&uv, 1); break;
                 case RT_BRIDGE_SPIN: bridge_round_trip(spinning, BRIDGE_RUN_ON_LOOP); break;
+                case RT_BRIDGE_SPIN_POOL: bridge_round_trip(spinning, BRIDGE_RUN_BLOCKING); break;
                 }
                 s[k][filled + i] = bench_now_ns() - t;
             }
@@ -245,7 +252,7 @@ static void run_rtt(const bench_opts_t *o) {
         bridge_free(b);
     }
     for (int k = 0; k < RT_KINDS; k++) {
-        if (!((k == RT_SPIN || k == RT_BRIDGE_SPIN) && skip_spin))
+        if (!(spins(k) && skip_spin))
             bench_emit_samples(DRIVER, o->round, "rtt", rt_names[k].peer, rt_names[k].variant,
                                s[k], n);
         free(s[k]);
