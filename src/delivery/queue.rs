@@ -19,23 +19,14 @@ use crate::sys::wakeup::Wakeup;
 /// Called on each empty→non-empty edge of a queue, from any thread.
 pub type NotifyHook = Box<dyn Fn() + Send + Sync>;
 
-/// An empty→non-empty edge of a queue, made by [`CompletionQueue::push`]: the pusher
-/// raises the descriptor outside the queue's lock, so that a poller it wakes does not
-/// find that lock held. A dispatch that drains the queue in between and clears the
-/// descriptor leaves it readable with nothing queued (the next dispatch finds nothing
-/// to run), never the other way round: the descriptor is cleared only under the lock,
-/// with the queue seen empty, and every later push makes an edge of its own. The
-/// reference keeps the descriptor open should the queue be closed meanwhile.
+/// An empty→non-empty edge of a queue that its pusher has yet to raise (see
+/// [`CompletionQueue::push_unraised`]). The reference keeps the descriptor open should
+/// the queue be closed meanwhile.
 #[must_use = "an edge must be raised"]
-pub(crate) struct Edge(Option<Arc<Wakeup>>);
-
-impl Edge {
-    /// Makes the queue's descriptor readable.
-    pub(crate) fn raise(self) {
-        if let Some(wakeup) = self.0 {
-            wakeup.raise();
-        }
-    }
+pub(crate) struct Edge {
+    wakeup: Option<Arc<Wakeup>>,
+    /// Threads were waiting in `CompletionQueue::wait` when it was pushed.
+    waiters: bool,
 }
 
 thread_local! {
@@ -179,13 +170,11 @@ impl CompletionQueue {
         }
     }
 
-    /// Queues `entry`; gives it back if the queue is closed. Runs no user code and makes
-    /// no system call, so it may be called under a future's lock: the caller drops a
-    /// refused entry, and on an empty→non-empty edge (`Ok(Some(edge))`) raises the
-    /// descriptor with [`Edge::raise`] and then calls [`CompletionQueue::call_notify`],
-    /// once it has let go of that lock (raising it first if what the entry delivers
-    /// must not be seen before the descriptor is readable).
-    pub(crate) fn push(&self, entry: Entry) -> Result<Option<Edge>, Entry> {
+    /// Queues `entry`; gives it back if the queue is closed. Runs no user code, so it
+    /// may be called under a future's lock: the caller drops a refused entry, and calls
+    /// [`CompletionQueue::call_notify`] if this returns `Ok(true)` (an empty→non-empty
+    /// edge), once it has let go of that lock.
+    pub(crate) fn push(&self, entry: Entry) -> Result<bool, Entry> {
         if self.orphaned() {
             return Err(entry);
         }
@@ -197,13 +186,55 @@ impl CompletionQueue {
         let seq = state.next;
         state.next += 1;
         state.entries.push_back((seq, entry));
+        if edge {
+            // Under the lock: a dispatch cannot run this entry and clear the descriptor
+            // before it is raised.
+            if let Some(wakeup) = &state.wakeup {
+                wakeup.raise();
+            }
+        }
         let wake = edge && state.waiters > 0;
-        let edge = edge.then(|| Edge(state.wakeup.clone()));
         drop(state);
         if wake {
             self.nonempty.notify_all();
         }
         Ok(edge)
+    }
+
+    /// [`CompletionQueue::push`], leaving the edge (if any) to the caller, who raises
+    /// it with [`CompletionQueue::raise`] with no lock held (then calls the notify
+    /// hook). Only for an entry whose delivery waits until the pusher has raised it
+    /// (a finishing future's, see `Future::deliver`): so a dispatch cannot run it, find
+    /// the queue empty and clear the descriptor before the raise, and the descriptor is
+    /// never left readable with nothing pending.
+    pub(crate) fn push_unraised(&self, entry: Entry) -> Result<Option<Edge>, Entry> {
+        if self.orphaned() {
+            return Err(entry);
+        }
+        let mut state = lock(&self.state);
+        if state.closed {
+            return Err(entry);
+        }
+        let edge = state.entries.is_empty();
+        let seq = state.next;
+        state.next += 1;
+        state.entries.push_back((seq, entry));
+        Ok(edge.then(|| Edge {
+            wakeup: state.wakeup.clone(),
+            waiters: state.waiters > 0,
+        }))
+    }
+
+    /// Makes the descriptor readable for `edge`, then wakes the threads in
+    /// [`CompletionQueue::wait`]. Outside the queue's lock, so that a poller it wakes
+    /// does not find that lock held.
+    pub(crate) fn raise(&self, edge: Edge) {
+        if let Some(wakeup) = edge.wakeup {
+            wakeup.raise();
+        }
+        if edge.waiters {
+            self.nonempty.notify_all();
+        }
     }
 
     /// Runs callbacks on the calling thread: those pending when it was called, at most
@@ -393,8 +424,7 @@ impl CompletionQueue {
         let call: Posted = call;
         match self.push(Entry::post(call)) {
             Ok(edge) => {
-                if let Some(edge) = edge {
-                    edge.raise();
+                if edge {
                     self.call_notify();
                 }
                 Ok(())

@@ -142,8 +142,7 @@ impl<K: Kind> Future<K> {
         drop(inner);
         match pushed {
             Ok(edge) => {
-                if let Some(edge) = edge {
-                    edge.raise();
+                if edge {
                     queue.call_notify();
                 }
             }
@@ -296,8 +295,8 @@ impl<K: Kind> Future<K> {
             match queue.push(entry) {
                 Ok(edge) => {
                     cold.watches[i].queued = true;
-                    if let Some(edge) = edge {
-                        notify.push((queue, edge));
+                    if edge {
+                        notify.push(queue);
                         continue;
                     }
                 }
@@ -310,8 +309,7 @@ impl<K: Kind> Future<K> {
         drop(inner);
         drop(refused);
         drop(notify_none);
-        for (queue, edge) in notify {
-            edge.raise();
+        for queue in notify {
             queue.call_notify();
         }
     }

@@ -297,9 +297,9 @@ pub(super) const HOLDER_COUNT: usize = RELEASE_NONE - 1;
 /// released.
 #[derive(Default)]
 struct Deliveries {
-    /// The descriptors of queues that went from empty to non-empty, to raise before
-    /// the future can be seen finished.
-    edges: Vec<Edge>,
+    /// The queues that went from empty to non-empty, to raise before the future can
+    /// be seen finished.
+    edges: Vec<(Arc<CompletionQueue>, Edge)>,
     /// Those queues: their hooks are called.
     notify: Vec<Arc<CompletionQueue>>,
     /// Entries of closed queues: dropped.
@@ -308,8 +308,8 @@ struct Deliveries {
 
 impl Deliveries {
     fn raise(&mut self) {
-        for edge in self.edges.drain(..) {
-            edge.raise();
+        for (queue, edge) in self.edges.drain(..) {
+            queue.raise(edge);
         }
     }
 
@@ -883,9 +883,9 @@ impl<K: Kind> Future<K> {
             let tag = cold.next_tag;
             cold.next_tag += 1;
             cold.queued.push((tag, Arc::downgrade(&queue), callback));
-            match queue.push(Entry::to(self.handle().into_target(), tag)) {
+            match queue.push_unraised(Entry::to(self.handle().into_target(), tag)) {
                 Ok(Some(edge)) => {
-                    queued.edges.push(edge);
+                    queued.edges.push((queue.clone(), edge));
                     queued.notify.push(queue);
                 }
                 Ok(None) => {}

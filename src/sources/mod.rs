@@ -222,8 +222,7 @@ impl Source {
         let target: Arc<dyn Target> = self.clone();
         match delivery.push(Entry::to(target, 0)) {
             Ok(edge) => {
-                if let Some(edge) = edge {
-                    edge.raise();
+                if edge {
                     delivery.call_notify();
                 }
             }

@@ -1,7 +1,8 @@
 //! A file descriptor that is readable exactly while a completion queue is non-empty:
 //! an eventfd on Linux, a pipe elsewhere. The queue raises it on its empty→non-empty
-//! edge (just after letting go of its lock) and clears it under its lock once it has
-//! found itself empty, so it is written once per edge, not once per callback.
+//! edge (under its lock, or just after for a finishing future's delivery, which cannot
+//! run before) and clears it under its lock once it has found itself empty, so it is
+//! written once per edge, not once per callback.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
