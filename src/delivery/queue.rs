@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use crate::delivery::{Entry, Posted};
 use crate::status::{Error, Status};
-use crate::sync::{lock, Arc, Condvar, Mutex};
+use crate::sync::{lock, Arc, Condvar, Mutex, MutexGuard};
 use crate::sys::thread_role;
 use crate::sys::wakeup::Wakeup;
 
@@ -175,17 +175,7 @@ impl CompletionQueue {
     /// [`CompletionQueue::call_notify`] if this returns `Ok(true)` (an empty→non-empty
     /// edge), once it has let go of that lock.
     pub(crate) fn push(&self, entry: Entry) -> Result<bool, Entry> {
-        if self.orphaned() {
-            return Err(entry);
-        }
-        let mut state = lock(&self.state);
-        if state.closed {
-            return Err(entry);
-        }
-        let edge = state.entries.is_empty();
-        let seq = state.next;
-        state.next += 1;
-        state.entries.push_back((seq, entry));
+        let (state, edge) = self.enqueue(entry)?;
         if edge {
             // Under the lock: a dispatch cannot run this entry and clear the descriptor
             // before it is raised.
@@ -208,6 +198,16 @@ impl CompletionQueue {
     /// the queue empty and clear the descriptor before the raise, and the descriptor is
     /// never left readable with nothing pending.
     pub(crate) fn push_unraised(&self, entry: Entry) -> Result<Option<Edge>, Entry> {
+        let (state, edge) = self.enqueue(entry)?;
+        Ok(edge.then(|| Edge {
+            wakeup: state.wakeup.clone(),
+            waiters: state.waiters > 0,
+        }))
+    }
+
+    /// Appends `entry` unless the queue is closed (or a parent's, in a fork child);
+    /// returns the locked state and whether the queue was empty before.
+    fn enqueue(&self, entry: Entry) -> Result<(MutexGuard<'_, State>, bool), Entry> {
         if self.orphaned() {
             return Err(entry);
         }
@@ -219,10 +219,7 @@ impl CompletionQueue {
         let seq = state.next;
         state.next += 1;
         state.entries.push_back((seq, entry));
-        Ok(edge.then(|| Edge {
-            wakeup: state.wakeup.clone(),
-            waiters: state.waiters > 0,
-        }))
+        Ok((state, edge))
     }
 
     /// Makes the descriptor readable for `edge`, then wakes the threads in
