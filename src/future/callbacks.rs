@@ -134,10 +134,7 @@ impl<K: Kind> Future<K> {
             inner.push_callback(Registration::Via(Box::new((queue.clone(), callback))));
             return Ok(());
         }
-        let cold = inner.cold();
-        let tag = cold.next_tag;
-        cold.next_tag += 1;
-        cold.queued.push((tag, Arc::downgrade(queue), callback));
+        let tag = inner.cold().hold_queued(queue, callback);
         let pushed = queue.push(Entry::to(self.handle().into_target(), tag));
         drop(inner);
         match pushed {
@@ -170,8 +167,7 @@ impl<K: Kind> Future<K> {
         let mut inner = self.lock();
         if !inner.stage.is_final() {
             let cold = inner.cold();
-            let tag = cold.next_tag;
-            cold.next_tag += 1;
+            let tag = cold.new_tag();
             cold.watches.push(Watch {
                 tag,
                 queue: Arc::downgrade(queue),

@@ -86,24 +86,30 @@ pub(super) enum Slot<K: Kind> {
 }
 
 impl<K: Kind> Slot<K> {
-    pub(super) fn take_work(&mut self) -> Option<K::Work> {
-        match std::mem::replace(self, Slot::Empty) {
-            Slot::Work(work) => Some(work),
-            other => {
+    /// Takes out what `pick` accepts (leaving the slot empty); anything else it hands
+    /// back stays.
+    fn take<T>(&mut self, pick: impl FnOnce(Slot<K>) -> Result<T, Slot<K>>) -> Option<T> {
+        match pick(std::mem::replace(self, Slot::Empty)) {
+            Ok(taken) => Some(taken),
+            Err(other) => {
                 *self = other;
                 None
             }
         }
     }
 
+    pub(super) fn take_work(&mut self) -> Option<K::Work> {
+        self.take(|slot| match slot {
+            Slot::Work(work) => Ok(work),
+            other => Err(other),
+        })
+    }
+
     fn take_waker(&mut self) -> Option<Waker> {
-        match std::mem::replace(self, Slot::Empty) {
-            Slot::Waker(waker) => Some(waker),
-            other => {
-                *self = other;
-                None
-            }
-        }
+        self.take(|slot| match slot {
+            Slot::Waker(waker) => Ok(waker),
+            other => Err(other),
+        })
     }
 
     /// Keeps `waker` unless the one kept already wakes the same task.
@@ -117,13 +123,10 @@ impl<K: Kind> Slot<K> {
     }
 
     pub(super) fn take_value(&mut self) -> Option<K::Value> {
-        match std::mem::replace(self, Slot::Empty) {
-            Slot::Value(value) => Some(value),
-            other => {
-                *self = other;
-                None
-            }
-        }
+        self.take(|slot| match slot {
+            Slot::Value(value) => Ok(value),
+            other => Err(other),
+        })
     }
 
     /// Puts `value` in; gives back the value it replaces. A waker left there by async
@@ -161,7 +164,7 @@ pub(super) struct Cold<K: Kind> {
     /// still release both.
     pub(super) queued: Vec<(u64, Weak<CompletionQueue>, K::Callback)>,
     /// Names queue deliveries of this future (watches and queued callbacks).
-    pub(super) next_tag: u64,
+    next_tag: u64,
     pub(super) on_cancel: Option<CancelCallback>,
     /// A cancel callback was registered (it may have run since): one per promise.
     pub(super) cancel_registered: bool,
@@ -171,6 +174,27 @@ pub(super) struct Cold<K: Kind> {
     pub(super) timeout_ms: u64,
     /// Done callbacks registered after the first (which `Inner` keeps), in order.
     pub(super) more_callbacks: Vec<Registration<K>>,
+}
+
+impl<K: Kind> Cold<K> {
+    /// A new tag for a queue delivery of this future.
+    pub(super) fn new_tag(&mut self) -> u64 {
+        let tag = self.next_tag;
+        self.next_tag += 1;
+        tag
+    }
+
+    /// Keeps a done callback whose delivery is about to be queued on `queue`; returns
+    /// the delivery's tag.
+    pub(super) fn hold_queued(
+        &mut self,
+        queue: &Arc<CompletionQueue>,
+        callback: K::Callback,
+    ) -> u64 {
+        let tag = self.new_tag();
+        self.queued.push((tag, Arc::downgrade(queue), callback));
+        tag
+    }
 }
 
 impl<K: Kind> Default for Cold<K> {
@@ -297,24 +321,24 @@ pub(super) const HOLDER_COUNT: usize = RELEASE_NONE - 1;
 /// released.
 #[derive(Default)]
 struct Deliveries {
-    /// The queues that went from empty to non-empty, to raise before the future can
-    /// be seen finished.
-    edges: Vec<(Arc<CompletionQueue>, Edge)>,
-    /// Those queues: their hooks are called.
-    notify: Vec<Arc<CompletionQueue>>,
+    /// The queues that went from empty to non-empty: each edge is raised before the
+    /// future can be seen finished (and taken then), each hook called afterwards.
+    edges: Vec<(Arc<CompletionQueue>, Option<Edge>)>,
     /// Entries of closed queues: dropped.
     refused: Vec<Entry>,
 }
 
 impl Deliveries {
     fn raise(&mut self) {
-        for (queue, edge) in self.edges.drain(..) {
-            queue.raise(edge);
+        for (queue, edge) in &mut self.edges {
+            if let Some(edge) = edge.take() {
+                queue.raise(edge);
+            }
         }
     }
 
     fn absorb(&mut self, other: Deliveries) {
-        self.notify.extend(other.notify);
+        self.edges.extend(other.edges);
         self.refused.extend(other.refused);
     }
 
@@ -322,7 +346,7 @@ impl Deliveries {
         // Raised already unless the lock had to be kept (see `finish_locked`).
         self.raise();
         drop(self.refused);
-        for queue in self.notify {
+        for (queue, _) in self.edges {
             queue.call_notify();
         }
     }
@@ -761,9 +785,9 @@ impl<K: Kind> Future<K> {
             inner = self.lock();
             inner.raising = false;
             // Callbacks registered meanwhile (a `Finishing` future still takes them).
-            if let Some(late) = self.sort_callbacks(&mut inner, &mut callbacks, &mut user_callbacks)
+            if let Some(mut late) =
+                self.sort_callbacks(&mut inner, &mut callbacks, &mut user_callbacks)
             {
-                let mut late = late;
                 late.raise();
                 if let Some(queued) = queued.as_mut() {
                     queued.absorb(late);
@@ -879,15 +903,9 @@ impl<K: Kind> Future<K> {
     ) -> Deliveries {
         let mut queued = Deliveries::default();
         for (queue, callback) in deliveries {
-            let cold = inner.cold();
-            let tag = cold.next_tag;
-            cold.next_tag += 1;
-            cold.queued.push((tag, Arc::downgrade(&queue), callback));
+            let tag = inner.cold().hold_queued(&queue, callback);
             match queue.push_unraised(Entry::to(self.handle().into_target(), tag)) {
-                Ok(Some(edge)) => {
-                    queued.edges.push((queue.clone(), edge));
-                    queued.notify.push(queue);
-                }
+                Ok(Some(edge)) => queued.edges.push((queue, Some(edge))),
                 Ok(None) => {}
                 Err(entry) => queued.refused.push(entry),
             }
