@@ -141,7 +141,7 @@ impl CWork {
                 self.arg.get(),
             ),
         };
-        if crate::sys::thread_role::on_any_loop() {
+        if job.on_loop() {
             // A loop thread that ends inside work takes the process with it (see
             // `future::arm_running_work`): nothing would be left to free.
             // SAFETY: as below; the work stays on the stack for the call.

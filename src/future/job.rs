@@ -9,11 +9,22 @@ use crate::future::{Failure, Future, Kind};
 /// its own for that long.
 pub struct Job<'a, K: Kind> {
     future: &'a Future<K>,
+    /// The work runs on a loop thread (looked up once per run).
+    on_loop: bool,
 }
 
 impl<'a, K: Kind> Job<'a, K> {
     pub(crate) fn new(future: &'a Future<K>) -> Job<'a, K> {
-        Job { future }
+        Job {
+            future,
+            on_loop: crate::sys::thread_role::on_any_loop(),
+        }
+    }
+
+    /// Whether the work runs on a loop thread, where a thread that ends inside it
+    /// takes the process with it (see `bridge_work_fn`).
+    pub(crate) fn on_loop(&self) -> bool {
+        self.on_loop
     }
 
     /// Sets the value the future gets if the work succeeds; a value set before is

@@ -189,9 +189,12 @@ std::thread_local! {
 /// loop thread there is nothing to finish, only the process to stop: no reference is
 /// taken there.
 #[cfg(not(asyncbridge_loom))]
-fn arm_running_work<K: Kind>(future: &Future<K>) -> crate::sys::thread_exit::Armed {
+fn arm_running_work<K: Kind>(
+    future: &Future<K>,
+    job: &Job<'_, K>,
+) -> crate::sys::thread_exit::Armed {
     use crate::sys::thread_exit::{arm, Running};
-    if crate::sys::thread_role::on_any_loop() {
+    if job.on_loop() {
         arm(&RUNNING_WORK, Running::Fatal(LOOP_THREAD_ENDED))
     } else {
         arm(&RUNNING_WORK, Running::Shared(future.as_arc().clone()))
@@ -208,7 +211,7 @@ const LOOP_THREAD_ENDED: &str = "a loop thread ended inside work run on it (pthr
 struct NotArmed;
 
 #[cfg(asyncbridge_loom)]
-fn arm_running_work<K: Kind>(_future: &Future<K>) -> NotArmed {
+fn arm_running_work<K: Kind>(_future: &Future<K>, _job: &Job<'_, K>) -> NotArmed {
     NotArmed
 }
 

@@ -622,7 +622,7 @@ impl<K: Kind> Future<K> {
             return;
         }
         let job = super::job::Job::new(self);
-        let armed = super::arm_running_work(self);
+        let armed = super::arm_running_work(self, &job);
         let result = catch_unwind(AssertUnwindSafe(|| K::run(work, &job)))
             .unwrap_or_else(|_| Err(Failure::panic()));
         drop(armed);
