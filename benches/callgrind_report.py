@@ -83,34 +83,33 @@ def run_tool(args):
     return r.stdout
 
 
+def run_and_parse(tool, args, head, row):
+    """Runs a perf-tools script; returns the match of `head` on its first line and the
+    matches of `row` on the others."""
+    out = run_tool([sys.executable, tool] + [str(a) for a in args])
+    lines = out.splitlines()
+    m = re.match(head, lines[0] if lines else "")
+    if not m:
+        sys.exit(f"callgrind_report: cannot read {os.path.basename(tool)}'s output:\n{out}")
+    return m, [r for r in (re.match(row, line) for line in lines[1:]) if r]
+
+
 def cgfile(tools, a, b, per, top):
     """(instructions per op, [(per op, name)] top functions by self cost)."""
-    out = run_tool([sys.executable, os.path.join(tools, "cgfile.py"), a, b,
-                    "--per", str(per), "--by", "fn", "--top", str(top)])
-    lines = out.splitlines()
-    m = re.match(r"total (-?[\d,]+)\s+per op (-?[\d.]+)", lines[0] if lines else "")
-    if not m:
-        sys.exit(f"callgrind_report: cannot read cgfile.py's output:\n{out}")
-    fns = []
-    for line in lines[1:]:
-        m2 = re.match(r"\s*(-?[\d.]+)\s+(-?[\d.]+)%\s+(.*)$", line)
-        if m2:
-            fns.append((float(m2.group(1)), m2.group(3)))
+    m, rows = run_and_parse(os.path.join(tools, "cgfile.py"),
+                            [a, b, "--per", per, "--by", "fn", "--top", top],
+                            r"total (-?[\d,]+)\s+per op (-?[\d.]+)",
+                            r"\s*(-?[\d.]+)\s+(-?[\d.]+)%\s+(.*)$")
+    fns = [(float(r.group(1)), r.group(3)) for r in rows]
     return int(m.group(1).replace(",", "")) / per, fns
 
 
 def cglock(tools, a, b, per):
     """(locked RMW per op, [(per op, object, function)])."""
-    out = run_tool([sys.executable, os.path.join(tools, "cglock.py"), str(per), a, b])
-    lines = out.splitlines()
-    m = re.match(r"locked RMW instructions per op: (-?[\d.]+)", lines[0] if lines else "")
-    if not m:
-        sys.exit(f"callgrind_report: cannot read cglock.py's output:\n{out}")
-    fns = []
-    for line in lines[1:]:
-        m2 = re.match(r"\s*(-?[\d.]+)\s+(\S+)\s+(.*)$", line)
-        if m2:
-            fns.append((float(m2.group(1)), m2.group(2), m2.group(3)))
+    m, rows = run_and_parse(os.path.join(tools, "cglock.py"), [per, a, b],
+                            r"locked RMW instructions per op: (-?[\d.]+)",
+                            r"\s*(-?[\d.]+)\s+(\S+)\s+(.*)$")
+    fns = [(float(r.group(1)), r.group(2), r.group(3)) for r in rows]
     return float(m.group(1)), fns
 
 

@@ -98,9 +98,15 @@ impl WorkQueue {
     /// Gives back the memory of a burst once the queue has been drained, so its peak
     /// is not kept for the life of the bridge.
     fn release_excess(&mut self) {
-        if self.items.capacity() > KEEP_QUEUE_SLOTS {
-            self.items.shrink_to(KEEP_QUEUE_SLOTS);
-        }
+        release_excess(&mut self.items);
+    }
+}
+
+/// Gives back the memory of a burst from a drained buffer of queued items (see
+/// `WorkQueue::release_excess`).
+fn release_excess(items: &mut VecDeque<Arc<dyn Queued>>) {
+    if items.capacity() > KEEP_QUEUE_SLOTS {
+        items.shrink_to(KEEP_QUEUE_SLOTS);
     }
 }
 

@@ -85,9 +85,7 @@ pub(super) async fn dispatch_on_loop(shared: Arc<Shared>) {
                     tokio::task::yield_now().await;
                 }
             }
-            if batch.0.capacity() > super::KEEP_QUEUE_SLOTS {
-                batch.0.shrink_to(super::KEEP_QUEUE_SLOTS);
-            }
+            super::release_excess(&mut batch.0);
         }
     }
 }
