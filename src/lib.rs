@@ -47,6 +47,11 @@ pub mod runtime;
 pub mod sources;
 
 #[cfg(not(asyncbridge_loom))]
+pub mod embed;
+#[cfg(not(asyncbridge_loom))]
+pub mod io;
+
+#[cfg(all(feature = "c-api", not(asyncbridge_loom)))]
 pub mod ffi;
 
 #[cfg(all(test, asyncbridge_loom))]

@@ -13,6 +13,7 @@
 
 pub mod boundary;
 pub mod bridge;
+pub mod embed;
 pub mod future;
 pub(crate) mod handle;
 pub mod job;

@@ -15,7 +15,7 @@ mod shutdown;
 
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::AtomicU8;
+use std::sync::atomic::{AtomicU8, AtomicUsize};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -136,6 +136,9 @@ pub(crate) struct Shared {
     blocking_len: std::sync::atomic::AtomicUsize,
     /// At most this many pool tasks drain `blocking`: the pool's own bound.
     max_runners: usize,
+    /// State that a layer above keeps per bridge (an HTTP connection pool), one per
+    /// type; dropped at shutdown, `None` from then on.
+    extensions: Mutex<Option<Vec<Arc<dyn std::any::Any + Send + Sync>>>>,
 }
 
 /// The part of a bridge only shutdown touches.
@@ -223,6 +226,7 @@ impl Bridge {
             returning: CachePadded::new(std::sync::atomic::AtomicUsize::new(0)),
             blocking_len: std::sync::atomic::AtomicUsize::new(0),
             max_runners,
+            extensions: Mutex::new(Some(Vec::new())),
         });
         let sched: Weak<dyn Sched> = shared.me.clone();
         shared.owner.set_sched(sched);
@@ -385,6 +389,37 @@ impl Bridge {
         self.shared.spawn(work)
     }
 
+    /// Like [`Bridge::spawn`], with `make` given a handle to the new future and able
+    /// to return a shield count (see `Shared::spawn_with`).
+    pub(crate) fn spawn_with<K, F, M>(&self, make: M) -> Result<Future<K>, Error>
+    where
+        K: Kind,
+        F: std::future::Future<Output = Result<Option<K::Value>, Failure>> + Send + 'static,
+        M: FnOnce(Future<K>) -> (F, Option<Arc<AtomicUsize>>),
+    {
+        self.check_running()?;
+        self.shared.spawn_with(make)
+    }
+
+    /// The bridge's one `T`, made by `init` on first use: state a layer above keeps
+    /// per bridge, such as a connection pool. Dropped at shutdown; refused
+    /// (`Error::NotRunning`) from then on.
+    pub fn extension<T, I>(&self, init: I) -> Result<Arc<T>, Error>
+    where
+        T: Send + Sync + 'static,
+        I: FnOnce() -> T,
+    {
+        self.check_running()?;
+        let mut extensions = crate::sync::lock(&self.shared.extensions);
+        let list = extensions.as_mut().ok_or(Error::NotRunning)?;
+        if let Some(found) = list.iter().find_map(|e| e.clone().downcast::<T>().ok()) {
+            return Ok(found);
+        }
+        let made = Arc::new(init());
+        list.push(made.clone());
+        Ok(made)
+    }
+
     /// The bridge's shared state, for a recurring source; refused once shut down.
     pub(crate) fn shared_for_sources(&self) -> Result<&Arc<Shared>, Error> {
         self.check_running()?;
@@ -416,17 +451,38 @@ impl Shared {
         K: Kind,
         F: std::future::Future<Output = Result<Option<K::Value>, Failure>> + Send + 'static,
     {
+        self.spawn_with(|_| (work, None))
+    }
+
+    /// Runs the Rust future that `make` builds, given a handle to its own future, as
+    /// the work of a new future of this bridge.
+    ///
+    /// A cancellation request drops the work at its next await, unless `shield` (when
+    /// `make` returns one) is above zero then: the work then runs on, sees the request
+    /// through its handle, and whatever it returns, the future ends as requested. The
+    /// future finishes only once the work has been dropped.
+    pub(crate) fn spawn_with<K, F, M>(&self, make: M) -> Result<Future<K>, Error>
+    where
+        K: Kind,
+        F: std::future::Future<Output = Result<Option<K::Value>, Failure>> + Send + 'static,
+        M: FnOnce(Future<K>) -> (F, Option<Arc<AtomicUsize>>),
+    {
         self.owner.admit()?;
         let future = Future::<K>::running(self.owner.clone());
         // Built outside the task: if the runtime is gone and drops the task unpolled,
         // the guard still finishes the future.
         let guard = FinishOnDrop(future.internal());
+        let (work, shield) = make(future.internal());
         self.handle.spawn(async move {
             let guard = guard;
             let outcome = {
                 let mut work = std::pin::pin!(work);
                 std::future::poll_fn(|cx| {
-                    if guard.0.register_waker(cx.waker()) {
+                    if guard.0.register_waker(cx.waker())
+                        && shield
+                            .as_ref()
+                            .map_or(true, |s| s.load(Ordering::SeqCst) == 0)
+                    {
                         return std::task::Poll::Ready(None);
                     }
                     match catch_unwind(AssertUnwindSafe(|| work.as_mut().poll(cx))) {
@@ -438,6 +494,7 @@ impl Shared {
                 .await
             };
             // `work` is dropped by now: a cancelled future ends only once it stopped.
+            // A request made meanwhile wins over what shielded work returned.
             guard.0.finish(match outcome {
                 Some(Ok(value)) => Outcome::Ok(value),
                 Some(Err(failure)) => Outcome::Failed(failure),

@@ -85,6 +85,10 @@ impl Shared {
         for item in queued {
             item.cancel_queued();
         }
+        // Per-bridge state (pooled connections) goes before the loop stops; tasks
+        // still using it hold references of their own and drop them with the runtime.
+        let extensions = crate::sync::lock(&self.extensions).take();
+        drop(extensions);
         if let Some(stop) = control.stop.take() {
             let _ = stop.send(());
         }

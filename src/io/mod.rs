@@ -1,0 +1,8 @@
+//! Async I/O on the embedding API: each operation is an async Rust function that
+//! knows nothing of C. `ffi` checks and copies a C caller's arguments, then runs these
+//! through `ffi::embed`.
+//!
+//! - `http`: an HTTP(S) client with a connection pool per bridge (feature `http`);
+//! - `process`: subprocesses in their own process group;
+//! - `fs`: whole-file reads and writes.
+
