@@ -483,8 +483,23 @@ fn https_with_a_ca_made_here() {
     assert_eq!((status, body.as_slice()), (200, &b"hello over TLS"[..]));
     // By name too (the certificate names localhost).
     let mut req = get(&format!("https://localhost:{port}/hello.txt"));
-    req.extra_ca_pem = Some(ca);
+    req.extra_ca_pem = Some(ca.clone());
     assert_eq!(ok_body(fetch(b, &req)).0, 200);
+    // The system's store does not know the test CA either; with it added, it works.
+    let mut req = get(&url);
+    req.flags = BRIDGE_HTTP_SYSTEM_ROOTS;
+    match send(b, &req) {
+        Ok(f) => {
+            failure(finish(f), BRIDGE_E_TLS, &["certificate"]);
+            req.extra_ca_pem = Some(ca);
+            assert_eq!(ok_body(fetch(b, &req)).0, 200);
+        }
+        // Refused at send only when this machine has no CA store at all.
+        Err(status) => {
+            assert_eq!(status, BRIDGE_E_INVALID);
+            assert!(!Path::new("/etc/ssl/certs/ca-certificates.crt").exists());
+        }
+    }
     unsafe { bridge_free(b) };
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::ffi::boundary::boundary;
 use crate::ffi::bridge::{borrow, bridge_t};
-use crate::ffi::embed::{spawn_on, CValue};
+use crate::ffi::embed::{spawn_on, CTask, CValue};
 use crate::ffi::future::future_t;
 use crate::ffi::handle::{box_borrow, box_into_c, box_take, Castable, OwnedByBox};
 use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID, BRIDGE_OK};
@@ -160,13 +160,23 @@ pub unsafe extern "C" fn bridge_http_send(
             return BRIDGE_E_INVALID;
         };
         spawn_on(bridge, out, move |task| async move {
-            let response = http::send(client, prepared, move |done, total| {
-                task.set_progress(done, total)
-            })
-            .await?;
+            let response = http::send(client, prepared, TaskHooks(task)).await?;
             Ok(Some(response_value(response)))
         })
     })
+}
+
+/// The future's side of a request: progress goes to it, the commit asks it.
+struct TaskHooks(CTask);
+
+impl http::Hooks for TaskHooks {
+    fn progress(&self, done: u64, total: u64) {
+        self.0.set_progress(done, total);
+    }
+
+    fn commit(&self) -> bool {
+        self.0.commit()
+    }
 }
 
 /// Copies a C request into a Rust one; `None` when something in it is invalid.

@@ -168,16 +168,25 @@ fn parse_url(text: &str) -> Result<Uri, Invalid> {
     }
 }
 
-/// Sends `request` through `client`'s pool, following redirects; `progress` gets the
-/// body bytes received and the Content-Length (0 when unknown).
+/// What [`send`] reports to, and asks of, whoever runs it.
+pub trait Hooks: Send + Sync {
+    /// The body bytes received, and the Content-Length (0 when unknown).
+    fn progress(&self, done: u64, total: u64);
+    /// Called before the one step that cannot be undone (renaming a complete
+    /// `output_path` file into place): false if the request was cancelled meanwhile,
+    /// and the file is then removed instead.
+    fn commit(&self) -> bool;
+}
+
+/// Sends `request` through `client`'s pool, following redirects.
 pub async fn send(
     client: std::sync::Arc<Client>,
     request: Prepared,
-    progress: impl Fn(u64, u64) + Send,
+    hooks: impl Hooks,
 ) -> Result<Response, Failure> {
     match request.timeout {
         Some(limit) => {
-            match tokio::time::timeout(limit, exchange(&client, request, &progress)).await {
+            match tokio::time::timeout(limit, exchange(&client, request, &hooks)).await {
                 Ok(result) => result,
                 Err(_) => Err(Failure::new(
                     Error::TimedOut.code(),
@@ -185,7 +194,7 @@ pub async fn send(
                 )),
             }
         }
-        None => exchange(&client, request, &progress).await,
+        None => exchange(&client, request, &hooks).await,
     }
 }
 
@@ -193,7 +202,7 @@ pub async fn send(
 async fn exchange(
     client: &std::sync::Arc<Client>,
     mut request: Prepared,
-    progress: &(impl Fn(u64, u64) + Send),
+    hooks: &impl Hooks,
 ) -> Result<Response, Failure> {
     let mut redirects = 0;
     loop {
@@ -252,7 +261,7 @@ async fn exchange(
             None => Sink::Memory(Vec::with_capacity(total.min(1 << 20) as usize)),
         };
         let received = AtomicU64::new(0);
-        progress(0, total);
+        hooks.progress(0, total);
         conn.read_body(body, &origin, |chunk: &[u8]| {
             let so_far = received.load(Ordering::Relaxed) + chunk.len() as u64;
             if so_far > request.max_body {
@@ -260,11 +269,11 @@ async fn exchange(
             }
             received.store(so_far, Ordering::Relaxed);
             sink.write(chunk)?;
-            progress(so_far, total);
+            hooks.progress(so_far, total);
             Ok(())
         })
         .await?;
-        let body = sink.finish()?;
+        let body = sink.finish(hooks)?;
         let headers = head
             .headers
             .iter()
@@ -374,10 +383,16 @@ impl Sink {
         }
     }
 
-    fn finish(self) -> Result<Vec<u8>, Failure> {
+    fn finish(self, hooks: &impl Hooks) -> Result<Vec<u8>, Failure> {
         match self {
             Sink::Memory(body) => Ok(body),
-            Sink::File(file) => file.commit().map(|()| Vec::new()),
+            Sink::File(file) => {
+                if !hooks.commit() {
+                    // Cancelled: the future ends as requested; the drop removes the file.
+                    return Err(Failure::new(Error::Closed.code(), "cancelled"));
+                }
+                file.commit().map(|()| Vec::new())
+            }
         }
     }
 }
