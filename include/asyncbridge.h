@@ -694,7 +694,10 @@ bridge_status bridge_sleep(bridge_t *b, uint64_t ms, future_t **out);
  * file or directory"); BRIDGE_E_TOO_LARGE when the file holds more than `max`
  * bytes (at most `max` + 1 bytes are ever held in memory, whatever the file's size
  * says). future_cancel() stops the read within a MiB; the future ends
- * BRIDGE_CANCELLED once it has stopped and closed the file.
+ * BRIDGE_CANCELLED once it has stopped and closed the file. On a FIFO or device,
+ * where a system call may block for good (opening a FIFO that has no writer), the
+ * cancel takes effect when that call returns; bridge_shutdown() does not wait for
+ * it, and resolves the future BRIDGE_CANCELLED at once.
  * @param path the file; copied at the call (the caller may free it on return).
  * @param max the most bytes accepted; 0: no limit.
  * @param out receives the future (one reference, the caller's); written only on
@@ -723,7 +726,9 @@ bridge_status bridge_file_read(bridge_t *b, const char *path, uint64_t max, futu
  * an ATOMIC write has then removed its temporary file and left the old file
  * untouched, as it does when it fails. A replacing write cancelled or failed midway
  * leaves the file truncated with the part written so far; an appending one leaves
- * the bytes appended so far.
+ * the bytes appended so far. On a FIFO or device, where write() may block for good,
+ * the cancel takes effect when that call returns; bridge_shutdown() does not wait for
+ * it, and resolves the future BRIDGE_CANCELLED at once.
  *
  * Failures: BRIDGE_E_IO with the errno in future_os_error() (ENOENT, ENOSPC,
  * EISDIR, ...) and a message naming the path ("write /x/y: No such file or

@@ -6,10 +6,15 @@
 //! leaves behind is cleaned up there (an atomic write removes its temporary file)
 //! before the returned future resolves [`FsError::Cancelled`].
 //!
-//! Run these futures to their end (`embed::Task::shield` does that for an embedded
-//! block): the returned future then resolves only after the blocking part ended. If
-//! one is dropped early anyway, its drop makes the blocking part stop and waits for it
-//! (at most one chunk of I/O, or one fsync), so nothing of it outlives the drop either.
+//! Poll these futures inside a tokio runtime, and run them to their end
+//! (`embed::Task::shield` does that for an embedded block): the returned future then
+//! resolves only after the blocking part ended. If one is dropped early anyway (a
+//! runtime shutting down drops its tasks), its drop makes the blocking part stop and
+//! waits for it (at most one chunk of I/O, or one fsync), so nothing of it outlives
+//! the drop either. Except on a pipe, socket or device: a system call there may wait
+//! forever (opening a FIFO that no one opens from the other end), so the drop does
+//! not wait; the blocking part ends on its own once the call returns, and holds
+//! nothing to clean up but its file descriptor.
 
 use std::ffi::OsString;
 use std::fs::{File, OpenOptions};
@@ -90,8 +95,11 @@ where
     C: Fn() -> bool + Send + 'static,
     P: Fn(u64, u64) + Send + 'static,
 {
-    off_loop(move |stop| read_blocking(&path, max, &|| stop.requested() || cancelled(), &progress))
-        .await
+    off_loop(move |gate| {
+        let cancelled = || gate.stop_requested() || cancelled();
+        read_blocking(&path, max, &cancelled, &progress, &|| gate.may_hang())
+    })
+    .await
 }
 
 /// Writes `data` to the file at `path` as `mode` says.
@@ -110,8 +118,8 @@ where
     C: Fn() -> bool + Send + 'static,
     P: Fn(u64, u64) + Send + 'static,
 {
-    off_loop(move |stop| {
-        let cancelled = || stop.requested() || cancelled();
+    off_loop(move |gate| {
+        let cancelled = || gate.stop_requested() || cancelled();
         match mode {
             WriteMode::Replace | WriteMode::Append => write_in_place(
                 &path,
@@ -119,6 +127,7 @@ where
                 mode == WriteMode::Append,
                 &cancelled,
                 &progress,
+                &|| gate.may_hang(),
             ),
             WriteMode::Atomic => write_atomic(&path, &data, &cancelled, &progress),
         }
@@ -132,15 +141,22 @@ fn read_blocking(
     max: u64,
     cancelled: &dyn Fn() -> bool,
     progress: &dyn Fn(u64, u64),
+    may_hang: &dyn Fn(),
 ) -> Result<Vec<u8>, FsError> {
     let failed = |error: std::io::Error| io_failure(error, "read", path);
     if cancelled() {
         return Err(FsError::Cancelled);
     }
+    if !is_regular_or_missing(path) {
+        may_hang();
+    }
     let file = File::open(path).map_err(failed)?;
     let size = match file.metadata() {
         Ok(meta) if meta.is_file() => meta.len(),
-        Ok(_) => 0,
+        Ok(_) => {
+            may_hang();
+            0
+        }
         Err(error) => return Err(failed(error)),
     };
     // One byte past the limit tells a file that is too long from one that fits.
@@ -195,9 +211,13 @@ fn write_in_place(
     append: bool,
     cancelled: &dyn Fn() -> bool,
     progress: &dyn Fn(u64, u64),
+    may_hang: &dyn Fn(),
 ) -> Result<(), FsError> {
     if cancelled() {
         return Err(FsError::Cancelled);
+    }
+    if !is_regular_or_missing(path) {
+        may_hang();
     }
     let mut options = OpenOptions::new();
     if append {
@@ -209,7 +229,16 @@ fn write_in_place(
         .create(true)
         .open(path)
         .map_err(|error| io_failure(error, "write", path))?;
+    if !file.metadata().is_ok_and(|meta| meta.is_file()) {
+        may_hang();
+    }
     write_chunks(&mut file, path, data, cancelled, progress)
+}
+
+/// Whether `path` is a regular file, a directory (whose open fails at once), or
+/// nothing yet: what opening it and moving its bytes cannot block on forever.
+fn is_regular_or_missing(path: &Path) -> bool {
+    std::fs::metadata(path).map_or(true, |meta| meta.is_file() || meta.is_dir())
 }
 
 /// Writes `data` to `file` a chunk at a time, checking `cancelled` before each.
@@ -342,32 +371,40 @@ fn io_failure(error: std::io::Error, verb: &str, path: &Path) -> FsError {
     FsError::Failed(Failure::io(errno, format!("{verb} {}", path.display())))
 }
 
-/// Tells a blocking part to stop because its future was dropped.
-struct StopFlag(AtomicBool);
-
-impl StopFlag {
-    fn requested(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-}
-
 /// Where a blocking part is, so that a dropped future knows whether to wait for it.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Queued,
     Running,
+    /// Running, on a file where a system call may never return: not waited for.
+    MayHang,
     Ended,
     /// Its future was dropped before it started: it must not start.
     Abandoned,
 }
 
+/// What a blocking part and its future share.
 struct Gate {
-    stop: StopFlag,
+    /// Set when the future is dropped: the blocking part stops at its next check.
+    stop: AtomicBool,
     phase: Mutex<Phase>,
     changed: Condvar,
 }
 
 impl Gate {
+    fn stop_requested(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// The blocking part works on a pipe, socket or device.
+    fn may_hang(&self) {
+        let mut phase = self.phase.lock().unwrap_or_else(PoisonError::into_inner);
+        if *phase == Phase::Running {
+            *phase = Phase::MayHang;
+            self.changed.notify_all();
+        }
+    }
+
     fn set(&self, phase: Phase) {
         *self.phase.lock().unwrap_or_else(PoisonError::into_inner) = phase;
         self.changed.notify_all();
@@ -389,7 +426,7 @@ struct WaitOnDrop(Arc<Gate>);
 impl Drop for WaitOnDrop {
     fn drop(&mut self) {
         let gate = &self.0;
-        gate.stop.0.store(true, Ordering::SeqCst);
+        gate.stop.store(true, Ordering::SeqCst);
         let mut phase = gate.phase.lock().unwrap_or_else(PoisonError::into_inner);
         if *phase == Phase::Queued {
             *phase = Phase::Abandoned;
@@ -408,10 +445,10 @@ impl Drop for WaitOnDrop {
 async fn off_loop<T, W>(work: W) -> Result<T, FsError>
 where
     T: Send + 'static,
-    W: FnOnce(&StopFlag) -> Result<T, FsError> + Send + 'static,
+    W: FnOnce(&Gate) -> Result<T, FsError> + Send + 'static,
 {
     let gate = Arc::new(Gate {
-        stop: StopFlag(AtomicBool::new(false)),
+        stop: AtomicBool::new(false),
         phase: Mutex::new(Phase::Queued),
         changed: Condvar::new(),
     });
@@ -425,7 +462,7 @@ where
             *phase = Phase::Running;
         }
         let _running = Running(&shared);
-        work(&shared.stop)
+        work(&shared)
     });
     let armed = WaitOnDrop(gate);
     let joined = blocking.await;
