@@ -41,9 +41,25 @@
 
 
 /**
+ * How many bytes a read or write moves between two cancellation checks.
+ */
+#define CHUNK (1 << 20)
+
+/**
  * The body limit when none is given: 64 MiB.
  */
 #define DEFAULT_MAX_BODY (64 << 20)
+
+/**
+ * bridge_file_write(): append to the file instead of replacing it.
+ */
+#define BRIDGE_FILE_APPEND 1
+
+/**
+ * bridge_file_write(): write a temporary file beside it, fsync, rename: readers see
+ * the old or the new file, never half of one.
+ */
+#define BRIDGE_FILE_ATOMIC 2
 
 /**
  * bridge_http_request_t.flags: a status of 400 or more fails the future with
@@ -759,6 +775,79 @@ bridge_status bridge_submit(bridge_t *b,
  * Any thread.
  */
 bridge_status bridge_sleep(bridge_t *b, uint64_t ms, future_t **out);
+
+/**
+ * Reads a whole file, off the calling thread; the future's value is its contents.
+ *
+ * The file is read on the bridge's blocking threads, a MiB at a time. On BRIDGE_OK
+ * the value is a bridge_bytes_t* (future_value_type() BRIDGE_VALUE_BYTES; `data`
+ * NULL for an empty file), freed with the future, or by bridge_bytes_free() once
+ * taken with future_take_value(). future_progress() gives the bytes read so far and
+ * the size the file had when opened (0 for files that report none, like pipes and
+ * /proc files).
+ *
+ * Failures: BRIDGE_E_IO with the errno in future_os_error() (ENOENT, EACCES,
+ * EISDIR for a directory, ...) and a message naming the path ("read /x/y: No such
+ * file or directory"); BRIDGE_E_TOO_LARGE when the file holds more than `max`
+ * bytes (at most `max` + 1 bytes are ever held in memory, whatever the file's size
+ * says). future_cancel() stops the read within a MiB; the future ends
+ * BRIDGE_CANCELLED once it has stopped and closed the file. On a FIFO or device,
+ * where a system call may block for good (opening a FIFO that has no writer), the
+ * cancel takes effect when that call returns; bridge_shutdown() does not wait for
+ * it, and resolves the future BRIDGE_CANCELLED at once.
+ * @param path the file; copied at the call (the caller may free it on return).
+ * @param max the most bytes accepted; 0: no limit.
+ * @param out receives the future (one reference, the caller's); written only on
+ *        BRIDGE_OK.
+ * @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `b`, `path` or `out`, or an empty
+ *         `path` (nothing starts); BRIDGE_E_NOT_RUNNING once shut down;
+ *         BRIDGE_E_BUSY (max_pending).
+ * Any thread.
+ */
+bridge_status bridge_file_read(bridge_t *b, const char *path, uint64_t max, future_t **out);
+
+/**
+ * Writes `len` bytes to a file, off the calling thread; the future ends BRIDGE_OK
+ * without a value once they are written.
+ *
+ * Without flags the file is replaced: truncated, or created with mode 0666 less the
+ * umask. BRIDGE_FILE_APPEND writes at its end instead (creating it if missing).
+ * BRIDGE_FILE_ATOMIC writes a temporary file in the same directory, fsyncs it,
+ * renames it over `path` and fsyncs the directory: readers see the old file or the
+ * new one, never half of one. The new file keeps the old one's permission bits; a
+ * symbolic link at `path` is replaced, not followed.
+ *
+ * The data is written on the bridge's blocking threads, a MiB at a time;
+ * future_progress() gives the bytes written so far, of `len`. future_cancel() stops
+ * the write within a MiB and the future ends BRIDGE_CANCELLED once it has stopped:
+ * an ATOMIC write has then removed its temporary file and left the old file
+ * untouched, as it does when it fails. A replacing write cancelled or failed midway
+ * leaves the file truncated with the part written so far; an appending one leaves
+ * the bytes appended so far. On a FIFO or device, where write() may block for good,
+ * the cancel takes effect when that call returns; bridge_shutdown() does not wait for
+ * it, and resolves the future BRIDGE_CANCELLED at once.
+ *
+ * Failures: BRIDGE_E_IO with the errno in future_os_error() (ENOENT, ENOSPC,
+ * EISDIR, ...) and a message naming the path ("write /x/y: No such file or
+ * directory").
+ * @param path the file; copied at the call (the caller may free it on return).
+ * @param data the bytes, copied at the call; may be NULL when `len` is 0 (an empty
+ *        file).
+ * @param flags 0, BRIDGE_FILE_APPEND or BRIDGE_FILE_ATOMIC.
+ * @param out receives the future (one reference, the caller's); written only on
+ *        BRIDGE_OK.
+ * @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `b`, `path` or `out`, an empty
+ *         `path`, NULL `data` with `len` > 0, an unknown flag, or APPEND with
+ *         ATOMIC (nothing starts); BRIDGE_E_NOT_RUNNING once shut down;
+ *         BRIDGE_E_BUSY (max_pending).
+ * Any thread.
+ */
+bridge_status bridge_file_write(bridge_t *b,
+                                const char *path,
+                                const void *data,
+                                size_t len,
+                                uint32_t flags,
+                                future_t **out);
 
 /**
  * Waits up to `timeout_ms` for the future to finish.

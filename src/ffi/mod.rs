@@ -14,6 +14,7 @@
 pub mod boundary;
 pub mod bridge;
 pub mod embed;
+pub mod file;
 pub mod future;
 pub(crate) mod handle;
 #[cfg(feature = "http")]
