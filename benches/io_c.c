@@ -162,7 +162,7 @@ static void emit_mem(long long rss0_kb, long long peak_kb) {
     bench_end();
 }
 
-static void emit_not_built(const char *why) {
+__attribute__((unused)) static void emit_not_built(const char *why) {
     bench_begin("io_c", opt.round, opt.w, opt.peer, "");
     bench_field_b("built", 0);
     bench_field_i("n", opt.n);
