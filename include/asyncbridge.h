@@ -41,6 +41,23 @@
 
 
 /**
+ * The body limit when none is given: 64 MiB.
+ */
+#define DEFAULT_MAX_BODY (64 << 20)
+
+/**
+ * bridge_http_request_t.flags: a status of 400 or more fails the future with
+ * BRIDGE_E_HTTP_STATUS ("HTTP 404 Not Found") instead of ending BRIDGE_OK.
+ */
+#define BRIDGE_HTTP_FAIL_ON_STATUS 1
+
+/**
+ * bridge_http_request_t.flags: trust the system's CA store (loaded once per bridge)
+ * instead of the built-in Mozilla roots.
+ */
+#define BRIDGE_HTTP_SYSTEM_ROOTS 2
+
+/**
  * A timeout_ms meaning "no limit".
  */
 #define BRIDGE_FOREVER (-1)
@@ -107,6 +124,14 @@ struct bridge;
  * its bridge's on_unhandled_error (stderr by default).
  */
 struct bridge_future;
+
+/**
+ * A response: the value of a future of bridge_http_send().
+ *
+ * Owned by the future (freed with it) unless taken with future_take_value(), then
+ * freed with bridge_http_response_free(). Strings it hands out live as long as it.
+ */
+struct bridge_http_response;
 
 /**
  * The context passed to running work: set the value, fail, check for cancellation,
@@ -326,6 +351,78 @@ typedef void (*future_done_fn)(future_t *f, void *user_data);
  * It is run like bridge_work_fn (the same rules for pthread_exit and exceptions).
  */
 typedef int32_t (*bridge_then_fn)(bridge_job_t *job, future_t *prev, void *arg);
+
+/**
+ * An HTTP request: fill it with bridge_http_request_init(), then set what you need.
+ *
+ * Every pointer is read during bridge_http_send() only: everything is copied there.
+ */
+struct bridge_http_request {
+    /**
+     * Set by bridge_http_request_init(): sizeof(bridge_http_request_t).
+     */
+    uint32_t size;
+    /**
+     * A method token ("GET", "POST", "PUT", ...); NULL: "GET".
+     */
+    const char *method;
+    /**
+     * An absolute http:// or https:// URL. Required.
+     */
+    const char *url;
+    /**
+     * "Name: value" strings, NULL-terminated; NULL: none. Host, Content-Length,
+     * Transfer-Encoding and Connection are set by the library and refused here.
+     * A User-Agent is added unless one is given.
+     */
+    const char *const *headers;
+    /**
+     * The request body, copied at send; NULL with body_len 0: none.
+     */
+    const void *body;
+    /**
+     * Bytes in `body`.
+     */
+    size_t body_len;
+    /**
+     * The whole exchange, redirects included, in milliseconds; 0: no limit. When it
+     * runs out the future fails with BRIDGE_E_TIMED_OUT.
+     */
+    uint64_t timeout_ms;
+    /**
+     * 0: 64 MiB; a longer body fails with BRIDGE_E_TOO_LARGE.
+     */
+    uint64_t max_body;
+    /**
+     * 0: redirects are not followed (a 3xx response is the result). Otherwise up
+     * to this many are followed; one more fails with BRIDGE_E_PROTOCOL.
+     */
+    uint32_t max_redirects;
+    /**
+     * BRIDGE_HTTP_* bits.
+     */
+    uint32_t flags;
+    /**
+     * PEM certificates trusted besides the roots; NULL: none.
+     */
+    const char *extra_ca_pem;
+    /**
+     * Non-NULL: the body goes to this file (written beside it under a temporary
+     * name, renamed over it once complete; removed on cancel or failure), and the
+     * response's body is empty.
+     */
+    const char *output_path;
+};
+
+/**
+ * An HTTP request (see struct bridge_http_request).
+ */
+typedef struct bridge_http_request bridge_http_request_t;
+
+/**
+ * An HTTP response (see struct bridge_http_response).
+ */
+typedef struct bridge_http_response bridge_http_response_t;
 
 /**
  * The producer's side of a future (see struct bridge_promise).
@@ -911,6 +1008,109 @@ bridge_status future_all(future_t *const *fs, size_t n, future_t **out);
  * Any thread.
  */
 bridge_status future_any(future_t *const *fs, size_t n, future_t **out);
+
+/**
+ * Sets `size` and every other field to its default (NULL, 0).
+ *
+ * @param req the request to initialise; NULL does nothing.
+ * Any thread.
+ */
+void bridge_http_request_init(bridge_http_request_t *req);
+
+/**
+ * Sends an HTTP(S) request on the bridge's loop; the future ends with a
+ * bridge_http_response_t* (BRIDGE_VALUE_HTTP_RESPONSE).
+ *
+ * HTTP/1.1, or HTTP/2 when a TLS server offers it; connections are pooled per
+ * bridge. Progress: bytes of the body received, of Content-Length (0 when unknown).
+ * The future ends BRIDGE_OK whatever the status (unless BRIDGE_HTTP_FAIL_ON_STATUS);
+ * it fails with BRIDGE_E_IO (connect or socket error; future_os_error() gives the
+ * errno), BRIDGE_E_DNS, BRIDGE_E_TLS, BRIDGE_E_PROTOCOL (malformed response, too
+ * many redirects), BRIDGE_E_TOO_LARGE (max_body, or a response head over 256 KiB),
+ * BRIDGE_E_HTTP_STATUS, BRIDGE_E_TIMED_OUT (timeout_ms). future_cancel() drops the
+ * exchange: an HTTP/1.1 connection is closed, an HTTP/2 stream reset, a partial
+ * output file removed, all before the future ends BRIDGE_CANCELLED.
+ *
+ * @param req the request; it and everything it points to may be freed as soon as
+ *        this returns.
+ * @param out receives the future (one reference, the caller's); written only on
+ *        BRIDGE_OK.
+ * @return BRIDGE_OK; BRIDGE_E_INVALID, with nothing started, for NULL `b`, `req` or
+ *         `out`, a `size` other than sizeof(bridge_http_request_t), a NULL or
+ *         malformed URL (not http(s), no host), an invalid method, header line or
+ *         extra_ca_pem, a NULL body with body_len > 0, unknown flags, an output_path
+ *         naming no file, strings that are not UTF-8 (url, method, headers);
+ *         BRIDGE_E_NOT_RUNNING once shut down; BRIDGE_E_BUSY (max_pending).
+ * Any thread; never blocks (the first request with BRIDGE_HTTP_SYSTEM_ROOTS reads
+ * the system's CA store on the calling thread).
+ */
+bridge_status bridge_http_send(bridge_t *b, const bridge_http_request_t *req, future_t **out);
+
+/**
+ * The response's status code (200, 404, ...).
+ *
+ * @return the status; 0 for NULL.
+ * Any thread.
+ */
+int bridge_http_response_status(const bridge_http_response_t *r);
+
+/**
+ * The value of the first header called `name` (compared case-insensitively).
+ *
+ * @return the value, owned by the response; NULL if there is none, or for NULL
+ *         arguments.
+ * Any thread.
+ */
+const char *bridge_http_response_header(const bridge_http_response_t *r, const char *name);
+
+/**
+ * How many headers the response has (repeated names count once each).
+ *
+ * @return the count; 0 for NULL.
+ * Any thread.
+ */
+size_t bridge_http_response_header_count(const bridge_http_response_t *r);
+
+/**
+ * The `i`th header, in the order received; names are lower case.
+ *
+ * @param name_out receives the name (owned by the response); may be NULL.
+ * @param value_out receives the value (owned by the response); may be NULL.
+ * @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `r` or `i` out of range (nothing
+ *         written).
+ * Any thread.
+ */
+bridge_status bridge_http_response_header_at(const bridge_http_response_t *r,
+                                             size_t i,
+                                             const char **name_out,
+                                             const char **value_out);
+
+/**
+ * The response body (empty when it went to output_path).
+ *
+ * @param len_out receives the length; may be NULL.
+ * @return the bytes, owned by the response, not NUL-terminated; NULL when the body
+ *         is empty, and for NULL `r` (then *len_out is 0).
+ * Any thread.
+ */
+const uint8_t *bridge_http_response_body(const bridge_http_response_t *r, size_t *len_out);
+
+/**
+ * The URL the response came from, after redirects.
+ *
+ * @return the URL, owned by the response; NULL for NULL.
+ * Any thread.
+ */
+const char *bridge_http_response_url(const bridge_http_response_t *r);
+
+/**
+ * Frees a response taken with future_take_value() (a bridge_free_fn).
+ *
+ * @param r a bridge_http_response_t*; NULL does nothing. Using it, or a string it
+ *        handed out, afterwards is undefined.
+ * Any thread.
+ */
+void bridge_http_response_free(void *r);
 
 /**
  * Sets the value the future gets if the work succeeds.

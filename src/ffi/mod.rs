@@ -16,6 +16,8 @@ pub mod bridge;
 pub mod embed;
 pub mod future;
 pub(crate) mod handle;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod job;
 pub mod promise;
 pub mod queue;

@@ -6,3 +6,5 @@
 //! - `process`: subprocesses in their own process group;
 //! - `fs`: whole-file reads and writes.
 
+#[cfg(feature = "http")]
+pub mod http;
