@@ -555,9 +555,8 @@ mod tests {
         // and closes its end, which ends the writes with EPIPE (SIGPIPE is ignored in
         // Rust programs).
         let feeder = std::thread::spawn(move || loop {
-            match writer.write(&[b'w'; 4096]) {
-                Ok(_) => continue,
-                Err(e) => return e.kind(),
+            if let Err(e) = writer.write_all(&[b'w'; 4096]) {
+                return e.kind();
             }
         });
         unsafe {
