@@ -143,14 +143,14 @@ fn the_library_exports_asyncbridge_and_its_own_functions_under_its_own_name() {
     );
 }
 
-/// Compiles the demo against libwordcount alone.
-fn compile_demo() -> PathBuf {
+/// Compiles the demo as `name`, linked by `link_args` (libwordcount and nothing of
+/// asyncbridge).
+fn compile_demo(name: &str, link_args: &[String]) -> PathBuf {
     let cc = std::env::var("CC").unwrap_or_else(|_| "cc".to_owned());
     let extra = std::env::var("ASYNCBRIDGE_CFLAGS").unwrap_or_default();
     let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("downstream_bin");
     std::fs::create_dir_all(&out_dir).unwrap();
-    let exe = out_dir.join("wordcount_demo");
-    let lib = lib_dir();
+    let exe = out_dir.join(name);
     let output = Command::new(&cc)
         .args([
             "-std=c11",
@@ -169,9 +169,7 @@ fn compile_demo() -> PathBuf {
         .arg(downstream().join("c/wordcount_demo.c"))
         .arg("-o")
         .arg(&exe)
-        .arg(format!("-L{}", lib.display()))
-        .arg("-lwordcount")
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .args(link_args)
         .output()
         .unwrap_or_else(|e| panic!("cannot run {cc}: {e}"));
     assert!(
@@ -218,7 +216,15 @@ fn run(exe: &Path, args: &[&Path]) -> (ExitStatus, String, String) {
 
 #[test]
 fn the_demo_links_only_the_downstream_library_and_counts_and_cancels() {
-    let exe = compile_demo();
+    let lib = lib_dir();
+    let exe = compile_demo(
+        "wordcount_demo",
+        &[
+            format!("-L{}", lib.display()),
+            "-lwordcount".to_owned(),
+            format!("-Wl,-rpath,{}", lib.display()),
+        ],
+    );
     let (needed, _) = dynamic_section(&exe);
     assert!(
         needed.iter().any(|n| n == "libwordcount.so.0"),
@@ -228,8 +234,34 @@ fn the_demo_links_only_the_downstream_library_and_counts_and_cancels() {
         !needed.iter().any(|n| n.contains("asyncbridge")),
         "the demo needs {needed:?}"
     );
+    check_demo(&exe, "shared");
+}
 
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("downstream_files");
+/// libwordcount.a holds asyncbridge too: a program linked with it needs no other
+/// library of either.
+#[test]
+fn the_demo_links_the_static_library_alone() {
+    lib_dir();
+    let archive = profile_dir().join("libwordcount.a");
+    assert!(archive.exists(), "{} not built", archive.display());
+    let mut link_args = vec![archive.display().to_string()];
+    // What Rust's standard library needs (`--print native-static-libs`).
+    link_args.extend(["-lgcc_s", "-lutil", "-lrt", "-lpthread", "-lm", "-ldl"].map(str::to_owned));
+    let exe = compile_demo("wordcount_demo_static", &link_args);
+    let (needed, _) = dynamic_section(&exe);
+    assert!(
+        !needed
+            .iter()
+            .any(|n| n.contains("wordcount") || n.contains("asyncbridge")),
+        "the demo needs {needed:?}"
+    );
+    check_demo(&exe, "static");
+}
+
+/// Runs the demo on a file, a missing file and an empty path, and checks what it
+/// prints and its exit status. `tag` keeps the files of concurrent runs apart.
+fn check_demo(exe: &Path, tag: &str) {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("downstream_files_{tag}"));
     std::fs::create_dir_all(&dir).unwrap();
     let text = dir.join("text.txt");
     std::fs::write(&text, "one two three\nfour five\n").unwrap();
@@ -237,7 +269,7 @@ fn the_demo_links_only_the_downstream_library_and_counts_and_cancels() {
     let _ = std::fs::remove_file(&missing);
     let empty = Path::new("");
 
-    let (status, stdout, stderr) = run(&exe, &[&text, &missing, empty]);
+    let (status, stdout, stderr) = run(exe, &[&text, &missing, empty]);
     let expected = [
         format!(
             "{}: 2 lines, 5 words, 24 bytes (progress 24/24)",
