@@ -33,9 +33,13 @@ fn main() {
     let version = env::var("CARGO_PKG_VERSION").unwrap();
 
     // The SONAME carries the ABI's major version; a plain `cargo build` already makes
-    // a library that installs as libasyncbridge.so.MAJOR.
+    // a library that installs as libasyncbridge.so.MAJOR. Not `rustc-cdylib-link-arg`:
+    // Cargo passes that on to the cdylib of every crate depending on this one
+    // (rust-lang/cargo#9562), which would name a downstream C library
+    // libasyncbridge.so too. `rustc-link-arg` stays with this package; on its test and
+    // bench executables the name does nothing.
     if env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
-        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libasyncbridge.so.{major}");
+        println!("cargo:rustc-link-arg=-Wl,-soname,libasyncbridge.so.{major}");
     }
 
     let version_macros = format!(
