@@ -276,7 +276,7 @@ fn check_demo(exe: &Path, tag: &str) {
             text.display()
         ),
         format!(
-            "{0}: FAILED: open {0}: No such file or directory (os error 2) (errno 2)",
+            "{0}: FAILED: open {0}: No such file or directory (errno 2)",
             missing.display()
         ),
         // The empty path is refused at the call.
