@@ -41,6 +41,11 @@
 
 
 /**
+ * The output limit per stream when [`ProcessOptions::max_output`] is 0: 64 MiB.
+ */
+#define DEFAULT_MAX_OUTPUT (64 << 20)
+
+/**
  * A timeout_ms meaning "no limit".
  */
 #define BRIDGE_FOREVER (-1)

@@ -6,3 +6,4 @@
 //! - `process`: subprocesses in their own process group;
 //! - `fs`: whole-file reads and writes.
 
+pub mod process;
