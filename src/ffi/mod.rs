@@ -17,6 +17,7 @@ pub mod embed;
 pub mod future;
 pub(crate) mod handle;
 pub mod job;
+pub mod process;
 pub mod promise;
 pub mod queue;
 pub mod signal;
