@@ -268,7 +268,9 @@ unsafe fn string(s: *const c_char) -> Option<OsString> {
         return None;
     }
     // SAFETY: per the contract above.
-    Some(OsString::from_vec(unsafe { CStr::from_ptr(s) }.to_bytes().to_vec()))
+    Some(OsString::from_vec(
+        unsafe { CStr::from_ptr(s) }.to_bytes().to_vec(),
+    ))
 }
 
 /// Copies of a NULL-terminated list of C strings; empty for NULL.

@@ -160,6 +160,7 @@ mod tests {
     use std::process::Command;
 
     #[test]
+    #[allow(clippy::zombie_processes)] // reaped by the functions under test
     fn exit_seen_without_reaping_then_reaped_once() {
         let child = Command::new("sh").args(["-c", "exit 3"]).spawn().unwrap();
         let pid = child.id() as i32;
@@ -174,6 +175,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::zombie_processes)] // reaped by the functions under test
     fn a_killed_group_is_reaped_blocking_with_its_signal() {
         let child = Command::new("sleep")
             .arg("100")
