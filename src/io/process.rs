@@ -497,14 +497,15 @@ impl Reader {
         Ok(())
     }
 
-    /// Reads what the pipe holds now, without waiting for more.
+    /// Reads what the pipe holds now, without waiting for more (even what the reactor
+    /// has not seen yet).
     fn drain(&mut self, scratch: &mut [u8], read: &mut u64) -> Result<(), Stop> {
         loop {
             let room = self.room(scratch.len());
             let Some(pipe) = self.pipe.as_ref() else {
                 break;
             };
-            match pipe.try_read(&mut scratch[..room]) {
+            match child::read_now(pipe.as_fd(), &mut scratch[..room]) {
                 Ok(0) => self.pipe = None,
                 Ok(n) => {
                     *read += n as u64;
@@ -728,6 +729,31 @@ mod tests {
             assert_eq!((output.exit.code(), output.exit.signal()), (7, 0));
             assert_eq!(output.stdout, b"out");
             assert_eq!(output.stderr, b"err");
+        }
+    }
+
+    /// The exit can be seen before the reactor has seen the output: what the program
+    /// wrote just before it exited is read all the same.
+    #[test]
+    fn output_written_just_before_the_exit_is_kept() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        for round in 0..200 {
+            let use_pidfd = round % 2 == 0;
+            let output = rt
+                .block_on(run_watching(
+                    sh("printf out; printf err >&2"),
+                    |_| {},
+                    use_pidfd,
+                ))
+                .unwrap();
+            assert_eq!(
+                (output.stdout.as_slice(), output.stderr.as_slice()),
+                (&b"out"[..], &b"err"[..]),
+                "round {round}"
+            );
         }
     }
 

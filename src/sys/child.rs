@@ -153,6 +153,18 @@ pub(crate) fn send_no_sigpipe(socket: BorrowedFd<'_>, data: &[u8]) -> io::Result
     Ok(sent as usize)
 }
 
+/// Reads what a non-blocking descriptor holds now (WouldBlock when nothing), whatever
+/// a reactor last saw of it: tokio's `try_read` answers WouldBlock without reading
+/// until its reactor has seen the descriptor readable.
+pub(crate) fn read_now(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+    // SAFETY: `buf` is writable for its length; `fd` is a live descriptor.
+    let read = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+    if read < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(read as usize)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
