@@ -706,10 +706,21 @@ fn a_taken_result_is_freed_with_its_bytes() {
     }
 }
 
+/// On the default single loop thread, and on a runtime of two workers, where a run
+/// moves between threads.
 #[test]
 fn two_hundred_runs_at_once() {
     let _shared = EXCLUSIVE.read().unwrap();
-    let b = start();
+    two_hundred_on(start());
+    let mut cfg = unsafe { std::mem::zeroed::<bridge_config_t>() };
+    unsafe { bridge_config_init(&mut cfg) };
+    cfg.worker_threads = 2;
+    let mut b = null_mut();
+    assert_eq!(unsafe { bridge_start(&cfg, &mut b) }, BRIDGE_OK);
+    two_hundred_on(b);
+}
+
+fn two_hundred_on(b: *mut bridge_t) {
     let futures: Vec<_> = (0..200)
         .map(|i| {
             let s = Spec {
@@ -799,4 +810,41 @@ fn no_descriptor_leaks_and_no_sigchld_handler() {
     assert_eq!(action, libc::SIG_DFL);
     unsafe { bridge_free(b) };
     assert_eq!(sigchld_action(), action);
+}
+
+/// Arguments, environment and input are bytes, not text: none of it must be UTF-8.
+#[test]
+fn bytes_that_are_not_utf8_pass_through() {
+    let _shared = EXCLUSIVE.read().unwrap();
+    let b = start();
+    let program = c"sh";
+    let script = c"printf '%s|%s|' \"$1\" \"$V\"; cat";
+    let arg0 = c"sh";
+    let arg = CString::new(vec![0xff, 0xfe, b'a']).unwrap();
+    let var = CString::new(vec![b'V', b'=', 0xc3, 0x28]).unwrap();
+    let argv = [
+        c"-c".as_ptr(),
+        script.as_ptr(),
+        arg0.as_ptr(),
+        arg.as_ptr(),
+        null(),
+    ];
+    let env = [var.as_ptr(), null()];
+    let input = [0u8, 0x80, 0xff, 0];
+    let mut opts = unsafe { std::mem::zeroed::<bridge_process_options_t>() };
+    unsafe { bridge_process_options_init(&mut opts) };
+    opts.program = program.as_ptr();
+    opts.argv = argv.as_ptr();
+    opts.env = env.as_ptr();
+    opts.stdin_data = input.as_ptr().cast();
+    opts.stdin_len = input.len();
+    let mut f = null_mut();
+    assert_eq!(unsafe { bridge_process_run(b, &opts, &mut f) }, BRIDGE_OK);
+    assert_eq!(unsafe { future_wait(f, WATCHDOG_MS) }, BRIDGE_OK);
+    let r = ran(f);
+    assert_eq!(
+        r.out,
+        [&[0xff, 0xfe, b'a', b'|', 0xc3, 0x28, b'|'][..], &input[..]].concat()
+    );
+    unsafe { bridge_free(b) };
 }
