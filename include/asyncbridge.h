@@ -41,11 +41,6 @@
 
 
 /**
- * The output limit per stream when [`ProcessOptions::max_output`] is 0: 64 MiB.
- */
-#define DEFAULT_MAX_OUTPUT (64 << 20)
-
-/**
  * bridge_process_options_t.flags: standard error goes into the `out` bytes, in the
  * order the program wrote both; `err` stays empty.
  */

@@ -64,7 +64,7 @@ use crate::status::Error;
 use crate::sys::child::{self, Reaped};
 
 /// The output limit per stream when [`ProcessOptions::max_output`] is 0: 64 MiB.
-pub const DEFAULT_MAX_OUTPUT: u64 = 64 << 20;
+const DEFAULT_MAX_OUTPUT: u64 = 64 << 20;
 
 /// How often the exit is looked for when no pidfd is available.
 const POLL_EXIT_EVERY: Duration = Duration::from_millis(10);
@@ -91,7 +91,7 @@ pub struct ProcessOptions {
     /// `None`: no limit; else the group is killed after this long, and the run fails
     /// with `Error::TimedOut`.
     pub timeout: Option<Duration>,
-    /// The most bytes kept per output stream; 0 means [`DEFAULT_MAX_OUTPUT`]. One
+    /// The most bytes kept per output stream; 0 means 64 MiB. One
     /// more kills the group and fails the run with `Error::TooLarge`.
     pub max_output: u64,
     /// Standard error goes into the same pipe as standard output (in the order the
