@@ -91,8 +91,8 @@ pub struct ProcessOptions {
     /// `None`: no limit; else the group is killed after this long, and the run fails
     /// with `Error::TimedOut`.
     pub timeout: Option<Duration>,
-    /// The most bytes kept per output stream; 0 means 64 MiB. One
-    /// more kills the group and fails the run with `Error::TooLarge`.
+    /// The most bytes kept per output stream; 0 means 64 MiB. One more kills the
+    /// group and fails the run with `Error::TooLarge`.
     pub max_output: u64,
     /// Standard error goes into the same pipe as standard output (in the order the
     /// program wrote them); [`ProcessOutput::stderr`] stays empty.
