@@ -84,7 +84,10 @@ fn main() {
             // be called from Rust: not part of the C API.
             exclude: vec!["asyncbridge_call_outermost".to_owned()],
             // Value types that no function names: futures hand them out as `void *`.
-            include: vec!["bridge_bytes_t".to_owned()],
+            include: vec![
+                "bridge_bytes_t".to_owned(),
+                "bridge_process_result_t".to_owned(),
+            ],
             ..Default::default()
         },
         ..Default::default()

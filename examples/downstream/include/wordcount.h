@@ -69,7 +69,7 @@ void wordcount_counts_free(void *counts);
  *        future_release(). Its value is a wordcount_counts_t * (WORDCOUNT_VALUE_COUNTS).
  *        It fails with BRIDGE_E_IO when the file cannot be opened or read:
  *        future_os_error() gives the errno (ENOENT, EISDIR, ...), future_error_message()
- *        says what failed ("open /no/such: No such file or directory (os error 2)").
+ *        says what failed ("open /no/such: No such file or directory").
  * @return BRIDGE_OK; BRIDGE_E_INVALID for a NULL `b`, `path` or `out` or an empty path;
  *         BRIDGE_E_NOT_RUNNING once the bridge is shut down; BRIDGE_E_BUSY at its
  *         max_pending. Nothing is started unless it returns BRIDGE_OK.
