@@ -1248,7 +1248,7 @@ bridge_status bridge_http_send(bridge_t *b, const bridge_http_request_t *req, fu
 /**
  * The response's status code (200, 404, ...).
  *
- * @return the status; 0 for NULL.
+ * @return the status; -1 for NULL.
  * Any thread.
  */
 int bridge_http_response_status(const bridge_http_response_t *r);
