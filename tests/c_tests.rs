@@ -429,11 +429,13 @@ impl Server {
             .skip_while(|w| *w != "port")
             .nth(1)
             .and_then(|p| p.parse().ok());
-        let server = Server { child, port: 0 };
+        // Killed by its Drop if it said something else.
+        let mut server = Server { child, port: 0 };
         match (read, port) {
-            (Ok(_), Some(port)) => Server { port, ..server },
+            (Ok(_), Some(port)) => server.port = port,
             _ => panic!("python3 {args:?} did not start: {line:?}"),
         }
+        server
     }
 
     /// `tests/servers/test_server.py` with `args`.
@@ -520,6 +522,12 @@ fn example_thread_pool_server() {
     assert!(out.contains("shutdown: ok"), "{out}");
 }
 
+/// c_examples/http_get.c, compiled once for the tests that run it (in parallel).
+fn http_get_exe() -> &'static Path {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| compile(&root().join("c_examples/http_get.c")))
+}
+
 /// A complete download through `python3 -m http.server`: the file arrives byte for
 /// byte, with progress lines on the way.
 #[test]
@@ -540,7 +548,7 @@ fn example_http_get_downloads_a_file() {
         "--directory",
         served.to_str().unwrap(),
     ]);
-    let exe = compile(&root().join("c_examples/http_get.c"));
+    let exe = http_get_exe();
     let out_dir = scratch_dir("http_get_out");
     let output = out_dir.join("data.bin");
 
@@ -585,7 +593,7 @@ fn example_http_get_downloads_a_file() {
 #[test]
 fn example_http_get_cancelled_by_sigint() {
     let server = Server::test_server(&[]);
-    let exe = compile(&root().join("c_examples/http_get.c"));
+    let exe = http_get_exe();
     let out_dir = scratch_dir("http_get_cancel");
     let output = out_dir.join("slow.bin");
     // 64 MiB at 16 KiB every 20 ms: over a minute, far longer than the test waits.

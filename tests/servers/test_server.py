@@ -38,6 +38,9 @@ def pattern(start, length):
 class Handler(BaseHTTPRequestHandler):
     # Keep-alive, so that a client's pooled connections are reused.
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in separate writes: without this, the body waits for
+    # the client's delayed ACK of the headers (40 ms per reply).
+    disable_nagle_algorithm = True
     slow_ids = set()
     slow_ms = 60_000
 
@@ -114,6 +117,9 @@ def main():
     Handler.slow_ids = set(args.slow)
     Handler.slow_ms = args.slow_ms
 
+    # The default backlog (5) drops the connections of a burst of concurrent clients,
+    # which then wait a second to retry.
+    ThreadingHTTPServer.request_queue_size = 128
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     server.daemon_threads = True  # a slow reply never keeps the process alive
     print("port", server.server_address[1], flush=True)
