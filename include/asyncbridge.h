@@ -41,6 +41,39 @@
 
 
 /**
+ * How many bytes a read or write moves between two cancellation checks.
+ */
+#define CHUNK (1 << 20)
+
+/**
+ * The body limit when none is given: 64 MiB.
+ */
+#define DEFAULT_MAX_BODY (64 << 20)
+
+/**
+ * bridge_file_write(): append to the file instead of replacing it.
+ */
+#define BRIDGE_FILE_APPEND 1
+
+/**
+ * bridge_file_write(): write a temporary file beside it, fsync, rename: readers see
+ * the old or the new file, never half of one.
+ */
+#define BRIDGE_FILE_ATOMIC 2
+
+/**
+ * bridge_http_request_t.flags: a status of 400 or more fails the future with
+ * BRIDGE_E_HTTP_STATUS ("HTTP 404 Not Found") instead of ending BRIDGE_OK.
+ */
+#define BRIDGE_HTTP_FAIL_ON_STATUS 1
+
+/**
+ * bridge_http_request_t.flags: trust the system's CA store (loaded once per bridge)
+ * instead of the built-in Mozilla roots.
+ */
+#define BRIDGE_HTTP_SYSTEM_ROOTS 2
+
+/**
  * A timeout_ms meaning "no limit".
  */
 #define BRIDGE_FOREVER (-1)
@@ -107,6 +140,14 @@ struct bridge;
  * its bridge's on_unhandled_error (stderr by default).
  */
 struct bridge_future;
+
+/**
+ * A response: the value of a future of bridge_http_send().
+ *
+ * Owned by the future (freed with it) unless taken with future_take_value(), then
+ * freed with bridge_http_response_free(). Strings it hands out live as long as it.
+ */
+struct bridge_http_response;
 
 /**
  * The context passed to running work: set the value, fail, check for cancellation,
@@ -326,6 +367,78 @@ typedef void (*future_done_fn)(future_t *f, void *user_data);
  * It is run like bridge_work_fn (the same rules for pthread_exit and exceptions).
  */
 typedef int32_t (*bridge_then_fn)(bridge_job_t *job, future_t *prev, void *arg);
+
+/**
+ * An HTTP request: fill it with bridge_http_request_init(), then set what you need.
+ *
+ * Every pointer is read during bridge_http_send() only: everything is copied there.
+ */
+struct bridge_http_request {
+    /**
+     * Set by bridge_http_request_init(): sizeof(bridge_http_request_t).
+     */
+    uint32_t size;
+    /**
+     * A method token ("GET", "POST", "PUT", ...); NULL: "GET".
+     */
+    const char *method;
+    /**
+     * An absolute http:// or https:// URL. Required.
+     */
+    const char *url;
+    /**
+     * "Name: value" strings, NULL-terminated; NULL: none. Host, Content-Length,
+     * Transfer-Encoding and Connection are set by the library and refused here.
+     * A User-Agent is added unless one is given.
+     */
+    const char *const *headers;
+    /**
+     * The request body, copied at send; NULL with body_len 0: none.
+     */
+    const void *body;
+    /**
+     * Bytes in `body`.
+     */
+    size_t body_len;
+    /**
+     * The whole exchange, redirects included, in milliseconds; 0: no limit. When it
+     * runs out the future fails with BRIDGE_E_TIMED_OUT.
+     */
+    uint64_t timeout_ms;
+    /**
+     * 0: 64 MiB; a longer body fails with BRIDGE_E_TOO_LARGE.
+     */
+    uint64_t max_body;
+    /**
+     * 0: redirects are not followed (a 3xx response is the result). Otherwise up
+     * to this many are followed; one more fails with BRIDGE_E_PROTOCOL.
+     */
+    uint32_t max_redirects;
+    /**
+     * BRIDGE_HTTP_* bits.
+     */
+    uint32_t flags;
+    /**
+     * PEM certificates trusted besides the roots; NULL: none.
+     */
+    const char *extra_ca_pem;
+    /**
+     * Non-NULL: the body goes to this file (written beside it under a temporary
+     * name, renamed over it once complete; removed on cancel or failure), and the
+     * response's body is empty.
+     */
+    const char *output_path;
+};
+
+/**
+ * An HTTP request (see struct bridge_http_request).
+ */
+typedef struct bridge_http_request bridge_http_request_t;
+
+/**
+ * An HTTP response (see struct bridge_http_response).
+ */
+typedef struct bridge_http_response bridge_http_response_t;
 
 /**
  * The producer's side of a future (see struct bridge_promise).
@@ -664,6 +777,79 @@ bridge_status bridge_submit(bridge_t *b,
 bridge_status bridge_sleep(bridge_t *b, uint64_t ms, future_t **out);
 
 /**
+ * Reads a whole file, off the calling thread; the future's value is its contents.
+ *
+ * The file is read on the bridge's blocking threads, a MiB at a time. On BRIDGE_OK
+ * the value is a bridge_bytes_t* (future_value_type() BRIDGE_VALUE_BYTES; `data`
+ * NULL for an empty file), freed with the future, or by bridge_bytes_free() once
+ * taken with future_take_value(). future_progress() gives the bytes read so far and
+ * the size the file had when opened (0 for files that report none, like pipes and
+ * /proc files).
+ *
+ * Failures: BRIDGE_E_IO with the errno in future_os_error() (ENOENT, EACCES,
+ * EISDIR for a directory, ...) and a message naming the path ("read /x/y: No such
+ * file or directory"); BRIDGE_E_TOO_LARGE when the file holds more than `max`
+ * bytes (at most `max` + 1 bytes are ever held in memory, whatever the file's size
+ * says). future_cancel() stops the read within a MiB; the future ends
+ * BRIDGE_CANCELLED once it has stopped and closed the file. On a FIFO or device,
+ * where a system call may block for good (opening a FIFO that has no writer), the
+ * cancel takes effect when that call returns; bridge_shutdown() does not wait for
+ * it, and resolves the future BRIDGE_CANCELLED at once.
+ * @param path the file; copied at the call (the caller may free it on return).
+ * @param max the most bytes accepted; 0: no limit.
+ * @param out receives the future (one reference, the caller's); written only on
+ *        BRIDGE_OK.
+ * @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `b`, `path` or `out`, or an empty
+ *         `path` (nothing starts); BRIDGE_E_NOT_RUNNING once shut down;
+ *         BRIDGE_E_BUSY (max_pending).
+ * Any thread.
+ */
+bridge_status bridge_file_read(bridge_t *b, const char *path, uint64_t max, future_t **out);
+
+/**
+ * Writes `len` bytes to a file, off the calling thread; the future ends BRIDGE_OK
+ * without a value once they are written.
+ *
+ * Without flags the file is replaced: truncated, or created with mode 0666 less the
+ * umask. BRIDGE_FILE_APPEND writes at its end instead (creating it if missing).
+ * BRIDGE_FILE_ATOMIC writes a temporary file in the same directory, fsyncs it,
+ * renames it over `path` and fsyncs the directory: readers see the old file or the
+ * new one, never half of one. The new file keeps the old one's permission bits; a
+ * symbolic link at `path` is replaced, not followed.
+ *
+ * The data is written on the bridge's blocking threads, a MiB at a time;
+ * future_progress() gives the bytes written so far, of `len`. future_cancel() stops
+ * the write within a MiB and the future ends BRIDGE_CANCELLED once it has stopped:
+ * an ATOMIC write has then removed its temporary file and left the old file
+ * untouched, as it does when it fails. A replacing write cancelled or failed midway
+ * leaves the file truncated with the part written so far; an appending one leaves
+ * the bytes appended so far. On a FIFO or device, where write() may block for good,
+ * the cancel takes effect when that call returns; bridge_shutdown() does not wait for
+ * it, and resolves the future BRIDGE_CANCELLED at once.
+ *
+ * Failures: BRIDGE_E_IO with the errno in future_os_error() (ENOENT, ENOSPC,
+ * EISDIR, ...) and a message naming the path ("write /x/y: No such file or
+ * directory").
+ * @param path the file; copied at the call (the caller may free it on return).
+ * @param data the bytes, copied at the call; may be NULL when `len` is 0 (an empty
+ *        file).
+ * @param flags 0, BRIDGE_FILE_APPEND or BRIDGE_FILE_ATOMIC.
+ * @param out receives the future (one reference, the caller's); written only on
+ *        BRIDGE_OK.
+ * @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `b`, `path` or `out`, an empty
+ *         `path`, NULL `data` with `len` > 0, an unknown flag, or APPEND with
+ *         ATOMIC (nothing starts); BRIDGE_E_NOT_RUNNING once shut down;
+ *         BRIDGE_E_BUSY (max_pending).
+ * Any thread.
+ */
+bridge_status bridge_file_write(bridge_t *b,
+                                const char *path,
+                                const void *data,
+                                size_t len,
+                                uint32_t flags,
+                                future_t **out);
+
+/**
  * Waits up to `timeout_ms` for the future to finish.
  *
  * @param timeout_ms 0 polls; BRIDGE_FOREVER waits with no limit.
@@ -911,6 +1097,109 @@ bridge_status future_all(future_t *const *fs, size_t n, future_t **out);
  * Any thread.
  */
 bridge_status future_any(future_t *const *fs, size_t n, future_t **out);
+
+/**
+ * Sets `size` and every other field to its default (NULL, 0).
+ *
+ * @param req the request to initialise; NULL does nothing.
+ * Any thread.
+ */
+void bridge_http_request_init(bridge_http_request_t *req);
+
+/**
+ * Sends an HTTP(S) request on the bridge's loop; the future ends with a
+ * bridge_http_response_t* (BRIDGE_VALUE_HTTP_RESPONSE).
+ *
+ * HTTP/1.1, or HTTP/2 when a TLS server offers it; connections are pooled per
+ * bridge. Progress: bytes of the body received, of Content-Length (0 when unknown).
+ * The future ends BRIDGE_OK whatever the status (unless BRIDGE_HTTP_FAIL_ON_STATUS);
+ * it fails with BRIDGE_E_IO (connect or socket error; future_os_error() gives the
+ * errno), BRIDGE_E_DNS, BRIDGE_E_TLS, BRIDGE_E_PROTOCOL (malformed response, too
+ * many redirects), BRIDGE_E_TOO_LARGE (max_body, or a response head over 256 KiB),
+ * BRIDGE_E_HTTP_STATUS, BRIDGE_E_TIMED_OUT (timeout_ms). future_cancel() drops the
+ * exchange: an HTTP/1.1 connection is closed, an HTTP/2 stream reset, a partial
+ * output file removed, all before the future ends BRIDGE_CANCELLED.
+ *
+ * @param req the request; it and everything it points to may be freed as soon as
+ *        this returns.
+ * @param out receives the future (one reference, the caller's); written only on
+ *        BRIDGE_OK.
+ * @return BRIDGE_OK; BRIDGE_E_INVALID, with nothing started, for NULL `b`, `req` or
+ *         `out`, a `size` other than sizeof(bridge_http_request_t), a NULL or
+ *         malformed URL (not http(s), no host), an invalid method, header line or
+ *         extra_ca_pem, a NULL body with body_len > 0, unknown flags, an output_path
+ *         naming no file, strings that are not UTF-8 (url, method, headers);
+ *         BRIDGE_E_NOT_RUNNING once shut down; BRIDGE_E_BUSY (max_pending).
+ * Any thread; never blocks (the first request with BRIDGE_HTTP_SYSTEM_ROOTS reads
+ * the system's CA store on the calling thread).
+ */
+bridge_status bridge_http_send(bridge_t *b, const bridge_http_request_t *req, future_t **out);
+
+/**
+ * The response's status code (200, 404, ...).
+ *
+ * @return the status; 0 for NULL.
+ * Any thread.
+ */
+int bridge_http_response_status(const bridge_http_response_t *r);
+
+/**
+ * The value of the first header called `name` (compared case-insensitively).
+ *
+ * @return the value, owned by the response; NULL if there is none, or for NULL
+ *         arguments.
+ * Any thread.
+ */
+const char *bridge_http_response_header(const bridge_http_response_t *r, const char *name);
+
+/**
+ * How many headers the response has (repeated names count once each).
+ *
+ * @return the count; 0 for NULL.
+ * Any thread.
+ */
+size_t bridge_http_response_header_count(const bridge_http_response_t *r);
+
+/**
+ * The `i`th header, in the order received; names are lower case.
+ *
+ * @param name_out receives the name (owned by the response); may be NULL.
+ * @param value_out receives the value (owned by the response); may be NULL.
+ * @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `r` or `i` out of range (nothing
+ *         written).
+ * Any thread.
+ */
+bridge_status bridge_http_response_header_at(const bridge_http_response_t *r,
+                                             size_t i,
+                                             const char **name_out,
+                                             const char **value_out);
+
+/**
+ * The response body (empty when it went to output_path).
+ *
+ * @param len_out receives the length; may be NULL.
+ * @return the bytes, owned by the response, not NUL-terminated; NULL when the body
+ *         is empty, and for NULL `r` (then *len_out is 0).
+ * Any thread.
+ */
+const uint8_t *bridge_http_response_body(const bridge_http_response_t *r, size_t *len_out);
+
+/**
+ * The URL the response came from, after redirects.
+ *
+ * @return the URL, owned by the response; NULL for NULL.
+ * Any thread.
+ */
+const char *bridge_http_response_url(const bridge_http_response_t *r);
+
+/**
+ * Frees a response taken with future_take_value() (a bridge_free_fn).
+ *
+ * @param r a bridge_http_response_t*; NULL does nothing. Using it, or a string it
+ *        handed out, afterwards is undefined.
+ * Any thread.
+ */
+void bridge_http_response_free(void *r);
 
 /**
  * Sets the value the future gets if the work succeeds.

@@ -128,6 +128,14 @@ impl<K: Kind> Task<K> {
         self.future.is_cancel_requested() || self.future.peek().is_final()
     }
 
+    /// Marks the block's point of no return, for work whose last step cannot be
+    /// undone (renaming a file into place): if no cancellation was requested yet,
+    /// none will count from now on and the future ends as the block says; returns
+    /// true. If one was, returns false: the block should undo what it did and stop.
+    pub fn commit(&self) -> bool {
+        self.future.commit()
+    }
+
     /// A check of [`Task::is_cancelled`] for another thread (the blocking part of a
     /// shielded section).
     pub fn cancel_check(&self) -> CancelCheck {
@@ -188,11 +196,16 @@ pub struct CancelCheck(Box<dyn IsCancelled>);
 
 trait IsCancelled: Send + Sync {
     fn is_cancelled(&self) -> bool;
+    fn commit(&self) -> bool;
 }
 
 impl<K: Kind> IsCancelled for Task<K> {
     fn is_cancelled(&self) -> bool {
         Task::is_cancelled(self)
+    }
+
+    fn commit(&self) -> bool {
+        Task::commit(self)
     }
 }
 
@@ -200,6 +213,11 @@ impl CancelCheck {
     /// Whether the task's cancellation was requested or its future has ended.
     pub fn is_cancelled(&self) -> bool {
         self.0.is_cancelled()
+    }
+
+    /// [`Task::commit`], from another thread.
+    pub fn commit(&self) -> bool {
+        self.0.commit()
     }
 }
 
@@ -334,6 +352,48 @@ mod tests {
         assert_eq!(f.wait(LONG), Ok(Status::Cancelled));
         assert!(rx.try_recv().is_ok(), "the shielded section did not finish");
         assert_eq!(f.take_value(), None);
+    }
+
+    #[test]
+    fn after_commit_a_request_changes_nothing() {
+        let bridge = Bridge::start(Config::default()).unwrap();
+        let (committed_tx, committed_rx) = std::sync::mpsc::channel::<bool>();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let f = spawn(&bridge, |t: Task<Boxed<u32>>| async move {
+            let check = t.cancel_check();
+            let section = tokio::task::spawn_blocking(move || {
+                committed_tx.send(check.commit()).unwrap();
+                go_rx.recv().unwrap();
+            });
+            t.shield(section).await.unwrap();
+            Ok(Some(5))
+        })
+        .unwrap();
+        assert!(committed_rx.recv().unwrap());
+        // Too late: the work is past its point of no return.
+        assert_eq!(f.cancel(), Ok(Status::Ok));
+        go_tx.send(()).unwrap();
+        assert_eq!(f.wait(LONG), Ok(Status::Ok));
+        assert_eq!(f.take_value(), Some(5));
+
+        // A request first: commit refuses and the future ends cancelled.
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let f = spawn(&bridge, |t: Task<Boxed<bool>>| async move {
+            let check = t.cancel_check();
+            let section = tokio::task::spawn_blocking(move || {
+                started_tx.send(()).unwrap();
+                go_rx.recv().unwrap();
+                check.commit()
+            });
+            let committed = t.shield(section).await.unwrap();
+            Ok(Some(committed))
+        })
+        .unwrap();
+        started_rx.recv().unwrap();
+        f.cancel().unwrap();
+        go_tx.send(()).unwrap();
+        assert_eq!(f.wait(LONG), Ok(Status::Cancelled));
     }
 
     #[test]

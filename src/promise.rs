@@ -120,6 +120,7 @@ impl<K: Kind> Promise<K> {
 
     /// A handle for registering the cancel callback without borrowing the promise
     /// meanwhile (a C caller's callback may free the promise before it returns).
+    #[cfg_attr(not(feature = "c-api"), allow(dead_code))]
     pub(crate) fn registration_handle(&self) -> Future<K> {
         self.future.internal()
     }

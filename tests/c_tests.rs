@@ -258,6 +258,7 @@ c_tests!(
     hostile,
     promise,
     post,
+    file,
 );
 
 /// A C++ exception escaping work is fatal, as documented: std::terminate() names it.

@@ -57,7 +57,7 @@ use std::ffi::c_void;
 use crate::embed::Task;
 use crate::ffi::boundary::boundary;
 use crate::ffi::bridge::{borrow, bridge_t};
-use crate::ffi::future::{into_c_future, future_t, CKind};
+use crate::ffi::future::{future_t, into_c_future, CKind};
 use crate::ffi::job::bridge_free_fn;
 use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID, BRIDGE_OK};
 use crate::future::Failure;

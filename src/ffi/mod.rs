@@ -14,8 +14,11 @@
 pub mod boundary;
 pub mod bridge;
 pub mod embed;
+pub mod file;
 pub mod future;
 pub(crate) mod handle;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod job;
 pub mod promise;
 pub mod queue;

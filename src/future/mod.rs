@@ -92,7 +92,12 @@ impl Failure {
     /// An `Error::Io` failure caused by the OS error `errno`; the message says what
     /// failed, the OS's description of the error is added to it.
     pub fn io(errno: i32, what: impl std::fmt::Display) -> Failure {
-        let description = std::io::Error::from_raw_os_error(errno);
+        // The OS's words without std's " (os error N)": the errno has its own getter.
+        let text = std::io::Error::from_raw_os_error(errno).to_string();
+        let description = match text.rfind(" (os error ") {
+            Some(at) => &text[..at],
+            None => &text,
+        };
         Failure {
             os_error: errno,
             ..Failure::new(Error::Io.code(), format!("{what}: {description}"))

@@ -174,6 +174,9 @@ pub(super) struct Cold<K: Kind> {
     pub(super) timeout_ms: u64,
     /// Done callbacks registered after the first (which `Inner` keeps), in order.
     pub(super) more_callbacks: Vec<Registration<K>>,
+    /// The work passed its point of no return (see `Future::commit`): requests no
+    /// longer count.
+    pub(super) committed: bool,
 }
 
 impl<K: Kind> Cold<K> {
@@ -211,6 +214,7 @@ impl<K: Kind> Default for Cold<K> {
             cancelling_on: None,
             timeout_ms: 0,
             more_callbacks: Vec::new(),
+            committed: false,
         }
     }
 }
@@ -466,7 +470,7 @@ impl<K: Kind> Future<K> {
             drop(inner);
             return Ok(self.peek());
         }
-        if inner.stage == Stage::Finishing {
+        if inner.stage == Stage::Finishing || inner.cold.as_ref().is_some_and(|c| c.committed) {
             // Still pending to the caller, and past the point where a request counts.
             return Ok(Status::Ok);
         }
@@ -651,6 +655,18 @@ impl<K: Kind> Future<K> {
         }
     }
 
+    /// Running work is past its point of no return (a file renamed into place): from
+    /// now on a request changes nothing, and the work's outcome stands. Returns false,
+    /// committing nothing, if a request came first (the work should stop instead).
+    pub(crate) fn commit(&self) -> bool {
+        let mut inner = self.lock();
+        if inner.stage != Stage::Running || inner.requested.is_some() || self.shutdown_cancels() {
+            return false;
+        }
+        inner.cold().committed = true;
+        true
+    }
+
     /// Records the wakeup of async work; returns whether cancellation was requested.
     pub(crate) fn register_waker(&self, waker: &Waker) -> bool {
         self.lock().slot.set_waker(waker);
@@ -711,9 +727,11 @@ impl<K: Kind> Future<K> {
         }
         inner.stage = Stage::Finishing;
         let completion = self.completion();
+        let committed = inner.cold.as_ref().is_some_and(|c| c.committed);
         let request = inner
             .request()
-            .or_else(|| self.shutdown_cancels().then_some(Request::Cancel));
+            .or_else(|| self.shutdown_cancels().then_some(Request::Cancel))
+            .filter(|_| !committed);
         // What the request overrides is dropped below, outside the lock.
         let (outcome, taken, overridden) = match (outcome, request) {
             (Outcome::Cancelled, Some(Request::Timeout(ms))) => {

@@ -6,3 +6,6 @@
 //! - `process`: subprocesses in their own process group;
 //! - `fs`: whole-file reads and writes.
 
+pub mod fs;
+#[cfg(feature = "http")]
+pub mod http;
