@@ -23,6 +23,7 @@
 /* Touched only on the main thread (inside bridge_queue_dispatch). */
 struct download {
     future_t *future;
+    const char *url;
     const char *path;
     int finished;    /* the done callback has run */
     int exit_status; /* what main() returns */
@@ -55,6 +56,8 @@ static void on_done(future_t *f, void *user_data) {
         future_progress(f, &bytes, NULL);
         printf("saved %llu bytes to %s (HTTP %d)\n", (unsigned long long)bytes, d->path,
                bridge_http_response_status(response));
+        if (strcmp(bridge_http_response_url(response), d->url) != 0)
+            printf("from %s (redirected)\n", bridge_http_response_url(response));
         d->exit_status = 0;
         break;
     }
@@ -89,7 +92,7 @@ int main(int argc, char **argv) {
         fprintf(stderr, "usage: %s URL OUTPUT_PATH\n", argv[0]);
         return 2;
     }
-    struct download d = {NULL, argv[2], 0, 1, isatty(STDOUT_FILENO)};
+    struct download d = {NULL, argv[1], argv[2], 0, 1, isatty(STDOUT_FILENO)};
 
     bridge_t *bridge = NULL;
     bridge_queue_t *queue = NULL;

@@ -589,6 +589,58 @@ fn example_http_get_downloads_a_file() {
     assert_eq!(entries(&out_dir), ["data.bin"]);
 }
 
+/// What goes wrong is said, exits non-zero and leaves no file: a body cut short, a
+/// refused connection, a URL that is none; a redirect is followed.
+#[test]
+fn example_http_get_failures_leave_no_file() {
+    let server = Server::test_server(&[]);
+    let out_dir = scratch_dir("http_get_failures");
+    let output = out_dir.join("out.bin");
+    let output = output.to_str().unwrap();
+
+    // 1 MiB announced, the connection closed after 300 000 bytes.
+    let cut = server.url("/stream?size=1048576&chunk=50000&cut_at=300000");
+    let (ok, out, err) = run(http_get_exe(), &[&cut, output]);
+    assert!(!ok && out.contains("failed: "), "{out}{err}");
+    assert_eq!(entries(&out_dir), Vec::<String>::new(), "{out}");
+
+    // Nothing listens on a port just freed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let refused = format!("http://127.0.0.1:{port}/file");
+    let (ok, out, err) = run(http_get_exe(), &[&refused, output]);
+    assert!(!ok && out.contains("failed: "), "{out}{err}");
+    assert!(out.to_lowercase().contains("refused"), "{out}");
+    assert_eq!(entries(&out_dir), Vec::<String>::new(), "{out}");
+
+    // Refused at once: nothing starts.
+    for url in ["ftp://127.0.0.1/file", "no url", ""] {
+        let (ok, out, err) = run(http_get_exe(), &[url, output]);
+        assert!(
+            !ok && err.contains("cannot download") && err.contains("invalid"),
+            "{url:?}: {out}{err}"
+        );
+    }
+    let (ok, _, err) = run(http_get_exe(), &[]);
+    assert!(!ok && err.contains("usage: "), "{err}");
+    assert_eq!(entries(&out_dir), Vec::<String>::new());
+
+    // A redirect is followed; the file holds the final body.
+    let redirect = server.url("/redirect?to=/stream%3Fsize%3D1000");
+    let (ok, out, err) = run(http_get_exe(), &[&redirect, output]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("saved 1000 bytes"), "{out}");
+    assert!(
+        out.contains(&format!("from {} (redirected)", server.url("/stream?size=1000"))),
+        "{out}"
+    );
+    let expected: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+    assert!(std::fs::read(output).unwrap() == expected);
+}
+
 /// Ctrl-C in the middle of a slow download: "cancelled", a non-zero exit, and no file
 /// (partial or temporary) left behind.
 #[test]

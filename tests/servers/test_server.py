@@ -5,10 +5,13 @@ Listens on 127.0.0.1 only, on a free port, and prints "port <n>" on stdout once 
 accepts connections (so a test never races another program for a port). It runs
 until it is killed; each request runs in a thread of its own.
 
-  /stream?size=N&chunk=C&delay_ms=D
+  /stream?size=N&chunk=C&delay_ms=D&cut_at=K
       N bytes (Content-Length: N) sent C bytes at a time with D ms between chunks.
       Byte i of the body is i % 251, so a client can check what it got.
-      Defaults: size 1 MiB, chunk 16 KiB, delay 0.
+      With cut_at, the connection is closed after K bytes: a truncated body.
+      Defaults: size 1 MiB, chunk 16 KiB, delay 0, no cut.
+  /redirect?to=PATH
+      302 to PATH.
   /user/<id>, /orders/<id>, /stock/<id>
       The backend of c_examples/thread_pool_server.c. Bodies: "user-<id>",
       "<id % 7> orders", "<id * 3 % 100> in stock". /orders/<id> answers
@@ -60,6 +63,11 @@ class Handler(BaseHTTPRequestHandler):
         try:
             if parts == ["stream"]:
                 self.stream(parse_qs(url.query))
+            elif parts == ["redirect"]:
+                self.send_response(302)
+                self.send_header("Location", parse_qs(url.query).get("to", ["/"])[0])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
             elif len(parts) == 2 and parts[0] in ("user", "orders", "stock"):
                 self.backend(parts[0], int(parts[1]))
             else:
@@ -74,6 +82,7 @@ class Handler(BaseHTTPRequestHandler):
         size = number("size", 1 << 20)
         chunk = max(1, number("chunk", 16 << 10))
         delay = number("delay_ms", 0) / 1000.0
+        cut_at = number("cut_at", -1)
         self.send_response(200)
         self.send_header("Content-Type", "application/octet-stream")
         self.send_header("Content-Length", str(size))
@@ -81,7 +90,11 @@ class Handler(BaseHTTPRequestHandler):
         block = pattern(0, 251 * ((chunk + 250) // 251 + 1))
         sent = 0
         while sent < size:
-            n = min(chunk, size - sent)
+            if sent == cut_at:
+                self.close_connection = True
+                self.connection.shutdown(socket.SHUT_RDWR)
+                return
+            n = min(chunk, size - sent, cut_at - sent if cut_at > sent else size)
             offset = sent % 251
             self.wfile.write(block[offset : offset + n])
             self.wfile.flush()
