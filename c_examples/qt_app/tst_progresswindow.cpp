@@ -82,6 +82,8 @@ private slots:
     void downloadShowsProgressAndResult();
     void cancelStopsTheDownload_data();
     void cancelStopsTheDownload();
+    void cancelTheDownloadAtOnce_data();
+    void cancelTheDownloadAtOnce();
     void downloadFailureIsShown();
     void destroyedWithDownloadInFlight_data();
     void destroyedWithDownloadInFlight();
@@ -385,6 +387,29 @@ void TestProgressWindow::cancelStopsTheDownload() {
     QCOMPARE(finished.count(), 1);
     QVERIFY(window.progressBar()->value() < window.progressBar()->maximum());
     QVERIFY(window.downloaded().isEmpty());
+    QVERIFY(window.downloadButton()->isEnabled());
+    const bridge_stats_t after = statsOf(m_bridge);
+    QCOMPARE(after.cancelled, before.cancelled + 1);
+    QCOMPARE(after.pending, uint64_t{0});
+}
+
+void TestProgressWindow::cancelTheDownloadAtOnce_data() { addDeliveryRows(); }
+
+// Download and Cancel with no event processing between them: the request may not have
+// left yet. The done callback still comes through the queue, saying "cancelled".
+void TestProgressWindow::cancelTheDownloadAtOnce() {
+    QFETCH(bool, notifyHook);
+    const bridge_stats_t before = statsOf(m_bridge);
+    ProgressWindow window(m_bridge, deliveryFor(notifyHook));
+    window.show();
+    QVERIFY(QTest::qWaitForWindowExposed(&window));
+    QSignalSpy finished(&window, &ProgressWindow::finished);
+
+    window.urlEdit()->setText(serverUrl(QStringLiteral("/stream?size=67108864&chunk=16384&delay_ms=20")));
+    window.downloadButton()->click();
+    window.cancelButton()->click();
+    QTRY_COMPARE_WITH_TIMEOUT(window.statusLabel()->text(), QStringLiteral("cancelled"), WaitMs);
+    QCOMPARE(finished.count(), 1);
     QVERIFY(window.downloadButton()->isEnabled());
     const bridge_stats_t after = statsOf(m_bridge);
     QCOMPARE(after.cancelled, before.cancelled + 1);
