@@ -488,7 +488,10 @@ fn example_thread_pool_server() {
     eprint!("{err}");
     // The program itself exits non-zero unless every request is accounted for and no
     // future is left pending; here the numbers are read back as a user would.
-    assert!(ok, "thread_pool_server failed:\nstdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        ok,
+        "thread_pool_server failed:\nstdout:\n{out}\nstderr:\n{err}"
+    );
     for id in 0..400u32 {
         let prefix = format!("answer {id}: ");
         let answers: Vec<&str> = out.lines().filter(|l| l.starts_with(&prefix)).collect();
@@ -553,10 +556,7 @@ fn example_http_get_downloads_a_file() {
     let out_dir = scratch_dir("http_get_out");
     let output = out_dir.join("data.bin");
 
-    let (ok, out, err) = run(
-        &exe,
-        &[&server.url("/data.bin"), output.to_str().unwrap()],
-    );
+    let (ok, out, err) = run(exe, &[&server.url("/data.bin"), output.to_str().unwrap()]);
     print!("{out}");
     eprint!("{err}");
     assert!(ok, "http_get failed:\nstdout:\n{out}\nstderr:\n{err}");
@@ -572,7 +572,10 @@ fn example_http_get_downloads_a_file() {
         "{out}"
     );
     // http.server sends Content-Length: every progress line knows the total.
-    let progress: Vec<&str> = out.lines().filter(|l| l.starts_with("progress: ")).collect();
+    let progress: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("progress: "))
+        .collect();
     assert!(!progress.is_empty(), "no progress line:\n{out}");
     for line in &progress {
         assert!(line.contains(" of 3000017 bytes ("), "{line}");
@@ -581,11 +584,14 @@ fn example_http_get_downloads_a_file() {
     // A missing file: a failure that says so, and no file left.
     let missing = out_dir.join("missing.bin");
     let (ok, out, err) = run(
-        &exe,
+        exe,
         &[&server.url("/missing.bin"), missing.to_str().unwrap()],
     );
     assert!(!ok, "a 404 succeeded:\n{out}{err}");
-    assert!(out.contains("failed: ") && out.contains("404"), "{out}{err}");
+    assert!(
+        out.contains("failed: ") && out.contains("404"),
+        "{out}{err}"
+    );
     assert_eq!(entries(&out_dir), ["data.bin"]);
 }
 
@@ -634,7 +640,10 @@ fn example_http_get_failures_leave_no_file() {
     assert!(ok, "{out}{err}");
     assert!(out.contains("saved 1000 bytes"), "{out}");
     assert!(
-        out.contains(&format!("from {} (redirected)", server.url("/stream?size=1000"))),
+        out.contains(&format!(
+            "from {} (redirected)",
+            server.url("/stream?size=1000")
+        )),
         "{out}"
     );
     let expected: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
@@ -651,7 +660,7 @@ fn example_http_get_cancelled_by_sigint() {
     let output = out_dir.join("slow.bin");
     // 64 MiB at 16 KiB every 20 ms: over a minute, far longer than the test waits.
     let url = server.url("/stream?size=67108864&chunk=16384&delay_ms=20");
-    let (ok, out, err) = run_driven(&exe, &[&url, output.to_str().unwrap()], |pid, lines| {
+    let (ok, out, err) = run_driven(exe, &[&url, output.to_str().unwrap()], |pid, lines| {
         // Some bytes have arrived (not only the headers) before the signal.
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
