@@ -33,9 +33,13 @@ fn main() {
     let version = env::var("CARGO_PKG_VERSION").unwrap();
 
     // The SONAME carries the ABI's major version; a plain `cargo build` already makes
-    // a library that installs as libasyncbridge.so.MAJOR.
+    // a library that installs as libasyncbridge.so.MAJOR. Not `rustc-cdylib-link-arg`:
+    // Cargo passes that on to the cdylib of every crate depending on this one
+    // (rust-lang/cargo#9562), which would name a downstream C library
+    // libasyncbridge.so too. `rustc-link-arg` stays with this package; on its test and
+    // bench executables the name does nothing.
     if env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux") {
-        println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libasyncbridge.so.{major}");
+        println!("cargo:rustc-link-arg=-Wl,-soname,libasyncbridge.so.{major}");
     }
 
     let version_macros = format!(
@@ -80,7 +84,10 @@ fn main() {
             // be called from Rust: not part of the C API.
             exclude: vec!["asyncbridge_call_outermost".to_owned()],
             // Value types that no function names: futures hand them out as `void *`.
-            include: vec!["bridge_bytes_t".to_owned()],
+            include: vec![
+                "bridge_bytes_t".to_owned(),
+                "bridge_process_result_t".to_owned(),
+            ],
             ..Default::default()
         },
         ..Default::default()

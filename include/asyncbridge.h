@@ -74,6 +74,12 @@
 #define BRIDGE_HTTP_SYSTEM_ROOTS 2
 
 /**
+ * bridge_process_options_t.flags: standard error goes into the `out` bytes, in the
+ * order the program wrote both; `err` stays empty.
+ */
+#define BRIDGE_PROCESS_MERGE_STDERR 1
+
+/**
  * A timeout_ms meaning "no limit".
  */
 #define BRIDGE_FOREVER (-1)
@@ -441,6 +447,74 @@ typedef struct bridge_http_request bridge_http_request_t;
 typedef struct bridge_http_response bridge_http_response_t;
 
 /**
+ * What bridge_process_run() runs. Initialise it with bridge_process_options_init(),
+ * then set the fields you need; every string and buffer is copied by
+ * bridge_process_run(), so all of it may be freed once that returns.
+ */
+struct bridge_process_options {
+    /**
+     * sizeof(bridge_process_options_t), set by bridge_process_options_init(). A
+     * smaller size is BRIDGE_E_INVALID. A larger one (a program built against a later
+     * header) is accepted when every byte past this struct is 0, i.e. when it asks
+     * for nothing this version does not know; up to 4096.
+     */
+    uint32_t size;
+    /**
+     * The program: a path, or a name searched in PATH when it has no '/' (the PATH
+     * of `env` when it sets one, else this process's). A relative path with a '/' is
+     * found from `cwd` when that is set. Required, not empty.
+     */
+    const char *program;
+    /**
+     * The arguments after the program's name (argv[1], ...), NULL-terminated; NULL:
+     * none. The program's argv[0] is `program`.
+     */
+    const char *const *argv;
+    /**
+     * NULL: the program inherits this process's environment. Else its whole
+     * environment: "NAME=value" strings, NULL-terminated (an empty list is an empty
+     * environment); an entry without '=', or with an empty NAME, is BRIDGE_E_INVALID.
+     */
+    const char *const *env;
+    /**
+     * The program's working directory; NULL: this process's. Empty is
+     * BRIDGE_E_INVALID.
+     */
+    const char *cwd;
+    /**
+     * Written to the program's standard input, which is then closed (the program
+     * sees end of file); what it does not read is dropped, without SIGPIPE. With
+     * stdin_len 0 the program reads /dev/null. NULL with stdin_len > 0 is
+     * BRIDGE_E_INVALID.
+     */
+    const void *stdin_data;
+    /**
+     * Bytes at stdin_data.
+     */
+    size_t stdin_len;
+    /**
+     * 0: no limit. Else after this many milliseconds the program's process group is
+     * killed (SIGKILL) and reaped, and the future fails with BRIDGE_E_TIMED_OUT.
+     */
+    uint64_t timeout_ms;
+    /**
+     * The most bytes kept of each output stream; 0: 64 MiB. One more kills the
+     * group, reaps it, and fails the future with BRIDGE_E_TOO_LARGE (the message names
+     * the stream). At most this many bytes plus one are ever held per stream.
+     */
+    uint64_t max_output;
+    /**
+     * BRIDGE_PROCESS_* bits; any other bit is BRIDGE_E_INVALID.
+     */
+    uint32_t flags;
+};
+
+/**
+ * What bridge_process_run() runs (see struct bridge_process_options).
+ */
+typedef struct bridge_process_options bridge_process_options_t;
+
+/**
  * The producer's side of a future (see struct bridge_promise).
  */
 typedef struct bridge_promise bridge_promise_t;
@@ -522,6 +596,42 @@ struct bridge_bytes {
  * Bytes made by the library (see struct bridge_bytes).
  */
 typedef struct bridge_bytes bridge_bytes_t;
+
+/**
+ * The value of a bridge_process_run() future that ended BRIDGE_OK (type
+ * BRIDGE_VALUE_PROCESS): how the program ended and all of its output.
+ *
+ * Made by the library; as a future's value it is freed with the future. Taken with
+ * future_take_value(), the caller frees it with bridge_process_result_free(), which
+ * frees `out` and `err` with it.
+ */
+struct bridge_process_result {
+    /**
+     * The exit code; -1 when a signal ended the program, and when the application
+     * reaped the program itself before the library could (its own SIGCHLD handler
+     * waiting for any child, or SIGCHLD set to SIG_IGN): the status is lost then.
+     */
+    int32_t exit_code;
+    /**
+     * The signal that ended the program; 0 when none did (or the status is lost).
+     */
+    int32_t signal;
+    /**
+     * All of standard output (with standard error too under
+     * BRIDGE_PROCESS_MERGE_STDERR); `data` is NULL when `len` is 0.
+     */
+    bridge_bytes_t out;
+    /**
+     * All of standard error (empty under BRIDGE_PROCESS_MERGE_STDERR); `data` is NULL
+     * when `len` is 0.
+     */
+    bridge_bytes_t err;
+};
+
+/**
+ * The value of a bridge_process_run() future (see struct bridge_process_result).
+ */
+typedef struct bridge_process_result bridge_process_result_t;
 
 /**
  * Success; the future holds its value.
@@ -1138,7 +1248,7 @@ bridge_status bridge_http_send(bridge_t *b, const bridge_http_request_t *req, fu
 /**
  * The response's status code (200, 404, ...).
  *
- * @return the status; 0 for NULL.
+ * @return the status; -1 for NULL.
  * Any thread.
  */
 int bridge_http_response_status(const bridge_http_response_t *r);
@@ -1259,6 +1369,72 @@ void bridge_job_cancel(bridge_job_t *job);
  * Any thread, during the work's call.
  */
 void bridge_job_set_progress(bridge_job_t *job, uint64_t done, uint64_t total);
+
+/**
+ * Fills `opts` with the defaults: size = sizeof(bridge_process_options_t), every
+ * other field 0 or NULL (no program yet, no arguments, the inherited environment and
+ * directory, no input, no timeout, 64 MiB per stream, no flags).
+ *
+ * @param opts the options to fill; NULL does nothing.
+ * Any thread.
+ */
+void bridge_process_options_init(bridge_process_options_t *opts);
+
+/**
+ * Runs a program on the bridge `b`: its own process group, its output collected,
+ * its input fed; the future ends when the program has exited and been reaped.
+ *
+ * The future ends BRIDGE_OK whatever the exit code or signal (a result is a result),
+ * with a bridge_process_result_t (BRIDGE_VALUE_PROCESS). It fails only with:
+ * - BRIDGE_E_IO when the program could not be started; future_os_error() gives the
+ *   errno (ENOENT, EACCES, ENOEXEC, a bad cwd, ...) and the message names the program
+ *   ("start ./tool: No such file or directory");
+ * - BRIDGE_E_TIMED_OUT when `timeout_ms` ran out;
+ * - BRIDGE_E_TOO_LARGE when an output stream passed `max_output`.
+ *
+ * Progress (future_progress(), progress callbacks): the bytes of output read so far,
+ * of a total of 0 (unknown).
+ *
+ * The process group is the unit of work. When the program exits, whatever it left
+ * running in its group (`sh -c 'server &'`) is killed with SIGKILL, so the future
+ * never waits for a background process that holds the output open, and leaves none
+ * behind; output written after the program's exit by those processes is not waited
+ * for. future_cancel(), a timeout (this one or future_set_timeout()) and shutdown
+ * kill the whole group with SIGKILL and reap the program before the future ends:
+ * once it is final, no process of the group runs any more (killed grandchildren are
+ * reaped by init or a subreaper). A process that left the group (setsid) is out of
+ * reach.
+ *
+ * The library never installs a SIGCHLD handler: the exit is learned through a pidfd
+ * (Linux 5.3+; without one, by looking every 10 ms) and the program is reaped with
+ * waitpid() on its own pid. An application's SIGCHLD handler keeps working; if it
+ * reaps the program first (waitpid(-1, ...)), or SIGCHLD is set to SIG_IGN, the exit
+ * status is lost and the result says exit_code -1, signal 0. Input is written
+ * without SIGPIPE, whatever the application's SIGPIPE action.
+ *
+ * @param b the bridge; its loop starts the program (fork and exec) and does the I/O.
+ * @param opts the options, read during the call only: every string and buffer is
+ *        copied, so all of it may be freed once this returns.
+ * @param out receives the future (one reference, the caller's; release it with
+ *        future_release()); written only on BRIDGE_OK.
+ * @return BRIDGE_OK; BRIDGE_E_INVALID, with nothing started, for NULL `b`, `opts` or
+ *         `out`, a `size` that is not accepted (see struct bridge_process_options), a
+ *         NULL or empty `program`, an `env` entry without '=' or with an empty name, an
+ *         empty `cwd`, NULL `stdin_data` with `stdin_len` > 0, or an unknown flag;
+ *         BRIDGE_E_NOT_RUNNING once shut down; BRIDGE_E_BUSY (max_pending).
+ * Any thread, a loop thread included (the call only copies and submits).
+ */
+bridge_status bridge_process_run(bridge_t *b, const bridge_process_options_t *opts, future_t **out);
+
+/**
+ * Frees a bridge_process_result_t made by the library, its `out` and `err` bytes
+ * with it (a bridge_free_fn).
+ *
+ * @param r a bridge_process_result_t* taken from a future with future_take_value();
+ *        NULL does nothing. Using it afterwards is undefined.
+ * Any thread.
+ */
+void bridge_process_result_free(void *r);
 
 /**
  * Makes a promise and its future.

@@ -471,3 +471,37 @@ fn a_promise_settle_races_cancel_and_its_registration() {
         assert_eq!(drops.load(Ordering::SeqCst), 1);
     });
 }
+
+/// Work with a point of no return (embed's `Task::commit`) races a cancel: either the
+/// commit wins and the work's outcome stands, or the cancel wins, the commit is
+/// refused, and the future ends cancelled. Never a committed future ending cancelled.
+#[test]
+fn a_commit_races_a_cancel() {
+    loom::model(|| {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let f = Future::<K>::running(owner());
+        let worker = {
+            let f = f.clone();
+            let drops = drops.clone();
+            thread::spawn(move || {
+                let committed = f.commit();
+                if committed {
+                    f.finish(Outcome::Ok(Some(Counted(drops))));
+                } else {
+                    f.finish(Outcome::Cancelled);
+                }
+                committed
+            })
+        };
+        let _ = f.cancel().unwrap();
+        let committed = worker.join().unwrap();
+        let expected = if committed {
+            Status::Ok
+        } else {
+            Status::Cancelled
+        };
+        assert_eq!(f.status(), expected);
+        drop(f);
+        assert_eq!(drops.load(Ordering::SeqCst), usize::from(committed));
+    });
+}

@@ -259,6 +259,7 @@ c_tests!(
     promise,
     post,
     file,
+    process,
 );
 
 /// A C++ exception escaping work is fatal, as documented: std::terminate() names it.
@@ -359,6 +360,40 @@ fn example_promise_callback_api() {
         "{out}"
     );
     assert!(out.contains("shutdown: ok"), "{out}");
+}
+
+#[test]
+fn example_run_process() {
+    // With no arguments: `uname -s`, whose answer this test asks the same way.
+    let out = build_and_run("c_examples/run_process.c", &[]);
+    let uname = Command::new("uname").arg("-s").output().unwrap();
+    let system = String::from_utf8(uname.stdout).unwrap();
+    assert!(out.contains("uname: exit code 0"), "{out}");
+    assert!(out.contains(&format!("uname: stdout: {system}")), "{out}");
+    assert!(out.contains("sort: exit code 0"), "{out}");
+    assert!(out.contains("sort: stdout: apple\nfig\npear\n"), "{out}");
+    assert!(
+        out.contains("sleepy sh: failed: process sh timed out after 100 ms"),
+        "{out}"
+    );
+    assert!(
+        out.contains("no-such-tool: failed: start no-such-tool: No such file or directory"),
+        "{out}"
+    );
+    assert!(
+        out.contains("no-such-tool: not found, as expected"),
+        "{out}"
+    );
+    assert!(out.contains("shutdown: ok"), "{out}");
+
+    // With a command: that command, its arguments, its exit code and both streams.
+    let out = build_and_run(
+        "c_examples/run_process.c",
+        &["sh", "-c", "echo to stdout; echo to stderr >&2; exit 4"],
+    );
+    assert!(out.contains("sh: exit code 4"), "{out}");
+    assert!(out.contains("sh: stdout: to stdout\n"), "{out}");
+    assert!(out.contains("sh: stderr: to stderr\n"), "{out}");
 }
 
 #[test]

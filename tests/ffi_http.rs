@@ -977,7 +977,7 @@ fn bad_input_is_refused_and_starts_nothing() {
         assert_eq!(bridge_stats(b, &mut stats), BRIDGE_OK);
         assert_eq!(stats.submitted, 0, "a refused request counted as submitted");
         // The NULL accessors.
-        assert_eq!(bridge_http_response_status(null()), 0);
+        assert_eq!(bridge_http_response_status(null()), -1);
         assert_eq!(bridge_http_response_header_count(null()), 0);
         let mut len = 7;
         assert!(bridge_http_response_body(null(), &mut len).is_null());

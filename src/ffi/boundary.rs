@@ -86,7 +86,7 @@ impl SendPtr {
 }
 
 /// A pointer handed to the library with the function that frees it (NULL: none),
-/// which runs exactly once, when this is dropped, unless [`FreeOnDrop::into_raw`]
+/// which runs exactly once, when this is dropped, unless `FreeOnDrop::into_raw`
 /// gives the pointer back first. It holds work arguments, values, and callbacks' user
 /// data (dropped after the callback's last call, or when the registration is
 /// withdrawn, dropped or refused).

@@ -274,12 +274,12 @@ unsafe fn response<'a>(r: *const bridge_http_response_t) -> Option<&'a bridge_ht
 
 /// The response's status code (200, 404, ...).
 ///
-/// @return the status; 0 for NULL.
+/// @return the status; -1 for NULL.
 /// Any thread.
 #[no_mangle]
 pub unsafe extern "C" fn bridge_http_response_status(r: *const bridge_http_response_t) -> c_int {
     // SAFETY: `r` is NULL or live per the API.
-    boundary(|| unsafe { response(r) }.map_or(0, |r| r.status))
+    boundary(|| unsafe { response(r) }.map_or(-1, |r| r.status))
 }
 
 /// The value of the first header called `name` (compared case-insensitively).

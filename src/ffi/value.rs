@@ -43,14 +43,31 @@ impl Castable for bridge_bytes_t {
 /// `bytes` as a future value of type BRIDGE_VALUE_BYTES.
 #[allow(dead_code)] // the I/O functions' values; tested below
 pub(crate) fn bytes_value(bytes: Vec<u8>) -> CValue {
+    let buffer = box_into_c::<bridge_bytes_t>(Box::new(bytes_into_c(bytes)));
+    CValue::typed(buffer.cast(), Some(bridge_bytes_free), BRIDGE_VALUE_BYTES)
+}
+
+/// `bytes` as a bridge_bytes_t held by value (in a struct of the library's), whose
+/// data [`bytes_free_data`] frees.
+pub(crate) fn bytes_into_c(bytes: Vec<u8>) -> bridge_bytes {
     let len = bytes.len();
     let data = if len == 0 {
         std::ptr::null_mut()
     } else {
         Box::into_raw(bytes.into_boxed_slice()).cast::<u8>()
     };
-    let buffer = box_into_c::<bridge_bytes_t>(Box::new(bridge_bytes { data, len }));
-    CValue::typed(buffer.cast(), Some(bridge_bytes_free), BRIDGE_VALUE_BYTES)
+    bridge_bytes { data, len }
+}
+
+/// Frees the data of a bridge_bytes_t made by [`bytes_into_c`] (not the struct).
+///
+/// # Safety
+/// `bytes` came from `bytes_into_c` and its data is freed only here, once.
+pub(crate) unsafe fn bytes_free_data(bytes: &bridge_bytes) {
+    if !bytes.data.is_null() {
+        // SAFETY: `data` and `len` describe the boxed slice made by `bytes_into_c`.
+        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(bytes.data, bytes.len)) });
+    }
 }
 
 /// Frees a bridge_bytes_t made by the library (a bridge_free_fn).
@@ -66,12 +83,8 @@ pub unsafe extern "C" fn bridge_bytes_free(bytes: *mut c_void) {
         let Some(buffer) = (unsafe { box_take::<bridge_bytes_t>(bytes.cast()) }) else {
             return;
         };
-        if !buffer.data.is_null() {
-            // SAFETY: `data` and `len` describe the boxed slice made by `bytes_value`.
-            drop(unsafe {
-                Box::from_raw(std::ptr::slice_from_raw_parts_mut(buffer.data, buffer.len))
-            });
-        }
+        // SAFETY: the struct was made by `bytes_value` through `bytes_into_c`.
+        unsafe { bytes_free_data(&buffer) };
     })
 }
 

@@ -9,3 +9,4 @@
 pub mod fs;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod process;

@@ -52,3 +52,26 @@ fn prepare_refuses_what_cannot_be_sent() {
     assert!(spec(&|s| s.output_path = Some(PathBuf::from("/"))).is_err());
     assert!(spec(&|s| s.headers = vec!["X-Ok: fine".into()]).is_ok());
 }
+
+/// The state of a request in flight is part of its memory cost (with hyper's read
+/// buffer and the socket): kept from growing unnoticed.
+#[test]
+fn a_request_in_flight_stays_small() {
+    let client = std::sync::Arc::new(Client::new());
+    let prepared = client
+        .prepare(RequestSpec {
+            url: "http://127.0.0.1:1/".into(),
+            ..RequestSpec::default()
+        })
+        .unwrap();
+    struct NoHooks;
+    impl Hooks for NoHooks {
+        fn progress(&self, _: u64, _: u64) {}
+        fn commit(&self) -> bool {
+            true
+        }
+    }
+    let fut = send(client, prepared, NoHooks);
+    let size = std::mem::size_of_val(&fut);
+    assert!(size <= 4096, "the send future grew to {size} bytes");
+}
