@@ -1,11 +1,20 @@
 /* thread_pool_server: a threaded server's worker pool hands the slow part of each request
  * to the bridge and waits for it with a deadline, as a real server would.
  *
- * Each of 8 worker threads handles 50 simulated requests. A request's async part is a
- * "backend call" running on the bridge's blocking pool: it takes 1-30 ms, and 1 in 10
- * fails. The worker waits at most 25 ms; past that it cancels the call (the backend
- * polls bridge_job_is_cancelled and stops early) and answers "504 timeout".
- * Output: requests served, failed, timed out, and latency percentiles. */
+ *   thread_pool_server BACKEND_URL [DEADLINE_MS]
+ *
+ * Each of 8 worker threads handles 50 requests. To answer request <id>, a worker asks
+ * three backend services at once over HTTP (BACKEND_URL/user/<id>, /orders/<id> and
+ * /stock/<id>): the three calls run concurrently on the bridge's loop, without a
+ * thread each. future_all() combines them and future_set_timeout() gives the
+ * combination a deadline (default 1000 ms). Then the worker answers:
+ *   200 with the three bodies, when all three calls succeeded in time;
+ *   502 when a backend failed (an HTTP error status, a refused connection...);
+ *   504 when the deadline passed first.
+ * Whatever the answer, calls still running are cancelled: their connections close and
+ * the backends stop working for nobody.
+ * Output: one line per answer, then requests served, failed, timed out, latency
+ * percentiles and the bridge's counters. */
 #define _POSIX_C_SOURCE 200809L
 #include <asyncbridge.h>
 #include <pthread.h>
@@ -17,15 +26,13 @@
 
 #define WORKERS 8
 #define REQUESTS_PER_WORKER 50
-#define DEADLINE_MS 25
+#define CALLS 3 /* backend calls per request */
 
-struct request {
-    int id;
-    int backend_ms; /* how long the backend takes */
-    int fails;      /* whether the backend fails */
-};
-
-static atomic_int backend_calls_stopped_early;
+static const char *const services[CALLS] = {"user", "orders", "stock"};
+static const char *backend_url;
+static uint64_t deadline_ms = 1000;
+/* Calls still running when their request timed out, cancelled by the worker. */
+static atomic_int calls_cancelled_at_deadline;
 
 static double now_ms(void) {
     struct timespec ts;
@@ -33,23 +40,78 @@ static double now_ms(void) {
     return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
-/* The async part of a request: runs on the bridge's blocking pool. */
-static int32_t backend_call(bridge_job_t *job, void *arg) {
-    const struct request *req = arg;
-    for (int ms = 0; ms < req->backend_ms; ms++) {
-        if (bridge_job_is_cancelled(job)) { /* the caller gave up: stop the work */
-            atomic_fetch_add(&backend_calls_stopped_early, 1);
-            return 0;
-        }
-        struct timespec one_ms = {0, 1000 * 1000};
-        nanosleep(&one_ms, NULL);
+/* Starts the backend calls of request `id` into `calls`; returns how many started. */
+static int start_calls(bridge_t *bridge, int id, future_t *calls[CALLS]) {
+    for (int i = 0; i < CALLS; i++) {
+        char url[512];
+        snprintf(url, sizeof url, "%s/%s/%d", backend_url, services[i], id);
+        bridge_http_request_t request;
+        bridge_http_request_init(&request);
+        request.url = url; /* copied: the buffer may go once the call returns */
+        request.flags = BRIDGE_HTTP_FAIL_ON_STATUS; /* a 503 fails the call */
+        if (bridge_http_send(bridge, &request, &calls[i]) != BRIDGE_OK) return i;
     }
-    if (req->fails) return bridge_job_fail(job, 503, "backend unavailable");
-    int *body_len = malloc(sizeof *body_len);
-    if (!body_len) return bridge_job_fail(job, 500, "out of memory");
-    *body_len = 100 + req->id % 900;
-    bridge_job_set_value(job, body_len, free);
-    return 0;
+    return CALLS;
+}
+
+/* The body of a finished call, for printing with "%.*s". */
+static const char *body_of(future_t *call, int *len) {
+    size_t n = 0;
+    const uint8_t *body = bridge_http_response_body(future_value(call), &n);
+    *len = n > 200 ? 200 : (int)n;
+    return body ? (const char *)body : "";
+}
+
+/* Serves one request: fans out, waits for all calls or the deadline, answers.
+ * Returns the HTTP status of the answer (0 if the request was refused). */
+static int serve(bridge_t *bridge, int id) {
+    future_t *calls[CALLS];
+    int started = start_calls(bridge, id, calls);
+    future_t *all = NULL;
+    if (started < CALLS || future_all(calls, CALLS, &all) != BRIDGE_OK) {
+        /* e.g. BRIDGE_E_BUSY under overload: shed the request */
+        for (int i = 0; i < started; i++) {
+            future_cancel(calls[i]);
+            future_release(calls[i]);
+        }
+        return 0;
+    }
+
+    /* The deadline: if the combination is still pending then, it ends FAILED with
+     * BRIDGE_E_TIMED_OUT. (It never cancels its inputs: we do that below.) So this
+     * wait ends by the deadline; the long timeout is only a safety net. */
+    future_set_timeout(all, deadline_ms);
+    bridge_status st = future_wait(all, 60 * 1000);
+
+    int status;
+    if (st == BRIDGE_OK) {
+        int len[CALLS];
+        const char *body[CALLS];
+        for (int i = 0; i < CALLS; i++) body[i] = body_of(calls[i], &len[i]);
+        printf("answer %d: 200 %.*s, %.*s, %.*s\n", id, len[0], body[0], len[1], body[1],
+               len[2], body[2]);
+        status = 200;
+    } else if (st == BRIDGE_FAILED && future_error_code(all) == BRIDGE_E_TIMED_OUT) {
+        printf("answer %d: 504 %s\n", id, future_error_message(all));
+        status = 504;
+    } else {
+        /* The first call that failed gave the combination its code and message,
+         * e.g. BRIDGE_E_HTTP_STATUS "HTTP 503 Service Unavailable". */
+        printf("answer %d: 502 %s\n", id,
+               st == BRIDGE_FAILED ? future_error_message(all) : bridge_status_str(st));
+        status = 502;
+    }
+
+    /* Calls still running are of no use now: cancel them (this closes their
+     * connections) and drop our references. Cancelling a finished call does nothing. */
+    for (int i = 0; i < CALLS; i++) {
+        if (status == 504 && future_status(calls[i]) == BRIDGE_PENDING)
+            atomic_fetch_add(&calls_cancelled_at_deadline, 1);
+        future_cancel(calls[i]);
+        future_release(calls[i]);
+    }
+    future_release(all);
+    return status;
 }
 
 struct worker {
@@ -61,34 +123,15 @@ struct worker {
 
 static void *worker_main(void *p) {
     struct worker *w = p;
-    unsigned seed = 12345u + (unsigned)w->index;
     for (int i = 0; i < REQUESTS_PER_WORKER; i++) {
-        struct request *req = malloc(sizeof *req);
-        if (!req) break;
-        seed = seed * 1103515245u + 12345u;
-        req->id = w->index * REQUESTS_PER_WORKER + i;
-        req->backend_ms = 1 + (int)((seed >> 16) % 30);
-        req->fails = (seed >> 8) % 10 == 0;
-
         double started = now_ms();
-        future_t *f = NULL;
-        bridge_status rc = bridge_submit(w->bridge, backend_call, req, free, BRIDGE_RUN_BLOCKING, &f);
-        if (rc != BRIDGE_OK) { /* e.g. BRIDGE_E_BUSY under overload: shed the request */
-            free(req);
-            w->refused++;
-            continue;
+        switch (serve(w->bridge, w->index * REQUESTS_PER_WORKER + i)) {
+        case 200: w->served++; break;
+        case 502: w->failed++; break;
+        case 504: w->timed_out++; break;
+        default: w->refused++; continue;
         }
-        rc = future_wait(f, DEADLINE_MS);
-        if (rc == BRIDGE_TIMEOUT) {
-            future_cancel(f); /* the backend stops; its future ends CANCELLED */
-            w->timed_out++;
-        } else if (rc == BRIDGE_OK) {
-            w->served++;
-        } else {
-            w->failed++;
-        }
-        w->latency_ms[i] = now_ms() - started;
-        future_release(f);
+        w->latency_ms[w->served + w->failed + w->timed_out - 1] = now_ms() - started;
     }
     return NULL;
 }
@@ -98,7 +141,14 @@ static int compare_double(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    if (argc < 2 || argc > 3) {
+        fprintf(stderr, "usage: %s BACKEND_URL [DEADLINE_MS]\n", argv[0]);
+        return 2;
+    }
+    backend_url = argv[1];
+    if (argc == 3) deadline_ms = strtoull(argv[2], NULL, 10);
+
     bridge_config_t cfg;
     bridge_config_init(&cfg);
     cfg.thread_name = "server-bridge";
@@ -128,17 +178,20 @@ int main(void) {
     double elapsed = now_ms() - started;
     qsort(all, (size_t)n, sizeof all[0], compare_double);
 
+    /* The cancelled calls end once their connections are dropped; shutdown waits for
+     * anything still in flight (up to 2 s), so no future is left pending. */
     bridge_status rc = bridge_shutdown(bridge, 2000);
     bridge_stats_t stats;
     bridge_stats(bridge, &stats);
-    printf("requests: %d in %.0f ms by %d worker threads\n", WORKERS * REQUESTS_PER_WORKER, elapsed,
-           WORKERS);
-    printf("served: %d, failed (503): %d, timed out (504, cancelled): %d, refused: %d\n", served,
-           failed, timed_out, refused);
+    printf("requests: %d in %.0f ms by %d worker threads, %d backend calls each\n",
+           WORKERS * REQUESTS_PER_WORKER, elapsed, WORKERS, CALLS);
+    printf("served: %d, failed (502): %d, timed out (504): %d, refused: %d\n", served, failed,
+           timed_out, refused);
     if (n > 0)
         printf("latency ms: p50 %.1f, p90 %.1f, p99 %.1f, max %.1f\n", all[n / 2], all[n * 9 / 10],
                all[n * 99 / 100], all[n - 1]);
-    printf("backend calls stopped early by cancel: %d\n", atomic_load(&backend_calls_stopped_early));
+    printf("backend calls cancelled at the deadline: %d\n",
+           atomic_load(&calls_cancelled_at_deadline));
     printf("bridge: submitted %llu, completed %llu, failed %llu, cancelled %llu, pending %llu\n",
            (unsigned long long)stats.submitted, (unsigned long long)stats.completed,
            (unsigned long long)stats.failed, (unsigned long long)stats.cancelled,

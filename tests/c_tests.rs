@@ -438,24 +438,287 @@ fn header_is_standalone_c_and_cpp() {
     }
 }
 
+/// A server of the tests, on 127.0.0.1 and a port of its choosing, killed when
+/// dropped (the test's end, or its panic).
+struct Server {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Server {
+    /// Starts `python3 args...` and reads the port from its first line of output
+    /// (`tests/servers/test_server.py` prints "port N"; `python3 -u -m http.server 0`
+    /// prints "Serving HTTP on 127.0.0.1 port N ...").
+    fn start(args: &[&str]) -> Server {
+        use std::io::BufRead;
+        let mut child = Command::new("python3")
+            .args(args)
+            .stdin(Stdio::piped()) // closed when we go: see --until-stdin-closes
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot run python3");
+        let mut line = String::new();
+        let read = std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line);
+        let port = line
+            .split_whitespace()
+            .skip_while(|w| *w != "port")
+            .nth(1)
+            .and_then(|p| p.parse().ok());
+        // Killed by its Drop if it said something else.
+        let mut server = Server { child, port: 0 };
+        match (read, port) {
+            (Ok(_), Some(port)) => server.port = port,
+            _ => panic!("python3 {args:?} did not start: {line:?}"),
+        }
+        server
+    }
+
+    /// `tests/servers/test_server.py` with `args`.
+    fn test_server(args: &[&str]) -> Server {
+        let script = root().join("tests/servers/test_server.py");
+        let mut all = vec![script.to_str().unwrap(), "--until-stdin-closes"];
+        all.extend_from_slice(args);
+        Server::start(&all)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh, empty directory for one test.
+fn scratch_dir(name: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The names in `dir`, sorted.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
 fn example_thread_pool_server() {
-    let out = build_and_run("c_examples/thread_pool_server.c", &[]);
+    // Request 123's backend answers only after the deadline; /orders/<id> fails with
+    // 503 for every id ending in 9 (see tests/servers/test_server.py).
+    let backend = Server::test_server(&["--slow", "123"]);
+    let exe = compile(&root().join("c_examples/thread_pool_server.c"));
+    let (ok, out, err) = run(&exe, &[&backend.url(""), "3000"]);
+    print!("{out}");
+    eprint!("{err}");
     // The program itself exits non-zero unless every request is accounted for and no
     // future is left pending; here the numbers are read back as a user would.
-    let line = out
-        .lines()
-        .find(|l| l.starts_with("served: "))
-        .expect("a summary line");
-    let numbers: Vec<u32> = line
-        .split(|c: char| !c.is_ascii_digit())
-        .filter(|s| !s.is_empty())
-        .filter_map(|s| s.parse().ok())
-        .filter(|&n| n != 503 && n != 504)
-        .collect();
-    assert_eq!(numbers.iter().sum::<u32>(), 400, "{line}");
+    assert!(
+        ok,
+        "thread_pool_server failed:\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    for id in 0..400u32 {
+        let prefix = format!("answer {id}: ");
+        let answers: Vec<&str> = out.lines().filter(|l| l.starts_with(&prefix)).collect();
+        assert_eq!(answers.len(), 1, "answers to request {id}: {answers:?}");
+        let answer = &answers[0][prefix.len()..];
+        if id == 123 {
+            assert_eq!(answer, "504 timed out after 3000 ms", "request {id}");
+        } else if id % 10 == 9 {
+            assert!(
+                answer.starts_with("502 ") && answer.contains("503"),
+                "request {id}: {answer}"
+            );
+        } else {
+            let expected = format!(
+                "200 user-{id}, {} orders, {} in stock",
+                id % 7,
+                id * 3 % 100
+            );
+            assert_eq!(answer, expected, "request {id}");
+        }
+    }
+    assert!(
+        out.contains("served: 359, failed (502): 40, timed out (504): 1, refused: 0"),
+        "{out}"
+    );
+    // All three calls of request 123 were still waiting for the backend.
+    assert!(
+        out.contains("backend calls cancelled at the deadline: 3"),
+        "{out}"
+    );
     assert!(out.contains("pending 0"), "{out}");
     assert!(out.contains("shutdown: ok"), "{out}");
+}
+
+/// c_examples/http_get.c, compiled once for the tests that run it (in parallel).
+fn http_get_exe() -> &'static Path {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| compile(&root().join("c_examples/http_get.c")))
+}
+
+/// A complete download through `python3 -m http.server`: the file arrives byte for
+/// byte, with progress lines on the way.
+#[test]
+fn example_http_get_downloads_a_file() {
+    let served = scratch_dir("http_get_served");
+    // Not a multiple of any buffer size, and not all zeros.
+    let content: Vec<u8> = (0..3_000_017u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(served.join("data.bin"), &content).unwrap();
+    let server = Server::start(&[
+        "-u",
+        "-m",
+        "http.server",
+        "0",
+        "--bind",
+        "127.0.0.1",
+        "--directory",
+        served.to_str().unwrap(),
+    ]);
+    let exe = http_get_exe();
+    let out_dir = scratch_dir("http_get_out");
+    let output = out_dir.join("data.bin");
+
+    let (ok, out, err) = run(exe, &[&server.url("/data.bin"), output.to_str().unwrap()]);
+    print!("{out}");
+    eprint!("{err}");
+    assert!(ok, "http_get failed:\nstdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        std::fs::read(&output).unwrap() == content,
+        "the downloaded file differs"
+    );
+    assert!(
+        out.contains(&format!(
+            "saved 3000017 bytes to {} (HTTP 200)",
+            output.display()
+        )),
+        "{out}"
+    );
+    // http.server sends Content-Length: every progress line knows the total.
+    let progress: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("progress: "))
+        .collect();
+    assert!(!progress.is_empty(), "no progress line:\n{out}");
+    for line in &progress {
+        assert!(line.contains(" of 3000017 bytes ("), "{line}");
+    }
+
+    // A missing file: a failure that says so, and no file left.
+    let missing = out_dir.join("missing.bin");
+    let (ok, out, err) = run(
+        exe,
+        &[&server.url("/missing.bin"), missing.to_str().unwrap()],
+    );
+    assert!(!ok, "a 404 succeeded:\n{out}{err}");
+    assert!(
+        out.contains("failed: ") && out.contains("404"),
+        "{out}{err}"
+    );
+    assert_eq!(entries(&out_dir), ["data.bin"]);
+}
+
+/// What goes wrong is said, exits non-zero and leaves no file: a body cut short, a
+/// refused connection, a URL that is none; a redirect is followed.
+#[test]
+fn example_http_get_failures_leave_no_file() {
+    let server = Server::test_server(&[]);
+    let out_dir = scratch_dir("http_get_failures");
+    let output = out_dir.join("out.bin");
+    let output = output.to_str().unwrap();
+
+    // 1 MiB announced, the connection closed after 300 000 bytes.
+    let cut = server.url("/stream?size=1048576&chunk=50000&cut_at=300000");
+    let (ok, out, err) = run(http_get_exe(), &[&cut, output]);
+    assert!(!ok && out.contains("failed: "), "{out}{err}");
+    assert_eq!(entries(&out_dir), Vec::<String>::new(), "{out}");
+
+    // Nothing listens on a port just freed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let refused = format!("http://127.0.0.1:{port}/file");
+    let (ok, out, err) = run(http_get_exe(), &[&refused, output]);
+    assert!(!ok && out.contains("failed: "), "{out}{err}");
+    assert!(out.to_lowercase().contains("refused"), "{out}");
+    assert_eq!(entries(&out_dir), Vec::<String>::new(), "{out}");
+
+    // Refused at once: nothing starts.
+    for url in ["ftp://127.0.0.1/file", "no url", ""] {
+        let (ok, out, err) = run(http_get_exe(), &[url, output]);
+        assert!(
+            !ok && err.contains("cannot download") && err.contains("invalid"),
+            "{url:?}: {out}{err}"
+        );
+    }
+    let (ok, _, err) = run(http_get_exe(), &[]);
+    assert!(!ok && err.contains("usage: "), "{err}");
+    assert_eq!(entries(&out_dir), Vec::<String>::new());
+
+    // A redirect is followed; the file holds the final body.
+    let redirect = server.url("/redirect?to=/stream%3Fsize%3D1000");
+    let (ok, out, err) = run(http_get_exe(), &[&redirect, output]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("saved 1000 bytes"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "from {} (redirected)",
+            server.url("/stream?size=1000")
+        )),
+        "{out}"
+    );
+    let expected: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+    assert!(std::fs::read(output).unwrap() == expected);
+}
+
+/// Ctrl-C in the middle of a slow download: "cancelled", a non-zero exit, and no file
+/// (partial or temporary) left behind.
+#[test]
+fn example_http_get_cancelled_by_sigint() {
+    let server = Server::test_server(&[]);
+    let exe = http_get_exe();
+    let out_dir = scratch_dir("http_get_cancel");
+    let output = out_dir.join("slow.bin");
+    // 64 MiB at 16 KiB every 20 ms: over a minute, far longer than the test waits.
+    let url = server.url("/stream?size=67108864&chunk=16384&delay_ms=20");
+    let (ok, out, err) = run_driven(exe, &[&url, output.to_str().unwrap()], |pid, lines| {
+        // Some bytes have arrived (not only the headers) before the signal.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) if line.starts_with("progress: ") && !line.starts_with("progress: 0 ") => {
+                    assert!(line.contains(" of 67108864 bytes ("), "{line}");
+                    break;
+                }
+                Ok(_) => {}
+                Err(e) => panic!("no progress within 30 s: {e:?}"),
+            }
+        }
+        // SAFETY: kill() has no memory-safety preconditions; `pid` is our child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGINT) }, 0);
+    });
+    print!("{out}");
+    eprint!("{err}");
+    assert!(!ok, "http_get exited 0 after SIGINT:\n{out}{err}");
+    assert!(out.contains("SIGINT: cancelling\n"), "{out}");
+    assert!(out.ends_with("cancelled\n"), "{out}");
+    assert!(!out.contains("saved "), "{out}");
+    assert_eq!(entries(&out_dir), Vec::<String>::new(), "left behind");
 }
 
 #[test]

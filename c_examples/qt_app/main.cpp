@@ -1,9 +1,12 @@
 // A Qt Widgets application on asyncbridge: press Start, and slow work runs on the
-// bridge's blocking pool while the window stays responsive; its progress and result
-// arrive as callbacks on the GUI thread. Cancel stops it.
+// bridge's blocking pool while the window stays responsive; press Download, and the
+// URL in the field is fetched by the library's HTTP client. Progress and result
+// arrive as callbacks on the GUI thread. Cancel stops either.
 //
 //   qt_app            callbacks woken by a QSocketNotifier on the queue's descriptor
 //   qt_app --notify   callbacks woken by the queue's notify hook instead
+// The URL field starts with $QT_APP_DOWNLOAD_URL, else http://127.0.0.1:8000/ (try
+// `python3 -m http.server` in a directory with a large file).
 #include "progresswindow.h"
 
 #include <QApplication>
@@ -41,8 +44,9 @@ int main(int argc, char *argv[]) {
         exitCode = QApplication::exec();
     } // the window is destroyed here: it withdraws its callbacks and cancels its work
 
-    // Give cancelled work a moment to notice (it checks every step), so no pool
-    // thread is left running behind our back; then free the bridge.
+    // Give cancelled work a moment to notice (it checks every step; a download drops
+    // its connection at once), so nothing is left running behind our back; then free
+    // the bridge.
     bridge_shutdown(bridge, 2000);
     bridge_free(bridge);
     return exitCode;

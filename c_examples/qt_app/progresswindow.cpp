@@ -3,6 +3,7 @@
 #include <QApplication>
 #include <QHBoxLayout>
 #include <QLabel>
+#include <QLineEdit>
 #include <QMutex>
 #include <QMutexLocker>
 #include <QProgressBar>
@@ -76,6 +77,11 @@ ProgressWindow::CallbackAudit &ProgressWindow::audit() {
     return counters;
 }
 
+QString ProgressWindow::defaultDownloadUrl() {
+    const QString fromEnv = qEnvironmentVariable("QT_APP_DOWNLOAD_URL");
+    return fromEnv.isEmpty() ? QStringLiteral("http://127.0.0.1:8000/") : fromEnv;
+}
+
 quint64 ProgressWindow::expectedResult(int steps) {
     const quint64 n = quint64(steps);
     return n * (n + 1) * (2 * n + 1) / 6;
@@ -85,7 +91,8 @@ ProgressWindow::ProgressWindow(bridge_t *bridge, Delivery delivery, int steps, i
                                QWidget *parent)
     : QWidget(parent), m_bridge(bridge), m_steps(steps),
       m_stepMs(stepMs), m_start(new QPushButton(tr("Start"))),
-      m_cancel(new QPushButton(tr("Cancel"))), m_progress(new QProgressBar),
+      m_download(new QPushButton(tr("Download"))), m_cancel(new QPushButton(tr("Cancel"))),
+      m_url(new QLineEdit(defaultDownloadUrl())), m_progress(new QProgressBar),
       m_status(new QLabel(tr("idle"))) {
     {
         QMutexLocker lock(&liveMutex());
@@ -120,20 +127,23 @@ ProgressWindow::ProgressWindow(bridge_t *bridge, Delivery delivery, int steps, i
     m_progress->setValue(0);
     m_cancel->setEnabled(false);
     connect(m_start, &QPushButton::clicked, this, &ProgressWindow::start);
+    connect(m_download, &QPushButton::clicked, this, &ProgressWindow::download);
     connect(m_cancel, &QPushButton::clicked, this, &ProgressWindow::cancel);
 
     auto *buttons = new QHBoxLayout;
     buttons->addStretch();
     buttons->addWidget(m_start);
+    buttons->addWidget(m_download);
     buttons->addWidget(m_cancel);
     auto *layout = new QVBoxLayout(this);
     layout->addWidget(how);
+    layout->addWidget(m_url);
     layout->addWidget(m_progress);
     layout->addWidget(m_status);
     layout->addLayout(buttons);
 
     setWindowTitle(tr("asyncbridge Qt example"));
-    resize(380, layout->sizeHint().height());
+    resize(420, layout->sizeHint().height());
 }
 
 // Nothing may call back into this window once it is gone, although its work may still
@@ -187,6 +197,45 @@ void ProgressWindow::start() {
         return;
     }
 
+    if (!watch(future))
+        return;
+    m_downloading = false;
+    m_progress->setRange(0, m_steps);
+    m_progress->setValue(0);
+    m_status->setText(tr("working…"));
+    setRunning(true);
+}
+
+void ProgressWindow::download() {
+    if (m_future)
+        return;
+
+    // The request is copied by bridge_http_send(): the QByteArray may go right after.
+    const QByteArray url = m_url->text().trimmed().toUtf8();
+    bridge_http_request_t request;
+    bridge_http_request_init(&request);
+    request.url = url.constData();
+    request.max_redirects = 5;
+    request.flags = BRIDGE_HTTP_FAIL_ON_STATUS; // "HTTP 404 Not Found" is a failure
+    // The body is kept in memory (up to max_body, 64 MiB by default); set
+    // request.output_path to have the library write it to a file instead.
+    future_t *future = nullptr;
+    const bridge_status rc = bridge_http_send(m_bridge, &request, &future);
+    if (rc != BRIDGE_OK) { // BRIDGE_E_INVALID: not an http:// or https:// URL
+        m_status->setText(tr("cannot download: %1").arg(QString::fromUtf8(bridge_status_str(rc))));
+        return;
+    }
+    if (!watch(future))
+        return;
+    m_downloading = true;
+    m_downloaded.clear();
+    m_progress->setRange(0, 1000); // per mille of the Content-Length, once known
+    m_progress->setValue(0);
+    m_status->setText(tr("connecting…"));
+    setRunning(true);
+}
+
+bool ProgressWindow::watch(future_t *future) {
     // Neither callback runs on the thread that reports progress or finishes the work:
     // both wait in m_queue until dispatchCallbacks() runs them on the GUI thread. They
     // are registered with `this` as user data, which is how the destructor finds and
@@ -198,14 +247,10 @@ void ProgressWindow::start() {
         future_cancel(future);
         future_release(future);
         m_status->setText(tr("could not watch the work"));
-        return;
+        return false;
     }
-
     m_future = future;
-    m_progress->setRange(0, m_steps);
-    m_progress->setValue(0);
-    m_status->setText(tr("working…"));
-    setRunning(true);
+    return true;
 }
 
 void ProgressWindow::cancel() {
@@ -255,10 +300,22 @@ void ProgressWindow::onProgress(future_t *, uint64_t done, uint64_t total, void 
         return;
     // Coalesced: if several steps were reported since the last dispatch, this sees
     // only the latest, so a slow GUI thread is never flooded.
-    self->m_progress->setRange(0, int(total));
-    self->m_progress->setValue(int(done));
+    QString text;
+    if (!self->m_downloading) {
+        self->m_progress->setRange(0, int(total));
+        self->m_progress->setValue(int(done));
+        text = tr("working: step %1 of %2").arg(done).arg(total);
+    } else if (total > 0) {
+        // Byte counts overflow a QProgressBar's int: show per mille.
+        self->m_progress->setRange(0, 1000);
+        self->m_progress->setValue(int(done * 1000 / total));
+        text = tr("downloading: %1 of %2 bytes").arg(done).arg(total);
+    } else {
+        self->m_progress->setRange(0, 0); // no Content-Length: a busy indicator
+        text = tr("downloading: %1 bytes").arg(done);
+    }
     if (self->m_cancel->isEnabled()) // not while "cancelling…"
-        self->m_status->setText(tr("working: step %1 of %2").arg(done).arg(total));
+        self->m_status->setText(text);
     emit self->progressReported(done, total);
 }
 
@@ -270,16 +327,30 @@ void ProgressWindow::onDone(future_t *f, void *userData) {
     QString text;
     switch (future_status(f)) {
     case BRIDGE_OK:
-        if (const auto *result = static_cast<const quint64 *>(future_value(f)))
+        if (future_value_type(f) == BRIDGE_VALUE_HTTP_RESPONSE) {
+            // The response and what it hands out live as long as `f`: copy what we keep.
+            const auto *response = static_cast<const bridge_http_response_t *>(future_value(f));
+            size_t length = 0;
+            const uint8_t *body = bridge_http_response_body(response, &length);
+            self->m_downloaded = QByteArray(reinterpret_cast<const char *>(body), qsizetype(length));
+            text = tr("downloaded %1 bytes (HTTP %2)")
+                       .arg(self->m_downloaded.size())
+                       .arg(bridge_http_response_status(response));
+            self->m_progress->setRange(0, 1000); // also after a busy indicator
+        } else if (const auto *result = static_cast<const quint64 *>(future_value(f))) {
             text = tr("done: %1").arg(*result);
-        else
+        } else {
             text = tr("done");
+        }
         // The last progress report may have been skipped (none runs after the work
         // finished), so fill the bar here.
         self->m_progress->setValue(self->m_progress->maximum());
         break;
-    case BRIDGE_CANCELLED: // cancelled, and the work has stopped
+    case BRIDGE_CANCELLED: // cancelled, and the work has stopped (a download: its
+                           // connection is closed)
         text = tr("cancelled");
+        if (self->m_progress->maximum() == 0)
+            self->m_progress->setRange(0, 1000); // stop the busy indicator
         break;
     default:
         text = tr("failed: %1").arg(QString::fromUtf8(future_error_message(f)));
@@ -296,5 +367,7 @@ void ProgressWindow::onDone(future_t *f, void *userData) {
 
 void ProgressWindow::setRunning(bool running) {
     m_start->setEnabled(!running);
+    m_download->setEnabled(!running);
+    m_url->setEnabled(!running);
     m_cancel->setEnabled(running);
 }

@@ -4,7 +4,10 @@
 //     responsive, and every callback ran on the GUI thread;
 //   - Cancel: the window says "cancelled" once the work has stopped;
 //   - destroying the window with work in flight: no callback reaches the dead window,
-//     the work is cancelled, nothing crashes while the event loop keeps running.
+//     the work is cancelled, nothing crashes while the event loop keeps running;
+//   - Download, against a local server the test starts (tests/servers/test_server.py,
+//     127.0.0.1 only): the bar moves, the bytes arrive; Cancel mid-download against
+//     a slow stream; a 404; the window destroyed with a download in flight.
 // It also saves a screenshot (mid-progress above, finished below).
 //
 // Run with QT_QPA_PLATFORM=offscreen for a headless run (ctest sets it).
@@ -12,9 +15,11 @@
 
 #include <QImage>
 #include <QLabel>
+#include <QLineEdit>
 #include <QPainter>
 #include <QPointer>
 #include <QProgressBar>
+#include <QProcess>
 #include <QPushButton>
 #include <QSignalSpy>
 #include <QThread>
@@ -46,6 +51,14 @@ QString screenshotPath() {
     return fromEnv.isEmpty() ? QStringLiteral(QT_APP_SCREENSHOT) : fromEnv;
 }
 
+// The body /stream sends: byte i is i % 251 (see tests/servers/test_server.py).
+QByteArray streamPattern(int size) {
+    QByteArray bytes(size, Qt::Uninitialized);
+    for (int i = 0; i < size; ++i)
+        bytes[i] = char(i % 251);
+    return bytes;
+}
+
 } // namespace
 
 class TestProgressWindow : public QObject {
@@ -65,12 +78,27 @@ private slots:
     void cancelBeforeTheWorkStarts();
     void destroyedWithWorkInFlight_data();
     void destroyedWithWorkInFlight();
+    void downloadShowsProgressAndResult_data();
+    void downloadShowsProgressAndResult();
+    void cancelStopsTheDownload_data();
+    void cancelStopsTheDownload();
+    void cancelTheDownloadAtOnce_data();
+    void cancelTheDownloadAtOnce();
+    void downloadFailureIsShown();
+    void destroyedWithDownloadInFlight_data();
+    void destroyedWithDownloadInFlight();
 
 private:
+    QString serverUrl(const QString &path) const {
+        return QStringLiteral("http://127.0.0.1:%1%2").arg(m_serverPort).arg(path);
+    }
+
     static void addDeliveryRows();
     static void saveScreenshot(const QPixmap &midway, const QPixmap &finished);
 
     bridge_t *m_bridge = nullptr;
+    QProcess m_server; // tests/servers/test_server.py
+    int m_serverPort = 0;
     int m_callbacksBefore = 0;
     int m_offGuiThreadBefore = 0;
     int m_onDeadWindowBefore = 0;
@@ -78,9 +106,24 @@ private:
 
 void TestProgressWindow::initTestCase() {
     QCOMPARE(bridge_start(nullptr, &m_bridge), BRIDGE_OK);
+
+    // The local server of the download tests: it prints "port N" once it listens on
+    // 127.0.0.1, and stops when its stdin closes, should this process die first.
+    m_server.setProcessChannelMode(QProcess::ForwardedErrorChannel);
+    m_server.start(QStringLiteral("python3"), {QStringLiteral(QT_APP_TEST_SERVER),
+                                               QStringLiteral("--until-stdin-closes")});
+    QVERIFY2(m_server.waitForStarted(WaitMs), qPrintable(m_server.errorString()));
+    while (!m_server.canReadLine())
+        QVERIFY2(m_server.waitForReadyRead(WaitMs), "the test server said nothing");
+    const QByteArray line = m_server.readLine().trimmed();
+    QVERIFY2(line.startsWith("port "), line.constData());
+    m_serverPort = line.mid(5).toInt();
+    QVERIFY(m_serverPort > 0);
 }
 
 void TestProgressWindow::cleanupTestCase() {
+    m_server.kill();
+    m_server.waitForFinished(WaitMs);
     QCOMPARE(statsOf(m_bridge).pending, uint64_t{0}); // no work left behind by any test
     QCOMPARE(bridge_shutdown(m_bridge, 5000), BRIDGE_OK);
     bridge_free(m_bridge);
@@ -270,6 +313,163 @@ void TestProgressWindow::destroyedWithWorkInFlight() {
     QCOMPARE(after.pending, uint64_t{0});
     QCOMPARE(after.cancelled, before.cancelled + 1);
     QCOMPARE(after.completed, before.completed);
+}
+
+void TestProgressWindow::downloadShowsProgressAndResult_data() { addDeliveryRows(); }
+
+void TestProgressWindow::downloadShowsProgressAndResult() {
+    QFETCH(bool, notifyHook);
+    // 2 MiB in 64 chunks, 10 ms apart: long enough for several progress reports.
+    constexpr int Size = 2 * 1024 * 1024;
+    ProgressWindow window(m_bridge, deliveryFor(notifyHook));
+    window.show();
+    QVERIFY(QTest::qWaitForWindowExposed(&window));
+    QSignalSpy progress(&window, &ProgressWindow::progressReported);
+    QSignalSpy finished(&window, &ProgressWindow::finished);
+    QList<int> barValues;
+    connect(&window, &ProgressWindow::progressReported, &window,
+            [&] { barValues.append(window.progressBar()->value()); });
+
+    window.urlEdit()->setText(serverUrl(QStringLiteral("/stream?size=%1&chunk=32768&delay_ms=10").arg(Size)));
+    QTest::mouseClick(window.downloadButton(), Qt::LeftButton);
+    QVERIFY(!window.downloadButton()->isEnabled());
+    QVERIFY(!window.startButton()->isEnabled());
+    QVERIFY(window.cancelButton()->isEnabled());
+
+    const QString expected = QStringLiteral("downloaded %1 bytes (HTTP 200)").arg(Size);
+    QTRY_COMPARE_WITH_TIMEOUT(window.statusLabel()->text(), expected, WaitMs);
+    QCOMPARE(finished.count(), 1);
+    QCOMPARE(window.downloaded().size(), Size);
+    QVERIFY(window.downloaded() == streamPattern(Size));
+    QCOMPARE(window.progressBar()->value(), window.progressBar()->maximum());
+    QVERIFY(window.downloadButton()->isEnabled());
+    QVERIFY(!window.cancelButton()->isEnabled());
+
+    // Bytes of the Content-Length, increasing (the first report may say 0: the
+    // headers are in, with the total); the bar moved along with them.
+    QVERIFY2(progress.count() >= 3,
+             qPrintable(QStringLiteral("%1 progress callbacks").arg(progress.count())));
+    quint64 last = 0;
+    for (qsizetype i = 0; i < progress.count(); ++i) {
+        const quint64 bytes = progress.at(i).at(0).toULongLong();
+        QCOMPARE(progress.at(i).at(1).toULongLong(), quint64(Size));
+        QVERIFY2(bytes > last || (i == 0 && bytes == 0),
+                 qPrintable(QStringLiteral("%1 after %2").arg(bytes).arg(last)));
+        last = bytes;
+    }
+    QVERIFY(last <= quint64(Size));
+    QVERIFY2(std::is_sorted(barValues.begin(), barValues.end()) &&
+                 barValues.first() < barValues.last(),
+             "the progress bar did not move forward");
+    QTest::qWait(100); // nothing else arrives after the done callback
+    QCOMPARE(finished.count(), 1);
+}
+
+void TestProgressWindow::cancelStopsTheDownload_data() { addDeliveryRows(); }
+
+void TestProgressWindow::cancelStopsTheDownload() {
+    QFETCH(bool, notifyHook);
+    const bridge_stats_t before = statsOf(m_bridge);
+    ProgressWindow window(m_bridge, deliveryFor(notifyHook));
+    window.show();
+    QVERIFY(QTest::qWaitForWindowExposed(&window));
+    QSignalSpy progress(&window, &ProgressWindow::progressReported);
+    QSignalSpy finished(&window, &ProgressWindow::finished);
+
+    // 64 MiB at 16 KiB every 20 ms: over a minute, unless cancelled.
+    window.urlEdit()->setText(serverUrl(QStringLiteral("/stream?size=67108864&chunk=16384&delay_ms=20")));
+    QTest::mouseClick(window.downloadButton(), Qt::LeftButton);
+    QTRY_VERIFY_WITH_TIMEOUT(window.progressBar()->value() > 0, WaitMs);
+    QTest::mouseClick(window.cancelButton(), Qt::LeftButton);
+    QCOMPARE(window.statusLabel()->text(), QStringLiteral("cancelling…"));
+
+    QTRY_COMPARE_WITH_TIMEOUT(window.statusLabel()->text(), QStringLiteral("cancelled"), WaitMs);
+    QCOMPARE(finished.count(), 1);
+    QVERIFY(window.progressBar()->value() < window.progressBar()->maximum());
+    QVERIFY(window.downloaded().isEmpty());
+    QVERIFY(window.downloadButton()->isEnabled());
+    const bridge_stats_t after = statsOf(m_bridge);
+    QCOMPARE(after.cancelled, before.cancelled + 1);
+    QCOMPARE(after.pending, uint64_t{0});
+}
+
+void TestProgressWindow::cancelTheDownloadAtOnce_data() { addDeliveryRows(); }
+
+// Download and Cancel with no event processing between them: the request may not have
+// left yet. The done callback still comes through the queue, saying "cancelled".
+void TestProgressWindow::cancelTheDownloadAtOnce() {
+    QFETCH(bool, notifyHook);
+    const bridge_stats_t before = statsOf(m_bridge);
+    ProgressWindow window(m_bridge, deliveryFor(notifyHook));
+    window.show();
+    QVERIFY(QTest::qWaitForWindowExposed(&window));
+    QSignalSpy finished(&window, &ProgressWindow::finished);
+
+    window.urlEdit()->setText(serverUrl(QStringLiteral("/stream?size=67108864&chunk=16384&delay_ms=20")));
+    window.downloadButton()->click();
+    window.cancelButton()->click();
+    QTRY_COMPARE_WITH_TIMEOUT(window.statusLabel()->text(), QStringLiteral("cancelled"), WaitMs);
+    QCOMPARE(finished.count(), 1);
+    QVERIFY(window.downloadButton()->isEnabled());
+    const bridge_stats_t after = statsOf(m_bridge);
+    QCOMPARE(after.cancelled, before.cancelled + 1);
+    QCOMPARE(after.pending, uint64_t{0});
+}
+
+void TestProgressWindow::downloadFailureIsShown() {
+    ProgressWindow window(m_bridge, ProgressWindow::Delivery::SocketNotifier);
+    window.show();
+    QVERIFY(QTest::qWaitForWindowExposed(&window));
+    QSignalSpy finished(&window, &ProgressWindow::finished);
+
+    window.urlEdit()->setText(serverUrl(QStringLiteral("/no/such/thing")));
+    QTest::mouseClick(window.downloadButton(), Qt::LeftButton);
+    QTRY_COMPARE_WITH_TIMEOUT(finished.count(), 1, WaitMs);
+    const QString text = window.statusLabel()->text();
+    QVERIFY2(text.startsWith(QStringLiteral("failed: ")) && text.contains(QStringLiteral("404")),
+             qPrintable(text));
+    QVERIFY(window.downloadButton()->isEnabled());
+
+    // Not a URL at all: refused at once, nothing starts.
+    window.urlEdit()->setText(QStringLiteral("no scheme here"));
+    QTest::mouseClick(window.downloadButton(), Qt::LeftButton);
+    QVERIFY2(window.statusLabel()->text().startsWith(QStringLiteral("cannot download: ")),
+             qPrintable(window.statusLabel()->text()));
+    QVERIFY(window.downloadButton()->isEnabled());
+    QCOMPARE(finished.count(), 1);
+}
+
+void TestProgressWindow::destroyedWithDownloadInFlight_data() {
+    QTest::addColumn<bool>("notifyHook");
+    QTest::newRow("socket-notifier") << false;
+    QTest::newRow("notify-hook") << true;
+}
+
+// Closing the window in the middle of a download: the download is cancelled (its
+// connection dropped), no callback reaches the dead window.
+void TestProgressWindow::destroyedWithDownloadInFlight() {
+    QFETCH(bool, notifyHook);
+    const bridge_stats_t before = statsOf(m_bridge);
+    auto *window = new ProgressWindow(m_bridge, deliveryFor(notifyHook));
+    window->setAttribute(Qt::WA_DeleteOnClose, true);
+    const QPointer<ProgressWindow> alive(window);
+    window->show();
+    QVERIFY(QTest::qWaitForWindowExposed(window));
+
+    window->urlEdit()->setText(serverUrl(QStringLiteral("/stream?size=67108864&chunk=16384&delay_ms=20")));
+    QTest::mouseClick(window->downloadButton(), Qt::LeftButton);
+    QTRY_VERIFY_WITH_TIMEOUT(window->progressBar()->value() > 0, WaitMs);
+    QThread::msleep(100); // progress deliveries wait in the queue as the window goes
+    window->close();
+    QTRY_VERIFY_WITH_TIMEOUT(alive.isNull(), WaitMs);
+    window = nullptr;
+
+    // The cancelled download ends once its connection is closed.
+    QTRY_COMPARE_WITH_TIMEOUT(statsOf(m_bridge).pending, uint64_t{0}, WaitMs);
+    const bridge_stats_t after = statsOf(m_bridge);
+    QCOMPARE(after.cancelled, before.cancelled + 1);
+    QCOMPARE(after.completed, before.completed);
+    QTest::qWait(200); // no late callback
 }
 
 // Mid-progress above, finished below, on the window's own background.
