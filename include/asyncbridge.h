@@ -412,7 +412,9 @@ struct bridge_http_request {
      */
     uint64_t timeout_ms;
     /**
-     * 0: 64 MiB; a longer body fails with BRIDGE_E_TOO_LARGE.
+     * 0: 64 MiB; a longer body fails with BRIDGE_E_TOO_LARGE (before it is read when
+     * Content-Length says so). Applies to output_path downloads too: set UINT64_MAX
+     * for no limit.
      */
     uint64_t max_body;
     /**
@@ -430,8 +432,10 @@ struct bridge_http_request {
     const char *extra_ca_pem;
     /**
      * Non-NULL: the body goes to this file (written beside it under a temporary
-     * name, renamed over it once complete; removed on cancel or failure), and the
-     * response's body is empty.
+     * name, created before the request is sent, renamed over it once complete;
+     * removed on cancel or failure), and the response's body is empty. A directory,
+     * or a file in a directory that does not exist, fails with BRIDGE_E_IO
+     * (EISDIR, ENOENT) before anything is sent.
      */
     const char *output_path;
 };
@@ -1221,7 +1225,8 @@ void bridge_http_request_init(bridge_http_request_t *req);
  * bridge_http_response_t* (BRIDGE_VALUE_HTTP_RESPONSE).
  *
  * HTTP/1.1, or HTTP/2 when a TLS server offers it; connections are pooled per
- * bridge. Progress: bytes of the body received, of Content-Length (0 when unknown).
+ * bridge. Progress: bytes of the body received, of Content-Length (0 when unknown);
+ * the first report, (0, total), comes when the response head has arrived.
  * The future ends BRIDGE_OK whatever the status (unless BRIDGE_HTTP_FAIL_ON_STATUS);
  * it fails with BRIDGE_E_IO (connect or socket error; future_os_error() gives the
  * errno), BRIDGE_E_DNS, BRIDGE_E_TLS, BRIDGE_E_PROTOCOL (malformed response, too

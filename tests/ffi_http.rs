@@ -457,6 +457,23 @@ fn files_from_python_http_server() {
     assert_eq!((status, body.len()), (200, 0));
     assert_eq!(std::fs::read(&out).unwrap(), content);
     assert_eq!(std::fs::read_dir(dir.join("out")).unwrap().count(), 1);
+    // A directory, or a file in a missing directory: refused before anything is sent.
+    let mut req = get(&url);
+    req.output_path = Some(dir.join("out"));
+    let (_, errno) = failure(
+        fetch(b, &req),
+        BRIDGE_E_IO,
+        &["output_path", "Is a directory"],
+    );
+    assert_eq!(errno, libc::EISDIR);
+    let missing_dir = dir.join("no-such-dir").join("x.bin");
+    req.output_path = Some(missing_dir.clone());
+    let (_, errno) = failure(
+        fetch(b, &req),
+        BRIDGE_E_IO,
+        &[&format!("create {}", missing_dir.display())],
+    );
+    assert_eq!(errno, libc::ENOENT);
 
     unsafe { bridge_free(b) };
     std::fs::remove_dir_all(&dir).unwrap();

@@ -204,6 +204,11 @@ async fn exchange(
     mut request: Prepared,
     hooks: &impl Hooks,
 ) -> Result<Response, Failure> {
+    // The output file first: a path that cannot be written fails before any request.
+    let mut file = match &request.output_path {
+        Some(path) => Some(PartialFile::create(path)?),
+        None => None,
+    };
     let mut redirects = 0;
     loop {
         let origin = pool::Origin::of(&request.url, &request.tls);
@@ -256,8 +261,8 @@ async fn exchange(
         if total > request.max_body {
             return Err(too_large(request.max_body));
         }
-        let mut sink = match &request.output_path {
-            Some(path) => Sink::file(path)?,
+        let mut sink = match file.take() {
+            Some(file) => Sink::File(file),
             None => Sink::Memory(Vec::with_capacity(total.min(1 << 20) as usize)),
         };
         let received = AtomicU64::new(0);
@@ -369,10 +374,6 @@ enum Sink {
 }
 
 impl Sink {
-    fn file(path: &std::path::Path) -> Result<Sink, Failure> {
-        Ok(Sink::File(PartialFile::create(path)?))
-    }
-
     fn write(&mut self, chunk: &[u8]) -> Result<(), Failure> {
         match self {
             Sink::Memory(body) => {
@@ -413,6 +414,12 @@ static PARTIAL_SERIAL: AtomicU64 = AtomicU64::new(0);
 
 impl PartialFile {
     fn create(path: &std::path::Path) -> Result<PartialFile, Failure> {
+        if path.is_dir() {
+            return Err(Failure::io(
+                libc::EISDIR,
+                format_args!("output_path {}", path.display()),
+            ));
+        }
         let name = path.file_name().unwrap_or_default().to_string_lossy();
         let serial = PARTIAL_SERIAL.fetch_add(1, Ordering::Relaxed);
         let temporary =
@@ -421,7 +428,7 @@ impl PartialFile {
             .write(true)
             .create_new(true)
             .open(&temporary)
-            .map_err(|e| io_failure(&e, format_args!("create {}", temporary.display())))?;
+            .map_err(|e| io_failure(&e, format_args!("create {}", path.display())))?;
         Ok(PartialFile {
             file: Some(file),
             temporary,
