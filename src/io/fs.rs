@@ -430,12 +430,15 @@ impl Drop for Running<'_> {
     }
 }
 
-/// While armed, dropping it stops the blocking part and waits until it has ended.
-struct WaitOnDrop(Arc<Gate>);
+/// While armed (`Some`), dropping it stops the blocking part and waits until it has
+/// ended.
+struct WaitOnDrop(Option<Arc<Gate>>);
 
 impl Drop for WaitOnDrop {
     fn drop(&mut self) {
-        let gate = &self.0;
+        let Some(gate) = self.0.take() else {
+            return;
+        };
         gate.stop.store(true, Ordering::SeqCst);
         let mut phase = gate.phase.lock().unwrap_or_else(PoisonError::into_inner);
         if *phase == Phase::Queued {
@@ -474,10 +477,10 @@ where
         let _running = Running(&shared);
         work(&shared)
     });
-    let armed = WaitOnDrop(gate);
+    let mut armed = WaitOnDrop(Some(gate));
     let joined = blocking.await;
     // Joined: the blocking part has ended (or never ran); nothing to wait for.
-    std::mem::forget(armed);
+    armed.0 = None;
     match joined {
         Ok(result) => result,
         Err(error) if error.is_panic() => Err(FsError::Failed(Failure::panic())),
