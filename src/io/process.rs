@@ -303,6 +303,58 @@ struct Streams {
     stdin: Option<std::os::unix::net::UnixStream>,
 }
 
+/// Whether the program can be started, as far as a look at the file system tells:
+/// the errno it would fail with if not (ENOENT, ENOTDIR, EACCES).
+///
+/// The spawn reports these too, but not everywhere: where `posix_spawn`'s vfork is
+/// emulated by a fork (under valgrind, for one) the failure of the exec happens in the
+/// child, which then exits 127, and with SIGCHLD ignored even that is lost.
+fn startable(options: &ProcessOptions) -> Result<(), i32> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |path: &std::path::Path| -> Result<(), i32> {
+        let path = match (&options.cwd, path.is_relative()) {
+            (Some(cwd), true) => cwd.join(path),
+            _ => path.to_owned(),
+        };
+        let meta =
+            std::fs::metadata(&path).map_err(|e| e.raw_os_error().unwrap_or(libc::ENOENT))?;
+        if meta.is_dir() || meta.permissions().mode() & 0o111 == 0 {
+            return Err(libc::EACCES);
+        }
+        Ok(())
+    };
+    let program = std::path::Path::new(&options.program);
+    if options.program.as_bytes().contains(&b'/') {
+        return executable(program);
+    }
+    let inherited = std::env::var_os("PATH");
+    let path = options
+        .env
+        .as_ref()
+        .and_then(|env| {
+            env.iter()
+                .find(|(name, _)| name.as_bytes() == b"PATH")
+                .map(|(_, value)| value.clone())
+        })
+        .or(inherited)
+        .unwrap_or_else(|| "/usr/bin:/bin".into());
+    let mut denied = false;
+    for dir in std::env::split_paths(&path) {
+        let dir = if dir.as_os_str().is_empty() {
+            std::path::PathBuf::from(".")
+        } else {
+            dir
+        };
+        match executable(&dir.join(program)) {
+            Ok(()) => return Ok(()),
+            Err(libc::EACCES) => denied = true,
+            Err(_) => {}
+        }
+    }
+    Err(if denied { libc::EACCES } else { libc::ENOENT })
+}
+
 /// Starts the program; its ends of the pipes are closed here once it has them.
 fn start(options: &ProcessOptions) -> Result<(Program, Streams), Failure> {
     let what = || match &options.cwd {
@@ -317,6 +369,9 @@ fn start(options: &ProcessOptions) -> Result<(Program, Streams), Failure> {
         Some(errno) => Failure::io(errno, what()),
         None => Failure::new(Error::Invalid.code(), format!("{}: {error}", what())),
     };
+    if let Err(errno) = startable(options) {
+        return Err(Failure::io(errno, what()));
+    }
     let (out, out_theirs) = child::pipe().map_err(failed)?;
     let (err, err_theirs) = if options.merge_stderr {
         (None, out_theirs.try_clone().map_err(failed)?)
