@@ -498,6 +498,19 @@ fn https_with_a_ca_made_here() {
     req.extra_ca_pem = Some(ca.clone());
     let (status, body) = ok_body(fetch(b, &req));
     assert_eq!((status, body.as_slice()), (200, &b"hello over TLS"[..]));
+    // A burst at once: the first connection finds the server speaks HTTP/1.1, the
+    // others then connect on their own.
+    let burst: Vec<_> = (0..10)
+        .map(|_| {
+            let mut req = get(&url);
+            req.extra_ca_pem = Some(ca.clone());
+            send(b, &req).unwrap()
+        })
+        .collect();
+    for f in burst {
+        let (status, body) = ok_body(finish(f));
+        assert_eq!((status, body.as_slice()), (200, &b"hello over TLS"[..]));
+    }
     // By name too (the certificate names localhost).
     let mut req = get(&format!("https://localhost:{port}/hello.txt"));
     req.extra_ca_pem = Some(ca.clone());
@@ -592,12 +605,9 @@ fn http2_by_alpn_shares_one_connection() {
         .map(|i| {
             let mut req = get(&format!("https://127.0.0.1:{port}/n{i}"));
             req.extra_ca_pem = Some(ca.clone());
-            // The first sets the connection up; the others share it.
-            let f = send(b, &req).unwrap();
-            if i == 0 {
-                unsafe { future_wait(f, WAIT_MS) };
-            }
-            f
+            // All at once: the first sets the connection up, the others wait for it
+            // and share it.
+            send(b, &req).unwrap()
         })
         .collect();
     for (i, f) in futures.into_iter().enumerate() {

@@ -53,6 +53,12 @@ pub struct Client {
     /// practice; the oldest goes beyond 16).
     extra: Mutex<Vec<(Vec<u8>, bool, TlsChoice)>>,
     next_tls_id: std::sync::atomic::AtomicU64,
+    /// One connection attempt at a time per TLS origin until its protocol is known:
+    /// a burst of requests to a new HTTP/2 origin then shares the first connection
+    /// instead of opening one each.
+    gates: Mutex<HashMap<Origin, Arc<tokio::sync::Mutex<()>>>>,
+    /// TLS origins that chose HTTP/1.1 by ALPN: their requests connect in parallel.
+    http1: Mutex<std::collections::HashSet<Origin>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -142,6 +148,8 @@ impl Client {
             system: OnceLock::new(),
             extra: Mutex::new(Vec::new()),
             next_tls_id: std::sync::atomic::AtomicU64::new(2),
+            gates: Mutex::new(HashMap::new()),
+            http1: Mutex::new(std::collections::HashSet::new()),
         }
     }
 
@@ -238,7 +246,7 @@ impl Client {
             }
             let lease = match self.take_idle(origin).await {
                 Some(lease) => lease,
-                None => self.connect(origin, request).await?,
+                None => self.connect_gated(origin, request).await?,
             };
             match lease {
                 Lease::Two => continue,
@@ -352,6 +360,29 @@ impl Client {
         }
     }
 
+    /// A new connection to `origin`; to a TLS origin whose protocol is not known yet,
+    /// one at a time: whoever waited finds the HTTP/2 connection the first one made
+    /// (`Lease::Two`: take the shared sender), or connects on its own once the origin
+    /// turned out to speak HTTP/1.1.
+    async fn connect_gated(
+        self: &Arc<Client>,
+        origin: &Origin,
+        request: &Prepared,
+    ) -> Result<Lease, Failure> {
+        if origin.tls.is_none() || lock(&self.http1).contains(origin) {
+            return self.connect(origin, request).await;
+        }
+        let gate = lock(&self.gates).entry(origin.clone()).or_default().clone();
+        let turn = gate.lock_owned().await;
+        if self.shared_sender(origin).is_some() {
+            return Ok(Lease::Two);
+        }
+        if lock(&self.http1).contains(origin) {
+            drop(turn);
+        }
+        self.connect(origin, request).await
+    }
+
     /// A new connection to `origin`.
     async fn connect(
         self: &Arc<Client>,
@@ -378,6 +409,7 @@ impl Client {
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let stream = Stream::Tls(Box::new(tls));
         if !h2 {
+            lock(&self.http1).insert(origin.clone());
             return self.handshake_one(origin, stream).await;
         }
         let (send, conn) = http2::Builder::new(TokioExecutor::new())
