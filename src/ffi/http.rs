@@ -198,7 +198,7 @@ unsafe fn spec_of(req: *const bridge_http_request_t) -> Option<RequestSpec> {
         return None;
     }
     // SAFETY: each string is NULL or NUL-terminated per the API.
-    let text = |p: *const c_char| unsafe { p.as_ref() }.map(|_| unsafe { CStr::from_ptr(p) });
+    let text = |p: *const c_char| (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) });
     let url = text(req.url)?.to_str().ok()?.to_owned();
     let method = match text(req.method) {
         Some(m) => Some(m.to_str().ok()?.to_owned()),

@@ -27,6 +27,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 
 use crate::future::Failure;
 use crate::status::Error;
+use crate::sync::lock;
 
 /// How many bytes a read or write moves between two cancellation checks.
 pub const CHUNK: usize = 1 << 20;
@@ -408,7 +409,7 @@ impl Gate {
 
     /// The blocking part works on a pipe, socket or device.
     fn may_hang(&self) {
-        let mut phase = self.phase.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut phase = lock(&self.phase);
         if *phase == Phase::Running {
             *phase = Phase::MayHang;
             self.changed.notify_all();
@@ -416,7 +417,7 @@ impl Gate {
     }
 
     fn set(&self, phase: Phase) {
-        *self.phase.lock().unwrap_or_else(PoisonError::into_inner) = phase;
+        *lock(&self.phase) = phase;
         self.changed.notify_all();
     }
 }
@@ -440,7 +441,7 @@ impl Drop for WaitOnDrop {
             return;
         };
         gate.stop.store(true, Ordering::SeqCst);
-        let mut phase = gate.phase.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut phase = lock(&gate.phase);
         if *phase == Phase::Queued {
             *phase = Phase::Abandoned;
             return;
@@ -468,7 +469,7 @@ where
     let shared = gate.clone();
     let blocking = tokio::task::spawn_blocking(move || {
         {
-            let mut phase = shared.phase.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut phase = lock(&shared.phase);
             if *phase == Phase::Abandoned {
                 return Err(FsError::Cancelled);
             }

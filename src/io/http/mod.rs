@@ -265,14 +265,14 @@ async fn exchange(
             Some(file) => Sink::File(file),
             None => Sink::Memory(Vec::with_capacity(total.min(1 << 20) as usize)),
         };
-        let received = AtomicU64::new(0);
+        let mut received = 0u64;
         hooks.progress(0, total);
         conn.read_body(body, &origin, |chunk: &[u8]| {
-            let so_far = received.load(Ordering::Relaxed) + chunk.len() as u64;
+            let so_far = received + chunk.len() as u64;
             if so_far > request.max_body {
                 return Err(too_large(request.max_body));
             }
-            received.store(so_far, Ordering::Relaxed);
+            received = so_far;
             sink.write(chunk)?;
             hooks.progress(so_far, total);
             Ok(())
@@ -468,8 +468,8 @@ fn io_failure(error: &std::io::Error, what: std::fmt::Arguments<'_>) -> Failure 
     Failure::io(error.raw_os_error().unwrap_or(libc::EIO), what)
 }
 
-/// Reads `body` to its end, handing each data chunk to `each`; used by the pool's
-/// connections, which drive the connection meanwhile.
+/// The next data chunk of `body` (trailers skipped); `None` at its end. The pool's
+/// leases call it while they drive the connection.
 async fn next_chunk(body: &mut hyper::body::Incoming) -> Option<Result<Bytes, hyper::Error>> {
     loop {
         match body.frame().await? {

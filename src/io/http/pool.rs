@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -28,6 +28,7 @@ use super::error::{from_hyper, io_error, tls_error};
 use super::{Invalid, Prepared};
 use crate::future::Failure;
 use crate::status::Error;
+use crate::sync::lock;
 
 /// Idle HTTP/1.1 connections kept per origin.
 const MAX_IDLE_PER_ORIGIN: usize = 256;
@@ -129,14 +130,11 @@ pub(super) enum Lease {
         send: http1::SendRequest<Body>,
         conn: Pin<Box<http1::Connection<TokioIo<Stream>, Body>>>,
         reused: bool,
-        client: Arc<ClientRef>,
+        client: Weak<Client>,
     },
     /// HTTP/2: shared, driven by its own task.
     Two,
 }
-
-/// What a lease needs to give its connection back.
-pub(super) struct ClientRef(std::sync::Weak<Client>);
 
 impl Client {
     /// An empty pool.
@@ -347,7 +345,7 @@ impl Client {
                 send,
                 conn,
                 reused: true,
-                client: Arc::new(ClientRef(Arc::downgrade(self))),
+                client: Arc::downgrade(self),
             });
         }
     }
@@ -439,7 +437,7 @@ impl Client {
             send,
             conn: Box::pin(conn),
             reused: false,
-            client: Arc::new(ClientRef(Arc::downgrade(self))),
+            client: Arc::downgrade(self),
         })
     }
 }
@@ -503,12 +501,12 @@ impl Lease {
 /// Puts an HTTP/1.1 connection whose exchange is complete back into the pool, once it
 /// is ready for another request.
 async fn give_back(
-    client: Arc<ClientRef>,
+    client: Weak<Client>,
     origin: &Origin,
     mut send: http1::SendRequest<Body>,
     mut conn: Pin<Box<http1::Connection<TokioIo<Stream>, Body>>>,
 ) {
-    let Some(client) = client.0.upgrade() else {
+    let Some(client) = client.upgrade() else {
         return;
     };
     // Ready once the connection has taken the response's end (keep-alive); an error
@@ -684,12 +682,6 @@ fn config_with(roots: rustls::RootCertStore) -> Arc<ClientConfig> {
         };
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Arc::new(config)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A connection's byte stream: plain TCP or TLS over it.
