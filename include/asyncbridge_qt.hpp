@@ -1,0 +1,209 @@
+/**
+ * @file asyncbridge_qt.hpp
+ * @brief Qt glue for asyncbridge.hpp: callbacks on a QObject's thread that never reach a
+ *        destroyed object.
+ *
+ * Header-only (no moc needed), Qt 5.15 or 6, C++17. Everything is in namespace
+ * `asyncbridge::qt`.
+ *
+ * @code
+ *   job = asyncbridge::submit(bridge, work).cancel_on_drop();      // a member: Future<int>
+ *   asyncbridge::qt::on_progress(job, this, [this](uint64_t done, uint64_t total) {
+ *       bar->setRange(0, int(total)); bar->setValue(int(done));
+ *   });
+ *   asyncbridge::qt::then(job, this, [this](asyncbridge::Future<int> &f) {
+ *       label->setText(f.outcome() ? QString::number(f.get()) : "stopped");
+ *   });
+ * @endcode
+ *
+ * The callbacks run on `context`'s thread, inside its event loop, and only while
+ * `context` is alive: a QPointer to it is checked there, on its own thread, right before
+ * each call. So a window may be closed with work in flight and needs no teardown code:
+ * its futures (cancel_on_drop() if the work should stop too) go with it, and its
+ * callbacks are dropped unrun. The callbacks' captures are destroyed exactly once,
+ * after the call, or where the registration is dropped (which may be another thread).
+ */
+#ifndef ASYNCBRIDGE_QT_HPP
+#define ASYNCBRIDGE_QT_HPP
+
+#include <asyncbridge.hpp>
+
+#include <QCoreApplication>
+#include <QHash>
+#include <QMetaObject>
+#include <QMutex>
+#include <QMutexLocker>
+#include <QObject>
+#include <QPointer>
+#include <QSocketNotifier>
+#include <QThread>
+#include <QtGlobal>
+
+#if QT_VERSION >= QT_VERSION_CHECK(6, 0, 0)
+#include <QFuture>
+#include <QPromise>
+#endif
+
+namespace asyncbridge::qt {
+
+/** How a Queue wakes its thread's event loop when callbacks are pending. */
+enum class Wake {
+    /** A QSocketNotifier on the queue's descriptor (falls back to the hook without one). */
+    socket_notifier,
+    /** The queue's notify hook posts a queued call (QMetaObject::invokeMethod). */
+    notify_hook,
+};
+
+/**
+ * A completion queue dispatched by the event loop of the thread this object lives in.
+ * A QObject: give it a parent and it goes with it. Its destructor stops the wake-ups,
+ * then frees the queue (which runs what is still pending, on the destroying thread).
+ * Make it on the thread whose loop dispatches it.
+ */
+class Queue : public QObject {
+public:
+    explicit Queue(QObject *parent = nullptr, Wake wake = Wake::socket_notifier) : QObject(parent) {
+        const int fd = queue_.fd();
+        if (wake == Wake::socket_notifier && fd >= 0) {
+            notifier_ = new QSocketNotifier(fd, QSocketNotifier::Read, this);
+            // Level-triggered: readable while anything is pending, so one dispatch of
+            // all that is pending per activation is enough.
+            QObject::connect(notifier_, &QSocketNotifier::activated, this, [this] { queue_.dispatch(); });
+        } else {
+            // Runs on any thread; a call it posted is discarded by Qt with this object.
+            queue_.set_notify([this] {
+                QMetaObject::invokeMethod(this, [this] { queue_.dispatch(); }, Qt::QueuedConnection);
+            });
+        }
+    }
+    ~Queue() override {
+        queue_.set_notify({}); // once this returns, the hook is not running
+        delete notifier_;      // before the descriptor it watches is closed
+        // queue_ is freed next, as a member.
+    }
+    Queue(const Queue &) = delete;
+    Queue &operator=(const Queue &) = delete;
+
+    /** How this queue wakes its loop. */
+    Wake wake() const noexcept { return notifier_ ? Wake::socket_notifier : Wake::notify_hook; }
+    /** The asyncbridge queue, for Future::then(), Future::via() and the C API. */
+    asyncbridge::Queue &queue() noexcept { return queue_; }
+    operator asyncbridge::Queue &() noexcept { return queue_; }
+
+private:
+    asyncbridge::Queue queue_;
+    QSocketNotifier *notifier_ = nullptr;
+};
+
+/**
+ * The queue of `context`'s thread (of the calling thread for nullptr), made on first use:
+ * on the application's thread it is a child of the QCoreApplication (one must exist),
+ * on another QThread it is deleted when that thread finishes (that thread needs an
+ * event loop for callbacks to run).
+ */
+inline Queue &queue_for(QObject *context) {
+    QThread *thread = context ? context->thread() : QThread::currentThread();
+    static QMutex lock;
+    static QHash<QThread *, Queue *> queues;
+    QMutexLocker guard(&lock);
+    if (Queue *q = queues.value(thread))
+        return *q;
+    const bool here = thread == QThread::currentThread();
+    // A QSocketNotifier must be made on its own thread; elsewhere the hook is used.
+    auto *q = new Queue(nullptr, here ? Wake::socket_notifier : Wake::notify_hook);
+    if (!here)
+        q->moveToThread(thread);
+    QObject::connect(q, &QObject::destroyed, [thread] {
+        QMutexLocker g(&lock);
+        queues.remove(thread);
+    });
+    QCoreApplication *app = QCoreApplication::instance();
+    if (app && thread == app->thread() && here)
+        q->setParent(app);
+    else
+        QObject::connect(thread, &QThread::finished, q, [q] { delete q; }, Qt::DirectConnection);
+    queues.insert(thread, q);
+    return *q;
+}
+
+/**
+ * Calls `fn(Future<T> &done)` on `context`'s thread once `future` has finished (whatever
+ * its outcome), unless `context` is destroyed first; then `fn` is never called.
+ * `done` is a handle of its own to the finished future: done.get(), done.take() and
+ * done.outcome() do not wait. Returns at once; the future may be released meanwhile.
+ */
+template <class T, class F> void then(const Future<T> &future, Queue &queue, QObject *context, F &&fn) {
+    future.then(queue.queue(), [ctx = QPointer<QObject>(context), fn = std::forward<F>(fn)](Future<T> &done) mutable {
+        if (ctx) // on ctx's thread: it cannot be destroyed under us here
+            fn(done);
+    });
+}
+/** then() through queue_for(context). */
+template <class T, class F> void then(const Future<T> &future, QObject *context, F &&fn) {
+    then(future, queue_for(context), context, std::forward<F>(fn));
+}
+
+/**
+ * Calls `fn(uint64_t done, uint64_t total)` on `context`'s thread with the latest
+ * progress the work reported (coalesced), never after the future's done callbacks have
+ * started, and never once `context` is destroyed.
+ */
+template <class T, class F> void on_progress(const Future<T> &future, Queue &queue, QObject *context, F &&fn) {
+    future.on_progress(queue.queue(), [ctx = QPointer<QObject>(context), fn = std::forward<F>(fn)](
+                                          uint64_t done, uint64_t total) mutable {
+        if (ctx)
+            fn(done, total);
+    });
+}
+/** on_progress() through queue_for(context). */
+template <class T, class F> void on_progress(const Future<T> &future, QObject *context, F &&fn) {
+    on_progress(future, queue_for(context), context, std::forward<F>(fn));
+}
+
+#if QT_VERSION >= QT_VERSION_CHECK(6, 0, 0)
+/**
+ * A QFuture<T> that finishes with `future` (Qt 6): its result is a copy of the value (for
+ * a move-only T, the value moved out of `future`); a failure is an exception stored in the QFuture
+ * (asyncbridge::failed, rethrown by QFuture::result()), a cancellation cancels it.
+ * Cancelling the QFuture does not reach the work: cancel the asyncbridge future.
+ */
+template <class T> QFuture<T> to_qfuture(const Future<T> &future) {
+    struct Bridge {
+        QPromise<T> promise;
+    };
+    auto *box = new Bridge;
+    box->promise.start();
+    QFuture<T> result = box->promise.future();
+    const bridge_status rc = future_on_done_with_free(
+        future.get_c(),
+        [](future_t *f, void *p) noexcept {
+            auto &promise = static_cast<Bridge *>(p)->promise;
+            Future<T> done = Future<T>::retain(f);
+            try {
+                const Outcome o = done.outcome();
+                if (o.ok()) {
+                    if constexpr (std::is_copy_constructible_v<T>)
+                        promise.addResult(T(done.value_ref())); // others may read it too
+                    else if constexpr (!std::is_void_v<T>)
+                        promise.addResult(done.take_now());
+                } else if (o.is_cancelled()) {
+                    promise.future().cancel();
+                } else {
+                    promise.setException(std::make_exception_ptr(failed(o.code(), o.message(), o.os_error())));
+                }
+            } catch (...) {
+                promise.setException(std::current_exception());
+            }
+            promise.finish();
+        },
+        box, [](void *p) noexcept { delete static_cast<Bridge *>(p); });
+    if (rc != BRIDGE_OK) { // the box is freed; its promise finished unfulfilled
+        throw error(rc, "future_on_done");
+    }
+    return result;
+}
+#endif
+
+} // namespace asyncbridge::qt
+
+#endif // ASYNCBRIDGE_QT_HPP
