@@ -1547,6 +1547,10 @@ struct PromiseBase {
             awaiting(o.pending_future());
         return home ? o.via(*home) : o.operator co_await();
     }
+    // Without these, `co_await f.outcome()` (a temporary) would bind to the catch-all
+    // below, a better match than const&, and resume off the queue.
+    Outcome::Awaiter await_transform(Outcome &o) { return await_transform(std::as_const(o)); }
+    Outcome::Awaiter await_transform(Outcome &&o) { return await_transform(std::as_const(o)); }
     template <class U, class V> typename Future<U>::template Awaiter<V> await_transform(
         typename Future<U>::template Awaiter<V> &&a) {
         awaiting(a.core.future());
