@@ -561,6 +561,69 @@ fn example_thread_pool_server() {
     assert!(out.contains("shutdown: ok"), "{out}");
 }
 
+/// Compiles a C++ example with `CXX` (default `c++`) as C++`std`, with the flags of
+/// `ASYNCBRIDGE_CFLAGS` (a sanitizer run instruments the C++ side too).
+fn compile_cxx(source: &str, std: u32) -> PathBuf {
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".to_owned());
+    let mut flags = vec![format!("-std=c++{std}")];
+    let extra = std::env::var("ASYNCBRIDGE_CFLAGS").unwrap_or_default();
+    flags.extend(extra.split_whitespace().map(str::to_owned));
+    compile_by(&cxx, &flags, &root().join(source), &[])
+}
+
+#[test]
+fn example_cpp_quickstart() {
+    let exe = compile_cxx("c_examples/cpp_quickstart.cpp", 17);
+    let (ok, out, err) = run(&exe, &[]);
+    print!("{out}");
+    eprint!("{err}");
+    assert!(ok, "cpp_quickstart failed:\nstdout:\n{out}\nstderr:\n{err}");
+    assert!(out.contains("sum of squares: 30\n"), "{out}");
+    // std::stoi's exception, its what() as the failure's message.
+    assert!(out.contains("parse failed (code 1): stoi\n"), "{out}");
+    assert!(
+        out.contains("slow work: timed out after 100 ms after "),
+        "{out}"
+    );
+    assert!(out.contains("from the callback API: record 7\n"), "{out}");
+    assert!(out.contains("first done: #1\n"), "{out}");
+}
+
+/// The coroutine example's chain of HTTP, file and process steps, against the test
+/// server: one report made, one failing at a 503, one cancelled while it waits.
+#[test]
+fn example_coroutine_pipeline() {
+    let server = Server::test_server(&[]);
+    let dir = scratch_dir("coroutine_pipeline");
+    let exe = compile_cxx("c_examples/coroutine_pipeline.cpp", 20);
+    let (ok, out, err) = run(&exe, &[&server.url(""), dir.to_str().unwrap()]);
+    print!("{out}");
+    eprint!("{err}");
+    assert!(
+        ok,
+        "coroutine_pipeline failed:\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    let report = "user-42: 0 orders, 26 in stock\n";
+    assert!(out.contains(&format!("report 42: {report}")), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("report-42.txt")).unwrap(),
+        report
+    );
+    // wc ran on the file it wrote: the byte count is the report's.
+    assert!(out.contains(&format!("wc:     {} ", report.len())), "{out}");
+    assert!(
+        out.contains("extra:  gave up: timed out after 200 ms\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("report 19: failed (code -12): HTTP 503 Service Unavailable\n"),
+        "{out}"
+    );
+    assert!(out.contains("report 7: cancelled\n"), "{out}");
+    // Only the one report, and no temporary file of the atomic write left behind.
+    assert_eq!(entries(&dir), ["report-42.txt"]);
+}
+
 /// c_examples/http_get.c, compiled once for the tests that run it (in parallel).
 fn http_get_exe() -> &'static Path {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
