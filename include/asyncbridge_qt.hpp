@@ -115,6 +115,17 @@ private:
 
 inline detail::QueueOpen detail::open_flag(const Queue &q) { return q.open_; }
 
+namespace detail {
+// The guard is only sound on the context's own thread, where it cannot be destroyed
+// between the check and the call; a callback that can never run is a mistake too.
+inline void check_context(const Queue &queue, const QObject *context, const char *call) {
+    if (!context)
+        throw error(BRIDGE_E_INVALID, call);
+    if (context->thread() != queue.thread())
+        throw error(BRIDGE_E_INVALID, call);
+}
+} // namespace detail
+
 /**
  * The queue of `context`'s thread (of the calling thread for nullptr), made on first use:
  * on the application's thread it is a child of the QCoreApplication (one must exist),
@@ -151,8 +162,11 @@ inline Queue &queue_for(QObject *context) {
  * its outcome), unless `context` is destroyed first; then `fn` is never called.
  * `done` is a handle of its own to the finished future: done.get(), done.take() and
  * done.outcome() do not wait. Returns at once; the future may be released meanwhile.
+ * Throws asyncbridge::error (BRIDGE_E_INVALID) for a null `context`, or one that lives on
+ * another thread than `queue`.
  */
 template <class T, class F> void then(const Future<T> &future, Queue &queue, QObject *context, F &&fn) {
+    detail::check_context(queue, context, "qt::then: context must be non-null and on the queue's thread");
     future.then(queue.queue(), [open = detail::open_flag(queue), ctx = QPointer<QObject>(context),
                                 fn = std::forward<F>(fn)](Future<T> &done) mutable {
         if (*open && ctx) // on ctx's thread: it cannot be destroyed under us here
@@ -161,15 +175,18 @@ template <class T, class F> void then(const Future<T> &future, Queue &queue, QOb
 }
 /** then() through queue_for(context). */
 template <class T, class F> void then(const Future<T> &future, QObject *context, F &&fn) {
+    if (!context)
+        throw error(BRIDGE_E_INVALID, "qt::then: no context");
     then(future, queue_for(context), context, std::forward<F>(fn));
 }
 
 /**
  * Calls `fn(uint64_t done, uint64_t total)` on `context`'s thread with the latest
  * progress the work reported (coalesced), never after the future's done callbacks have
- * started, and never once `context` is destroyed.
+ * started, and never once `context` is destroyed. Throws as then().
  */
 template <class T, class F> void on_progress(const Future<T> &future, Queue &queue, QObject *context, F &&fn) {
+    detail::check_context(queue, context, "qt::on_progress: context must be non-null and on the queue's thread");
     future.on_progress(queue.queue(), [open = detail::open_flag(queue), ctx = QPointer<QObject>(context),
                                        fn = std::forward<F>(fn)](uint64_t done, uint64_t total) mutable {
         if (*open && ctx)
@@ -178,6 +195,8 @@ template <class T, class F> void on_progress(const Future<T> &future, Queue &que
 }
 /** on_progress() through queue_for(context). */
 template <class T, class F> void on_progress(const Future<T> &future, QObject *context, F &&fn) {
+    if (!context)
+        throw error(BRIDGE_E_INVALID, "qt::on_progress: no context");
     on_progress(future, queue_for(context), context, std::forward<F>(fn));
 }
 
