@@ -76,18 +76,25 @@ ProgressWindow::ProgressWindow(bridge_t *bridge, Wake wake, int steps, int stepM
 void ProgressWindow::start() {
     // The work runs on the bridge's blocking pool, so the GUI thread never waits for it.
     // It captures copies, never `this`: the window may be gone before the work ends.
-    m_work = asyncbridge::submit(m_bridge, [steps = m_steps, stepMs = m_stepMs](asyncbridge::Job &job) {
-                 quint64 sum = 0;
-                 for (int step = 1; step <= steps; ++step) {
-                     // Cancellation is cooperative: this throws asyncbridge::cancelled once
-                     // Cancel was pressed, and the future ends cancelled.
-                     job.check_cancelled();
-                     std::this_thread::sleep_for(std::chrono::milliseconds(stepMs));
-                     sum += quint64(step) * quint64(step);
-                     job.progress(uint64_t(step), uint64_t(steps)); // cheap, any thread
-                 }
-                 return sum; // the future's value
-             }).cancel_on_drop(); // the window closed mid-run stops the work
+    auto work = [steps = m_steps, stepMs = m_stepMs](asyncbridge::Job &job) {
+        quint64 sum = 0;
+        for (int step = 1; step <= steps; ++step) {
+            // Cancellation is cooperative: this throws asyncbridge::cancelled once Cancel
+            // was pressed, and the future ends cancelled.
+            job.check_cancelled();
+            std::this_thread::sleep_for(std::chrono::milliseconds(stepMs));
+            sum += quint64(step) * quint64(step);
+            job.progress(uint64_t(step), uint64_t(steps)); // cheap, any thread
+        }
+        return sum; // the future's value
+    };
+    try {
+        // cancel_on_drop(): the window destroyed mid-run stops the work.
+        m_work = asyncbridge::submit(m_bridge, std::move(work)).cancel_on_drop();
+    } catch (const asyncbridge::error &e) { // the bridge is shut down, or busy
+        m_status->setText(tr("could not start: %1").arg(QString::fromUtf8(e.what())));
+        return;
+    }
 
     // Both run on the GUI thread, inside m_queue's dispatch, and never once the window is
     // destroyed. Progress is coalesced: a slow GUI thread sees the latest step only.

@@ -134,6 +134,7 @@ private slots:
     void cancelTheDownloadAtOnce_data();
     void cancelTheDownloadAtOnce();
     void downloadFailureIsShown();
+    void startRefusedByAStoppedBridge();
     void destroyedWithDownloadInFlight_data();
     void destroyedWithDownloadInFlight();
     void manyWindowsComeAndGo();
@@ -485,6 +486,22 @@ void TestProgressWindow::downloadFailureIsShown() {
              qPrintable(window.statusLabel()->text()));
     QVERIFY(window.downloadButton()->isEnabled());
     QCOMPARE(finished.count(), 1);
+}
+
+// A bridge that no longer accepts work: Start and Download say so, and nothing runs.
+void TestProgressWindow::startRefusedByAStoppedBridge() {
+    asyncbridge::Bridge stopped;
+    QVERIFY(stopped.shutdown());
+    AuditedWindow window(stopped, ProgressWindow::Wake::socket_notifier);
+    window.startButton()->click();
+    QVERIFY2(window.statusLabel()->text().startsWith(QStringLiteral("could not start: ")),
+             qPrintable(window.statusLabel()->text()));
+    QVERIFY(window.startButton()->isEnabled());
+    window.urlEdit()->setText(serverUrl(QStringLiteral("/stream")));
+    window.downloadButton()->click();
+    QVERIFY2(window.statusLabel()->text().startsWith(QStringLiteral("cannot download: ")),
+             qPrintable(window.statusLabel()->text()));
+    QVERIFY(!window.cancelButton()->isEnabled());
 }
 
 void TestProgressWindow::destroyedWithDownloadInFlight_data() {
