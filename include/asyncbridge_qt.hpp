@@ -19,8 +19,9 @@
  * The callbacks run on `context`'s thread, inside its event loop, and only while
  * `context` is alive: a QPointer to it is checked there, on its own thread, right before
  * each call. So a window may be closed with work in flight and needs no teardown code:
- * its futures (cancel_on_drop() if the work should stop too) go with it, and its
- * callbacks are dropped unrun. The callbacks' captures are destroyed exactly once,
+ * its futures (cancel_on_drop() if the work should stop too) and its own Queue, if it
+ * has one, go with it, and its callbacks are dropped unrun (a Queue being destroyed runs
+ * none of them: see Queue). The callbacks' captures are destroyed exactly once,
  * after the call, or where the registration is dropped (which may be another thread).
  */
 #ifndef ASYNCBRIDGE_QT_HPP
@@ -39,6 +40,9 @@
 #include <QThread>
 #include <QtGlobal>
 
+#include <atomic>
+#include <memory>
+
 #if QT_VERSION >= QT_VERSION_CHECK(6, 0, 0)
 #include <QFuture>
 #include <QPromise>
@@ -54,11 +58,22 @@ enum class Wake {
     notify_hook,
 };
 
+class Queue;
+namespace detail {
+// Whether a Queue's destructor has begun, shared with the callbacks registered through it
+// (which may still be run by the C queue after the Queue object is gone: a queue freed
+// from inside one of its own callbacks runs the rest of its dispatch first).
+using QueueOpen = std::shared_ptr<const std::atomic<bool>>;
+QueueOpen open_flag(const Queue &q);
+} // namespace detail
+
 /**
  * A completion queue dispatched by the event loop of the thread this object lives in.
- * A QObject: give it a parent and it goes with it. Its destructor stops the wake-ups,
- * then frees the queue (which runs what is still pending, on the destroying thread).
- * Make it on the thread whose loop dispatches it.
+ * A QObject: give it a parent and it goes with it (a window's member or child is fine).
+ * Its destructor stops the wake-ups and frees the queue; the callbacks of then() and
+ * on_progress() still pending then are dropped unrun (their captures destroyed): their
+ * context may be the very object being destroyed, whose QPointer is cleared only at the
+ * end of its destruction. Make it on the thread whose loop dispatches it.
  */
 class Queue : public QObject {
 public:
@@ -77,6 +92,7 @@ public:
         }
     }
     ~Queue() override {
+        open_->store(false);   // before anything pending can run: see the class comment
         queue_.set_notify({}); // once this returns, the hook is not running
         delete notifier_;      // before the descriptor it watches is closed
         // queue_ is freed next, as a member.
@@ -91,9 +107,24 @@ public:
     operator asyncbridge::Queue &() noexcept { return queue_; }
 
 private:
+    friend detail::QueueOpen detail::open_flag(const Queue &q);
+    std::shared_ptr<std::atomic<bool>> open_ = std::make_shared<std::atomic<bool>>(true);
     asyncbridge::Queue queue_;
     QSocketNotifier *notifier_ = nullptr;
 };
+
+inline detail::QueueOpen detail::open_flag(const Queue &q) { return q.open_; }
+
+namespace detail {
+// The guard is only sound on the context's own thread, where it cannot be destroyed
+// between the check and the call; a callback that can never run is a mistake too.
+inline void check_context(const Queue &queue, const QObject *context, const char *call) {
+    if (!context)
+        throw error(BRIDGE_E_INVALID, call);
+    if (context->thread() != queue.thread())
+        throw error(BRIDGE_E_INVALID, call);
+}
+} // namespace detail
 
 /**
  * The queue of `context`'s thread (of the calling thread for nullptr), made on first use:
@@ -131,32 +162,41 @@ inline Queue &queue_for(QObject *context) {
  * its outcome), unless `context` is destroyed first; then `fn` is never called.
  * `done` is a handle of its own to the finished future: done.get(), done.take() and
  * done.outcome() do not wait. Returns at once; the future may be released meanwhile.
+ * Throws asyncbridge::error (BRIDGE_E_INVALID) for a null `context`, or one that lives on
+ * another thread than `queue`.
  */
 template <class T, class F> void then(const Future<T> &future, Queue &queue, QObject *context, F &&fn) {
-    future.then(queue.queue(), [ctx = QPointer<QObject>(context), fn = std::forward<F>(fn)](Future<T> &done) mutable {
-        if (ctx) // on ctx's thread: it cannot be destroyed under us here
+    detail::check_context(queue, context, "qt::then: context must be non-null and on the queue's thread");
+    future.then(queue.queue(), [open = detail::open_flag(queue), ctx = QPointer<QObject>(context),
+                                fn = std::forward<F>(fn)](Future<T> &done) mutable {
+        if (*open && ctx) // on ctx's thread: it cannot be destroyed under us here
             fn(done);
     });
 }
 /** then() through queue_for(context). */
 template <class T, class F> void then(const Future<T> &future, QObject *context, F &&fn) {
+    if (!context)
+        throw error(BRIDGE_E_INVALID, "qt::then: no context");
     then(future, queue_for(context), context, std::forward<F>(fn));
 }
 
 /**
  * Calls `fn(uint64_t done, uint64_t total)` on `context`'s thread with the latest
  * progress the work reported (coalesced), never after the future's done callbacks have
- * started, and never once `context` is destroyed.
+ * started, and never once `context` is destroyed. Throws as then().
  */
 template <class T, class F> void on_progress(const Future<T> &future, Queue &queue, QObject *context, F &&fn) {
-    future.on_progress(queue.queue(), [ctx = QPointer<QObject>(context), fn = std::forward<F>(fn)](
-                                          uint64_t done, uint64_t total) mutable {
-        if (ctx)
+    detail::check_context(queue, context, "qt::on_progress: context must be non-null and on the queue's thread");
+    future.on_progress(queue.queue(), [open = detail::open_flag(queue), ctx = QPointer<QObject>(context),
+                                       fn = std::forward<F>(fn)](uint64_t done, uint64_t total) mutable {
+        if (*open && ctx)
             fn(done, total);
     });
 }
 /** on_progress() through queue_for(context). */
 template <class T, class F> void on_progress(const Future<T> &future, QObject *context, F &&fn) {
+    if (!context)
+        throw error(BRIDGE_E_INVALID, "qt::on_progress: no context");
     on_progress(future, queue_for(context), context, std::forward<F>(fn));
 }
 

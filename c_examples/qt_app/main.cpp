@@ -1,7 +1,7 @@
-// A Qt Widgets application on asyncbridge: press Start, and slow work runs on the
-// bridge's blocking pool while the window stays responsive; press Download, and the
-// URL in the field is fetched by the library's HTTP client. Progress and result
-// arrive as callbacks on the GUI thread. Cancel stops either.
+// A Qt Widgets application on asyncbridge.hpp and asyncbridge_qt.hpp: press Start, and slow
+// work runs on the bridge's blocking pool while the window stays responsive; press
+// Download, and the URL in the field is fetched by the library's HTTP client. Progress and
+// result arrive as callbacks on the GUI thread. Cancel stops either.
 //
 //   qt_app            callbacks woken by a QSocketNotifier on the queue's descriptor
 //   qt_app --notify   callbacks woken by the queue's notify hook instead
@@ -12,6 +12,8 @@
 #include <QApplication>
 #include <QCommandLineParser>
 
+#include <chrono>
+
 int main(int argc, char *argv[]) {
     QApplication app(argc, argv);
     QApplication::setApplicationName(QStringLiteral("qt_app"));
@@ -21,33 +23,25 @@ int main(int argc, char *argv[]) {
     parser.addHelpOption();
     const QCommandLineOption notifyOption(
         QStringLiteral("notify"),
-        QStringLiteral("Wake the GUI thread with bridge_queue_set_notify() instead of a "
-                       "QSocketNotifier on bridge_queue_fd()."));
+        QStringLiteral("Wake the GUI thread with the queue's notify hook instead of a "
+                       "QSocketNotifier on its descriptor."));
     parser.addOption(notifyOption);
     parser.process(app);
-    const auto delivery = parser.isSet(notifyOption) ? ProgressWindow::Delivery::NotifyHook
-                                                     : ProgressWindow::Delivery::SocketNotifier;
+    const auto wake = parser.isSet(notifyOption) ? ProgressWindow::Wake::notify_hook
+                                                 : ProgressWindow::Wake::socket_notifier;
 
-    // The application owns its bridge: started before any window, freed after the
-    // last one (bridge_default() would do too, and is never freed).
-    bridge_t *bridge = nullptr;
-    const bridge_status rc = bridge_start(nullptr, &bridge);
-    if (rc != BRIDGE_OK) {
-        qCritical("bridge_start: %s", bridge_status_str(rc));
-        return 1;
-    }
-
+    // The application owns its bridge: started before any window, and destroyed after
+    // the last one, as locals are (bridge_default() would do too, and is never freed).
+    asyncbridge::Bridge bridge;
     int exitCode;
     {
-        ProgressWindow window(bridge, delivery);
+        ProgressWindow window(bridge, wake);
         window.show();
         exitCode = QApplication::exec();
-    } // the window is destroyed here: it withdraws its callbacks and cancels its work
+    } // the window goes here, cancelling what it was running
 
-    // Give cancelled work a moment to notice (it checks every step; a download drops
-    // its connection at once), so nothing is left running behind our back; then free
-    // the bridge.
-    bridge_shutdown(bridge, 2000);
-    bridge_free(bridge);
+    // Give cancelled work a moment to notice (it checks every step; a download drops its
+    // connection at once), so nothing is cut off mid-step; ~Bridge then frees it.
+    bridge.shutdown(std::chrono::seconds(2));
     return exitCode;
 }

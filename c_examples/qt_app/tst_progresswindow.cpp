@@ -1,5 +1,5 @@
 // QtTest for ProgressWindow, run for both ways of waking the GUI thread (a
-// QSocketNotifier on bridge_queue_fd(), and the bridge_queue_set_notify() hook):
+// QSocketNotifier on the queue's descriptor, and the queue's notify hook):
 //   - Start: progress arrives and increases, the result is shown, the GUI stays
 //     responsive, and every callback ran on the GUI thread;
 //   - Cancel: the window says "cancelled" once the work has stopped;
@@ -7,13 +7,20 @@
 //     the work is cancelled, nothing crashes while the event loop keeps running;
 //   - Download, against a local server the test starts (tests/servers/test_server.py,
 //     127.0.0.1 only): the bar moves, the bytes arrive; Cancel mid-download against
-//     a slow stream; a 404; the window destroyed with a download in flight.
-// It also saves a screenshot (mid-progress above, finished below).
+//     a slow stream; a 404; the window destroyed with a download in flight;
+//   - hundreds of windows opened and destroyed at random points of their work.
+// Every callback is audited: the window emits a signal from each, and the windows of
+// this test (AuditedWindow) record whether that happened on the GUI thread, on a window
+// still alive. It also saves a screenshot (mid-progress above, finished below).
 //
 // Run with QT_QPA_PLATFORM=offscreen for a headless run (ctest sets it).
 #include "progresswindow.h"
 
 #include <QImage>
+#include <QMutex>
+#include <QMutexLocker>
+#include <QRandomGenerator>
+#include <QSet>
 #include <QLabel>
 #include <QLineEdit>
 #include <QPainter>
@@ -27,16 +34,58 @@
 #include <QtTest>
 
 #include <algorithm>
+#include <atomic>
 
 namespace {
 
 constexpr int Steps = 50;                   // the window's default: 50 steps...
 constexpr int WaitMs = 15000;               // ...of 20 ms; generous for slow machines
 
-ProgressWindow::Delivery deliveryFor(bool notifyHook) {
-    return notifyHook ? ProgressWindow::Delivery::NotifyHook
-                      : ProgressWindow::Delivery::SocketNotifier;
+ProgressWindow::Wake deliveryFor(bool notifyHook) {
+    return notifyHook ? ProgressWindow::Wake::notify_hook : ProgressWindow::Wake::socket_notifier;
 }
+
+// Every callback the windows of this test get, with the promises the example makes.
+struct CallbackAudit {
+    std::atomic<int> callbacks{0};    // callbacks that ran
+    std::atomic<int> offGuiThread{0}; // ... on a thread other than the GUI thread
+    std::atomic<int> onDeadWindow{0}; // ... for a window already being destroyed
+};
+CallbackAudit audit;
+QMutex liveLock; // locked: the audit must cope with the very mistake it looks for
+QSet<const QObject *> liveWindows;
+
+// A ProgressWindow that is "dead" from the first line of its destruction on: ~AuditedWindow
+// runs before ProgressWindow's members (its queue, its futures) are destroyed, so a
+// callback run by any of them, or later, is counted, although the window's QPointers are
+// cleared only at the very end. Each callback emits a signal; the audit is a direct
+// connection to both, so it runs where and when the callback does.
+class AuditedWindow : public ProgressWindow {
+public:
+    explicit AuditedWindow(bridge_t *bridge, Wake wake, int steps = 50, int stepMs = 20)
+        : ProgressWindow(bridge, wake, steps, stepMs) {
+        {
+            QMutexLocker g(&liveLock);
+            liveWindows.insert(this);
+        }
+        connect(this, &ProgressWindow::progressReported, [this] { record(this); });
+        connect(this, &ProgressWindow::finished, [this] { record(this); });
+    }
+    ~AuditedWindow() override {
+        QMutexLocker g(&liveLock);
+        liveWindows.remove(this);
+    }
+
+private:
+    static void record(const QObject *window) {
+        ++audit.callbacks;
+        if (QThread::currentThread() != qApp->thread())
+            ++audit.offGuiThread;
+        QMutexLocker g(&liveLock);
+        if (!liveWindows.contains(window))
+            ++audit.onDeadWindow;
+    }
+};
 
 bridge_stats_t statsOf(bridge_t *bridge) {
     bridge_stats_t stats{};
@@ -85,8 +134,10 @@ private slots:
     void cancelTheDownloadAtOnce_data();
     void cancelTheDownloadAtOnce();
     void downloadFailureIsShown();
+    void startRefusedByAStoppedBridge();
     void destroyedWithDownloadInFlight_data();
     void destroyedWithDownloadInFlight();
+    void manyWindowsComeAndGo();
 
 private:
     QString serverUrl(const QString &path) const {
@@ -130,7 +181,6 @@ void TestProgressWindow::cleanupTestCase() {
 }
 
 void TestProgressWindow::init() {
-    const auto &audit = ProgressWindow::audit();
     m_callbacksBefore = audit.callbacks;
     m_offGuiThreadBefore = audit.offGuiThread;
     m_onDeadWindowBefore = audit.onDeadWindow;
@@ -139,7 +189,6 @@ void TestProgressWindow::init() {
 // After every test: each callback of that test ran on the GUI thread, and none was
 // handed a window that had already been destroyed.
 void TestProgressWindow::cleanup() {
-    const auto &audit = ProgressWindow::audit();
     qInfo("callbacks run: %d", audit.callbacks - m_callbacksBefore);
     QCOMPARE(audit.offGuiThread - m_offGuiThreadBefore, 0);
     QCOMPARE(audit.onDeadWindow - m_onDeadWindowBefore, 0);
@@ -155,7 +204,7 @@ void TestProgressWindow::completesWithProgressOnGuiThread_data() { addDeliveryRo
 
 void TestProgressWindow::completesWithProgressOnGuiThread() {
     QFETCH(bool, notifyHook);
-    ProgressWindow window(m_bridge, deliveryFor(notifyHook));
+    AuditedWindow window(m_bridge, deliveryFor(notifyHook));
     window.show();
     QVERIFY(QTest::qWaitForWindowExposed(&window));
     QSignalSpy progress(&window, &ProgressWindow::progressReported);
@@ -220,7 +269,7 @@ void TestProgressWindow::completesWithProgressOnGuiThread() {
 
     QTest::qWait(100); // nothing else arrives after the done callback
     QCOMPARE(finished.count(), 1);
-    QVERIFY(ProgressWindow::audit().callbacks - m_callbacksBefore == progress.count() + 1);
+    QVERIFY(audit.callbacks - m_callbacksBefore == progress.count() + 1);
 
     if (!notifyHook)
         saveScreenshot(midway, done);
@@ -231,7 +280,7 @@ void TestProgressWindow::cancelStopsTheWork_data() { addDeliveryRows(); }
 void TestProgressWindow::cancelStopsTheWork() {
     QFETCH(bool, notifyHook);
     const bridge_stats_t before = statsOf(m_bridge);
-    ProgressWindow window(m_bridge, deliveryFor(notifyHook));
+    AuditedWindow window(m_bridge, deliveryFor(notifyHook));
     window.show();
     QVERIFY(QTest::qWaitForWindowExposed(&window));
     QSignalSpy finished(&window, &ProgressWindow::finished);
@@ -261,7 +310,7 @@ void TestProgressWindow::cancelBeforeTheWorkStarts_data() { addDeliveryRows(); }
 // callback still comes through the queue.
 void TestProgressWindow::cancelBeforeTheWorkStarts() {
     QFETCH(bool, notifyHook);
-    ProgressWindow window(m_bridge, deliveryFor(notifyHook));
+    AuditedWindow window(m_bridge, deliveryFor(notifyHook));
     window.show();
     QVERIFY(QTest::qWaitForWindowExposed(&window));
     QSignalSpy finished(&window, &ProgressWindow::finished);
@@ -286,17 +335,17 @@ void TestProgressWindow::destroyedWithWorkInFlight() {
     QFETCH(bool, notifyHook);
     QFETCH(bool, closeIt);
     const bridge_stats_t before = statsOf(m_bridge);
-    auto *window = new ProgressWindow(m_bridge, deliveryFor(notifyHook));
+    auto *window = new AuditedWindow(m_bridge, deliveryFor(notifyHook));
     window->setAttribute(Qt::WA_DeleteOnClose, closeIt);
-    const QPointer<ProgressWindow> alive(window);
+    const QPointer<AuditedWindow> alive(window);
     window->show();
     QVERIFY(QTest::qWaitForWindowExposed(window));
 
     QTest::mouseClick(window->startButton(), Qt::LeftButton);
     QTRY_VERIFY_WITH_TIMEOUT(window->progressBar()->value() >= 3, WaitMs);
     // Keep the GUI thread busy for a few steps, so progress deliveries are waiting in
-    // the queue when the window goes: without its withdrawal, bridge_queue_free()
-    // would run them on the half-destroyed window.
+    // the queue when the window goes: the window's queue, destroyed with it, must drop
+    // them rather than run them on the half-destroyed window.
     QThread::msleep(100);
     if (closeIt) {
         window->close(); // Qt::WA_DeleteOnClose: deleteLater(), from the event loop
@@ -321,7 +370,7 @@ void TestProgressWindow::downloadShowsProgressAndResult() {
     QFETCH(bool, notifyHook);
     // 2 MiB in 64 chunks, 10 ms apart: long enough for several progress reports.
     constexpr int Size = 2 * 1024 * 1024;
-    ProgressWindow window(m_bridge, deliveryFor(notifyHook));
+    AuditedWindow window(m_bridge, deliveryFor(notifyHook));
     window.show();
     QVERIFY(QTest::qWaitForWindowExposed(&window));
     QSignalSpy progress(&window, &ProgressWindow::progressReported);
@@ -370,7 +419,7 @@ void TestProgressWindow::cancelStopsTheDownload_data() { addDeliveryRows(); }
 void TestProgressWindow::cancelStopsTheDownload() {
     QFETCH(bool, notifyHook);
     const bridge_stats_t before = statsOf(m_bridge);
-    ProgressWindow window(m_bridge, deliveryFor(notifyHook));
+    AuditedWindow window(m_bridge, deliveryFor(notifyHook));
     window.show();
     QVERIFY(QTest::qWaitForWindowExposed(&window));
     QSignalSpy progress(&window, &ProgressWindow::progressReported);
@@ -400,7 +449,7 @@ void TestProgressWindow::cancelTheDownloadAtOnce_data() { addDeliveryRows(); }
 void TestProgressWindow::cancelTheDownloadAtOnce() {
     QFETCH(bool, notifyHook);
     const bridge_stats_t before = statsOf(m_bridge);
-    ProgressWindow window(m_bridge, deliveryFor(notifyHook));
+    AuditedWindow window(m_bridge, deliveryFor(notifyHook));
     window.show();
     QVERIFY(QTest::qWaitForWindowExposed(&window));
     QSignalSpy finished(&window, &ProgressWindow::finished);
@@ -417,7 +466,7 @@ void TestProgressWindow::cancelTheDownloadAtOnce() {
 }
 
 void TestProgressWindow::downloadFailureIsShown() {
-    ProgressWindow window(m_bridge, ProgressWindow::Delivery::SocketNotifier);
+    AuditedWindow window(m_bridge, ProgressWindow::Wake::socket_notifier);
     window.show();
     QVERIFY(QTest::qWaitForWindowExposed(&window));
     QSignalSpy finished(&window, &ProgressWindow::finished);
@@ -439,6 +488,22 @@ void TestProgressWindow::downloadFailureIsShown() {
     QCOMPARE(finished.count(), 1);
 }
 
+// A bridge that no longer accepts work: Start and Download say so, and nothing runs.
+void TestProgressWindow::startRefusedByAStoppedBridge() {
+    asyncbridge::Bridge stopped;
+    QVERIFY(stopped.shutdown());
+    AuditedWindow window(stopped, ProgressWindow::Wake::socket_notifier);
+    window.startButton()->click();
+    QVERIFY2(window.statusLabel()->text().startsWith(QStringLiteral("could not start: ")),
+             qPrintable(window.statusLabel()->text()));
+    QVERIFY(window.startButton()->isEnabled());
+    window.urlEdit()->setText(serverUrl(QStringLiteral("/stream")));
+    window.downloadButton()->click();
+    QVERIFY2(window.statusLabel()->text().startsWith(QStringLiteral("cannot download: ")),
+             qPrintable(window.statusLabel()->text()));
+    QVERIFY(!window.cancelButton()->isEnabled());
+}
+
 void TestProgressWindow::destroyedWithDownloadInFlight_data() {
     QTest::addColumn<bool>("notifyHook");
     QTest::newRow("socket-notifier") << false;
@@ -450,9 +515,9 @@ void TestProgressWindow::destroyedWithDownloadInFlight_data() {
 void TestProgressWindow::destroyedWithDownloadInFlight() {
     QFETCH(bool, notifyHook);
     const bridge_stats_t before = statsOf(m_bridge);
-    auto *window = new ProgressWindow(m_bridge, deliveryFor(notifyHook));
+    auto *window = new AuditedWindow(m_bridge, deliveryFor(notifyHook));
     window->setAttribute(Qt::WA_DeleteOnClose, true);
-    const QPointer<ProgressWindow> alive(window);
+    const QPointer<AuditedWindow> alive(window);
     window->show();
     QVERIFY(QTest::qWaitForWindowExposed(window));
 
@@ -470,6 +535,40 @@ void TestProgressWindow::destroyedWithDownloadInFlight() {
     QCOMPARE(after.cancelled, before.cancelled + 1);
     QCOMPARE(after.completed, before.completed);
     QTest::qWait(200); // no late callback
+}
+
+// Hundreds of windows, each destroyed at a random point of its work (a short computation,
+// or a small download): before it starts, mid-progress, with deliveries queued, after it
+// ended; deleted at once or from the event loop. The audit (cleanup()) sees no callback on
+// a dead window or off the GUI thread; every run ends, completed or cancelled.
+void TestProgressWindow::manyWindowsComeAndGo() {
+    constexpr int Rounds = 300;
+    const bridge_stats_t before = statsOf(m_bridge);
+    QRandomGenerator random(4242);
+    for (int round = 0; round < Rounds; ++round) {
+        auto *window = new AuditedWindow(m_bridge, deliveryFor(round % 2), 5, 2);
+        if (round % 4 == 3) {
+            window->urlEdit()->setText(serverUrl(QStringLiteral("/stream?size=65536&chunk=4096&delay_ms=1")));
+            window->downloadButton()->click();
+        } else {
+            window->startButton()->click();
+        }
+        switch (random.bounded(4)) {
+        case 0: break;
+        case 1: QCoreApplication::processEvents(); break;
+        case 2: QThread::msleep(random.bounded(8)); break; // deliveries queue up meanwhile
+        default: QTest::qWait(int(random.bounded(15))); break;
+        }
+        if (random.bounded(2))
+            delete window;
+        else
+            window->deleteLater();
+    }
+    QTRY_COMPARE_WITH_TIMEOUT(statsOf(m_bridge).pending, uint64_t{0}, WaitMs);
+    const bridge_stats_t after = statsOf(m_bridge);
+    QCOMPARE(after.submitted - before.submitted, uint64_t(Rounds));
+    QCOMPARE((after.completed - before.completed) + (after.cancelled - before.cancelled), uint64_t(Rounds));
+    QTest::qWait(50); // no late callback
 }
 
 // Mid-progress above, finished below, on the window's own background.
