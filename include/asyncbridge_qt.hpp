@@ -60,6 +60,15 @@ enum class Wake {
 
 class Queue;
 namespace detail {
+// The queues queue_for() made, one per thread.
+struct QueueRegistry {
+    QMutex lock;
+    QHash<QThread *, Queue *> queues;
+};
+inline QueueRegistry &registry() {
+    static QueueRegistry r;
+    return r;
+}
 // Whether a Queue's destructor has begun, shared with the callbacks registered through it
 // (which may still be run by the C queue after the Queue object is gone: a queue freed
 // from inside one of its own callbacks runs the rest of its dispatch first).
@@ -92,6 +101,12 @@ public:
         }
     }
     ~Queue() override {
+        if (registered_) { // first: queue_for() must not hand it out any more
+            detail::QueueRegistry &r = detail::registry();
+            QMutexLocker g(&r.lock);
+            if (r.queues.value(thread()) == this)
+                r.queues.remove(thread());
+        }
         open_->store(false);   // before anything pending can run: see the class comment
         queue_.set_notify({}); // once this returns, the hook is not running
         delete notifier_;      // before the descriptor it watches is closed
@@ -108,6 +123,8 @@ public:
 
 private:
     friend detail::QueueOpen detail::open_flag(const Queue &q);
+    friend Queue &queue_for(QObject *context);
+    bool registered_ = false; // made by queue_for()
     std::shared_ptr<std::atomic<bool>> open_ = std::make_shared<std::atomic<bool>>(true);
     asyncbridge::Queue queue_;
     QSocketNotifier *notifier_ = nullptr;
@@ -128,32 +145,33 @@ inline void check_context(const Queue &queue, const QObject *context, const char
 
 /**
  * The queue of `context`'s thread (of the calling thread for nullptr), made on first use:
- * on the application's thread it is a child of the QCoreApplication (one must exist),
- * on another QThread it is deleted when that thread finishes (that thread needs an
- * event loop for callbacks to run).
+ * the application thread's is deleted with the QCoreApplication (one must exist); a
+ * QThread's when that thread finishes (it needs an event loop for callbacks to run).
+ * A thread not started by QThread (std::thread) never says it finished: give such a
+ * thread a qt::Queue of its own instead.
  */
 inline Queue &queue_for(QObject *context) {
     QThread *thread = context ? context->thread() : QThread::currentThread();
-    static QMutex lock;
-    static QHash<QThread *, Queue *> queues;
-    QMutexLocker guard(&lock);
-    if (Queue *q = queues.value(thread))
+    detail::QueueRegistry &r = detail::registry();
+    QMutexLocker guard(&r.lock);
+    if (Queue *q = r.queues.value(thread))
         return *q;
     const bool here = thread == QThread::currentThread();
     // A QSocketNotifier must be made on its own thread; elsewhere the hook is used.
     auto *q = new Queue(nullptr, here ? Wake::socket_notifier : Wake::notify_hook);
     if (!here)
         q->moveToThread(thread);
-    QObject::connect(q, &QObject::destroyed, [thread] {
-        QMutexLocker g(&lock);
-        queues.remove(thread);
-    });
+    q->registered_ = true;
     QCoreApplication *app = QCoreApplication::instance();
-    if (app && thread == app->thread() && here)
-        q->setParent(app);
-    else
+    if (app && thread == app->thread()) {
+        if (here)
+            q->setParent(app);
+        else // a parent can only be set on its own thread: go with it instead
+            QObject::connect(app, &QObject::destroyed, q, [q] { delete q; }, Qt::DirectConnection);
+    } else {
         QObject::connect(thread, &QThread::finished, q, [q] { delete q; }, Qt::DirectConnection);
-    queues.insert(thread, q);
+    }
+    r.queues.insert(thread, q);
     return *q;
 }
 
