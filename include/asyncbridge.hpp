@@ -1362,7 +1362,10 @@ struct Future<T>::Awaiter {
     template <class P> bool await_suspend(std::coroutine_handle<P> h) noexcept {
         return core.suspend(h, detail::owns_frame(h));
     }
-    U await_resume() {
+    // U is T& for an lvalue future: what get() gives (a reference into the future, or
+    // a view for the library's types: std::string_view, http::ResponseView, ...); T
+    // for a temporary: what take() gives.
+    decltype(auto) await_resume() {
         core.resumed();
         if (core.refused() != BRIDGE_OK)
             throw error(core.refused(), "co_await");
@@ -1370,7 +1373,7 @@ struct Future<T>::Awaiter {
         if constexpr (std::is_void_v<T>) {
             view.rethrow_unless_ok();
         } else if constexpr (std::is_reference_v<U>) {
-            // A reference into the awaited future, which the caller holds.
+            // Into the awaited future, which the caller holds.
             return view.value_ref();
         } else {
             return view.take_now();
