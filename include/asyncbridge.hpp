@@ -1550,6 +1550,10 @@ struct PromiseBase {
             awaiting(o.pending_future());
         return home ? o.via(*home) : o.operator co_await();
     }
+    // `co_await f.outcome()` (a temporary) and `co_await o` (a variable) too: the
+    // catch-all below would take them, past the cancel and past the queue.
+    Outcome::Awaiter await_transform(Outcome &o) { return await_transform(std::as_const(o)); }
+    Outcome::Awaiter await_transform(Outcome &&o) { return await_transform(std::as_const(o)); }
     template <class U, class V> typename Future<U>::template Awaiter<V> await_transform(
         typename Future<U>::template Awaiter<V> &&a) {
         awaiting(a.core.future());
