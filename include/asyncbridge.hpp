@@ -1346,6 +1346,12 @@ private:
     bridge_status refused_ = BRIDGE_OK;
 };
 
+// Whether `A` is an awaiter of this header (Future<T>::Awaiter<U>, Outcome::Awaiter).
+template <class A, class = void> struct is_awaiter : std::false_type {};
+template <class A>
+struct is_awaiter<A, std::void_t<decltype(std::declval<A &>().core)>>
+    : std::is_same<decltype(std::declval<A &>().core), AwaitCore> {};
+
 // Whether the awaiting coroutine's promise is one of ours (then we own its frame).
 struct PromiseBase;
 template <class P> bool owns_frame(std::coroutine_handle<P>) noexcept {
@@ -1554,18 +1560,16 @@ struct PromiseBase {
     // catch-all below would take them, past the cancel and past the queue.
     Outcome::Awaiter await_transform(Outcome &o) { return await_transform(std::as_const(o)); }
     Outcome::Awaiter await_transform(Outcome &&o) { return await_transform(std::as_const(o)); }
-    template <class U, class V> typename Future<U>::template Awaiter<V> await_transform(
-        typename Future<U>::template Awaiter<V> &&a) {
-        awaiting(a.core.future());
-        return std::move(a);
+    // An awaiter of this header named explicitly (`co_await f.via(q)`,
+    // `co_await f.outcome().via(q)`) is awaited as it is, and remembered for a cancel
+    // to reach; anything else (another library's awaitable) is awaited as it is.
+    template <class A> A &&await_transform(A &&a) noexcept {
+        if constexpr (is_awaiter<std::remove_cv_t<std::remove_reference_t<A>>>::value) {
+            if (future_t *f = a.core.future())
+                awaiting(f);
+        }
+        return std::forward<A>(a);
     }
-    Outcome::Awaiter await_transform(Outcome::Awaiter &&a) {
-        if (a.core.future())
-            awaiting(a.core.future());
-        return std::move(a);
-    }
-    // Anything else (another library's awaitable) is awaited as it is.
-    template <class A> A &&await_transform(A &&a) noexcept { return std::forward<A>(a); }
 };
 
 template <class T> struct CoroutinePromise : PromiseBase {
