@@ -1516,6 +1516,18 @@ struct PromiseBase {
             future_cancel(f);
     }
 
+    // Right before the future is resolved: drops the frame's references (its own
+    // future, and what it awaited last), so that the value is destroyed by the last
+    // release of the future, not by the end of this frame a moment later on this
+    // thread, after a waiter woken by the resolve has released it already.
+    void let_go() noexcept {
+        {
+            std::lock_guard<std::mutex> g(lock);
+            future_release(std::exchange(awaited, nullptr));
+        }
+        future_release(std::exchange(own, nullptr));
+    }
+
     std::suspend_never initial_suspend() const noexcept { return {}; }
     void unhandled_exception() noexcept { exception = std::current_exception(); }
 
@@ -1592,6 +1604,7 @@ template <class T> struct CoroutinePromise : PromiseBase {
                         return true;
                     }
                     p->value.reset();
+                    p->let_go();
                     bridge_promise_resolve(std::exchange(p->promise, nullptr), boxed, value_traits<T>::free_fn);
                 }
                 return true; // the frame is destroyed now
@@ -1611,8 +1624,10 @@ template <> struct CoroutinePromise<void> : PromiseBase {
         struct Settle {
             CoroutinePromise *p;
             bool await_ready() noexcept {
-                if (!p->settle_exception())
+                if (!p->settle_exception()) {
+                    p->let_go();
                     bridge_promise_resolve(std::exchange(p->promise, nullptr), nullptr, nullptr);
+                }
                 return true;
             }
             void await_suspend(std::coroutine_handle<>) noexcept {}
