@@ -1272,10 +1272,24 @@ struct Resumption {
         auto *owner = static_cast<std::shared_ptr<Resumption> *>(box);
         std::shared_ptr<Resumption> self = std::move(*owner);
         delete owner;
-        int expected = waiting;
         // Dropped unrun (the queue went away): nobody will resume the coroutine.
-        if (self->phase.compare_exchange_strong(expected, abandoned) && self->owns_frame)
-            self->handle.destroy();
+        int phase = self->phase.load();
+        for (;;) {
+            if (phase == waiting) {
+                if (self->phase.compare_exchange_weak(phase, abandoned)) {
+                    if (self->owns_frame)
+                        self->handle.destroy();
+                    return;
+                }
+            } else if (phase == registering) {
+                // Dropped as it is registered (the queue is being freed, and the future
+                // has just finished): AwaitCore::suspend sees it and acts.
+                if (self->phase.compare_exchange_weak(phase, abandoned))
+                    return;
+            } else {
+                return;
+            }
+        }
     }
 };
 
@@ -1331,7 +1345,15 @@ public:
         int expected = Resumption::registering;
         if (keep->phase.compare_exchange_strong(expected, Resumption::waiting))
             return true; // suspended; resumed by the callback alone
-        return false;    // finished during the registration: go on at once
+        if (expected == Resumption::abandoned) {
+            // Dropped during the registration: as if dropped while waiting. A frame of
+            // ours is destroyed (nothing of `this` after that); another's stays
+            // suspended, its owner's to destroy.
+            if (owns_frame)
+                h.destroy();
+            return true;
+        }
+        return false; // finished during the registration: go on at once
     }
     void resumed() noexcept { suspended_ = false; }
     bridge_status refused() const noexcept { return refused_; }
