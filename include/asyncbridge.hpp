@@ -649,8 +649,9 @@ public:
      */
     template <class F> void then(Queue &q, F &&fn) const {
         using Fn = std::decay_t<F>;
+        future_t *f = need(); // before the box: a throw here leaks nothing
         auto *box = new Fn(std::forward<F>(fn));
-        detail::check(future_on_done_via_with_free(need(), q.get(), &call_then<Fn>, box, &detail::delete_object<Fn>),
+        detail::check(future_on_done_via_with_free(f, q.get(), &call_then<Fn>, box, &detail::delete_object<Fn>),
                       "future_on_done_via");
     }
     /**
@@ -664,8 +665,9 @@ public:
      *  (coalesced: latest values). `fn(uint64_t done, uint64_t total)`. */
     template <class F> void on_progress(Queue &q, F &&fn) const {
         using Fn = std::decay_t<F>;
+        future_t *f = need(); // before the box: a throw here leaks nothing
         auto *box = new Fn(std::forward<F>(fn));
-        detail::check(future_on_progress_via_with_free(need(), q.get(), &call_progress<Fn>, box,
+        detail::check(future_on_progress_via_with_free(f, q.get(), &call_progress<Fn>, box,
                                                        &detail::delete_object<Fn>),
                       "future_on_progress_via");
     }
@@ -943,8 +945,9 @@ public:
      */
     template <class F> void on_cancel(F &&fn) {
         using Fn = std::decay_t<F>;
+        bridge_promise_t *p = need("Promise::on_cancel"); // before the box: a throw here leaks nothing
         auto *box = new Fn(std::forward<F>(fn));
-        detail::check(bridge_promise_on_cancel_with_free(need("Promise::on_cancel"), &detail::call_post<Fn>, box,
+        detail::check(bridge_promise_on_cancel_with_free(p, &detail::call_post<Fn>, box,
                                                          &detail::delete_object<Fn>),
                       "bridge_promise_on_cancel");
     }
