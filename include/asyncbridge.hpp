@@ -624,8 +624,14 @@ public:
     }
 
     /** Requests cancellation (future_cancel()); the future ends BRIDGE_CANCELLED once the
-     *  work has stopped. @return true if it was pending. */
-    bool cancel() noexcept { return f_ && future_cancel(f_) == BRIDGE_OK; }
+     *  work has stopped. @return true if it was pending; false for an empty future and a
+     *  finished one, whatever its outcome. */
+    bool cancel() noexcept {
+        // future_cancel() answers BRIDGE_OK for a future that ended OK too. One that is
+        // asked in time never ends OK; one that does was past the point where a cancel
+        // counts (finishing already), and so was not cancelled either.
+        return f_ && future_cancel(f_) == BRIDGE_OK && future_status(f_) != BRIDGE_OK;
+    }
     /** The latest progress reported by the work. */
     Progress progress() const {
         Progress p;
