@@ -926,7 +926,8 @@ public:
         bridge_promise_fail(take("Promise::fail"), code, message.c_str());
     }
     /** Fails the future with what `e` holds, as work would (asyncbridge::failed keeps its
-     *  code; asyncbridge::cancelled abandons it). Consumes the promise. */
+     *  code, std::bad_alloc is ENOMEM; asyncbridge::cancelled abandons it). Consumes the
+     *  promise. */
     void fail(std::exception_ptr e) {
         bridge_promise_t *p = take("Promise::fail");
         try {
@@ -935,6 +936,8 @@ public:
             bridge_promise_fail(p, x.code(), x.what());
         } catch (const asyncbridge::cancelled &) {
             bridge_promise_free(p);
+        } catch (const std::bad_alloc &) {
+            bridge_promise_fail(p, out_of_memory_code, "out of memory");
         } catch (const std::exception &x) {
             bridge_promise_fail(p, exception_code, x.what());
         } catch (...) {
