@@ -260,6 +260,12 @@ void http_errors() {
     CHECK_EQ(e3->os_error(), ECONNREFUSED);
     CHECK_EQ(refused.outcome().os_error(), ECONNREFUSED);
 
+    http::Request limited;
+    limited.url = server->url("/stream?size=1000");
+    limited.max_body = 100;
+    CHECK_THROWS(failed, e5, http::send(bridge, limited).get());
+    CHECK_EQ(e5->code(), BRIDGE_E_TOO_LARGE);
+
     CHECK(bridge.shutdown());
     CHECK_THROWS(error, e4, http::get(bridge, server->url("/user/1")));
     CHECK_EQ(e4->status(), BRIDGE_E_NOT_RUNNING);
