@@ -330,6 +330,19 @@ void move_only_value_type() {
     CHECK_EQ(*p, std::string("boxed"));
 }
 
+void lambda_returning_a_reference_gives_a_copy() {
+    Bridge bridge;
+    const std::string original = "kept by the caller";
+    auto f = submit(bridge, [&]() -> const std::string & { return original; });
+    static_assert(std::is_same_v<decltype(f), Future<std::string>>);
+    CHECK_EQ(f.get(), original);
+    CHECK(&f.get() != &original); // the future holds a copy of its own
+    auto g = f.then([](Future<std::string> &prev) -> std::string & { return prev.get(); });
+    static_assert(std::is_same_v<decltype(g), Future<std::string>>);
+    CHECK_EQ(g.take(), original);
+    CHECK_EQ(f.get(), original); // copied, not moved out of f
+}
+
 void work_on_the_loop_thread() {
     Bridge bridge;
     auto f = submit(bridge, [&](Job &) { return bridge_in_loop(bridge); }, run::on_loop);
@@ -427,6 +440,7 @@ int main() {
     RUN(taken_value_is_destroyed_once_when_it_dies);
     RUN(value_of_a_released_future_is_destroyed_when_the_work_ends);
     RUN(move_only_value_type);
+    RUN(lambda_returning_a_reference_gives_a_copy);
     RUN(work_on_the_loop_thread);
     RUN(get_on_a_loop_thread_throws_would_deadlock);
     RUN(shutdown_from_a_loop_thread_throws_would_deadlock);
