@@ -506,7 +506,9 @@ template <class F> auto invoke_work(F &fn, Job &job) {
 }
 
 template <class F> int32_t work_trampoline(bridge_job_t *job, void *arg) noexcept {
-    using R = typename work_result_t<F>::type;
+    // By value: work that returns a reference gives the future a copy (as submit's
+    // Future<std::decay_t<...>> says).
+    using R = std::decay_t<typename work_result_t<F>::type>;
     F &fn = *static_cast<F *>(arg);
     Job j(job);
     return run_catching<R>(job, [&]() -> R { return invoke_work(fn, j); });
@@ -763,11 +765,12 @@ template <class T, class Fn> int32_t then_trampoline(bridge_job_t *job, future_t
     auto &fn = static_cast<ThenArg<T, Fn> *>(arg)->fn;
     Job j(job);
     Future<T> p = Future<T>::retain(prev);
+    // By value, as in work_trampoline.
     if constexpr (std::is_invocable_v<Fn &, Future<T> &, Job &>) {
-        using R = std::invoke_result_t<Fn &, Future<T> &, Job &>;
+        using R = std::decay_t<std::invoke_result_t<Fn &, Future<T> &, Job &>>;
         return run_catching<R>(job, [&]() -> R { return fn(p, j); });
     } else {
-        using R = std::invoke_result_t<Fn &, Future<T> &>;
+        using R = std::decay_t<std::invoke_result_t<Fn &, Future<T> &>>;
         return run_catching<R>(job, [&]() -> R { return fn(p); });
     }
 }
