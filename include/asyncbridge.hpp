@@ -506,7 +506,9 @@ template <class F> auto invoke_work(F &fn, Job &job) {
 }
 
 template <class F> int32_t work_trampoline(bridge_job_t *job, void *arg) noexcept {
-    using R = typename work_result_t<F>::type;
+    // By value: work that returns a reference gives the future a copy (as submit's
+    // Future<std::decay_t<...>> says).
+    using R = std::decay_t<typename work_result_t<F>::type>;
     F &fn = *static_cast<F *>(arg);
     Job j(job);
     return run_catching<R>(job, [&]() -> R { return invoke_work(fn, j); });
@@ -624,8 +626,14 @@ public:
     }
 
     /** Requests cancellation (future_cancel()); the future ends BRIDGE_CANCELLED once the
-     *  work has stopped. @return true if it was pending. */
-    bool cancel() noexcept { return f_ && future_cancel(f_) == BRIDGE_OK; }
+     *  work has stopped. @return true if it was pending; false for an empty future and a
+     *  finished one, whatever its outcome. */
+    bool cancel() noexcept {
+        // future_cancel() answers BRIDGE_OK for a future that ended OK too. One that is
+        // asked in time never ends OK; one that does was past the point where a cancel
+        // counts (finishing already), and so was not cancelled either.
+        return f_ && future_cancel(f_) == BRIDGE_OK && future_status(f_) != BRIDGE_OK;
+    }
     /** The latest progress reported by the work. */
     Progress progress() const {
         Progress p;
@@ -649,8 +657,9 @@ public:
      */
     template <class F> void then(Queue &q, F &&fn) const {
         using Fn = std::decay_t<F>;
+        future_t *f = need(); // before the box: a throw here leaks nothing
         auto *box = new Fn(std::forward<F>(fn));
-        detail::check(future_on_done_via_with_free(need(), q.get(), &call_then<Fn>, box, &detail::delete_object<Fn>),
+        detail::check(future_on_done_via_with_free(f, q.get(), &call_then<Fn>, box, &detail::delete_object<Fn>),
                       "future_on_done_via");
     }
     /**
@@ -664,8 +673,9 @@ public:
      *  (coalesced: latest values). `fn(uint64_t done, uint64_t total)`. */
     template <class F> void on_progress(Queue &q, F &&fn) const {
         using Fn = std::decay_t<F>;
+        future_t *f = need(); // before the box: a throw here leaks nothing
         auto *box = new Fn(std::forward<F>(fn));
-        detail::check(future_on_progress_via_with_free(need(), q.get(), &call_progress<Fn>, box,
+        detail::check(future_on_progress_via_with_free(f, q.get(), &call_progress<Fn>, box,
                                                        &detail::delete_object<Fn>),
                       "future_on_progress_via");
     }
@@ -755,11 +765,12 @@ template <class T, class Fn> int32_t then_trampoline(bridge_job_t *job, future_t
     auto &fn = static_cast<ThenArg<T, Fn> *>(arg)->fn;
     Job j(job);
     Future<T> p = Future<T>::retain(prev);
+    // By value, as in work_trampoline.
     if constexpr (std::is_invocable_v<Fn &, Future<T> &, Job &>) {
-        using R = std::invoke_result_t<Fn &, Future<T> &, Job &>;
+        using R = std::decay_t<std::invoke_result_t<Fn &, Future<T> &, Job &>>;
         return run_catching<R>(job, [&]() -> R { return fn(p, j); });
     } else {
-        using R = std::invoke_result_t<Fn &, Future<T> &>;
+        using R = std::decay_t<std::invoke_result_t<Fn &, Future<T> &>>;
         return run_catching<R>(job, [&]() -> R { return fn(p); });
     }
 }
@@ -918,7 +929,8 @@ public:
         bridge_promise_fail(take("Promise::fail"), code, message.c_str());
     }
     /** Fails the future with what `e` holds, as work would (asyncbridge::failed keeps its
-     *  code; asyncbridge::cancelled abandons it). Consumes the promise. */
+     *  code, std::bad_alloc is ENOMEM; asyncbridge::cancelled abandons it). Consumes the
+     *  promise. */
     void fail(std::exception_ptr e) {
         bridge_promise_t *p = take("Promise::fail");
         try {
@@ -927,6 +939,8 @@ public:
             bridge_promise_fail(p, x.code(), x.what());
         } catch (const asyncbridge::cancelled &) {
             bridge_promise_free(p);
+        } catch (const std::bad_alloc &) {
+            bridge_promise_fail(p, out_of_memory_code, "out of memory");
         } catch (const std::exception &x) {
             bridge_promise_fail(p, exception_code, x.what());
         } catch (...) {
@@ -943,8 +957,9 @@ public:
      */
     template <class F> void on_cancel(F &&fn) {
         using Fn = std::decay_t<F>;
+        bridge_promise_t *p = need("Promise::on_cancel"); // before the box: a throw here leaks nothing
         auto *box = new Fn(std::forward<F>(fn));
-        detail::check(bridge_promise_on_cancel_with_free(need("Promise::on_cancel"), &detail::call_post<Fn>, box,
+        detail::check(bridge_promise_on_cancel_with_free(p, &detail::call_post<Fn>, box,
                                                          &detail::delete_object<Fn>),
                       "bridge_promise_on_cancel");
     }
@@ -1272,10 +1287,24 @@ struct Resumption {
         auto *owner = static_cast<std::shared_ptr<Resumption> *>(box);
         std::shared_ptr<Resumption> self = std::move(*owner);
         delete owner;
-        int expected = waiting;
         // Dropped unrun (the queue went away): nobody will resume the coroutine.
-        if (self->phase.compare_exchange_strong(expected, abandoned) && self->owns_frame)
-            self->handle.destroy();
+        int phase = self->phase.load();
+        for (;;) {
+            if (phase == waiting) {
+                if (self->phase.compare_exchange_weak(phase, abandoned)) {
+                    if (self->owns_frame)
+                        self->handle.destroy();
+                    return;
+                }
+            } else if (phase == registering) {
+                // Dropped as it is registered (the queue is being freed, and the future
+                // has just finished): AwaitCore::suspend sees it and acts.
+                if (self->phase.compare_exchange_weak(phase, abandoned))
+                    return;
+            } else {
+                return;
+            }
+        }
     }
 };
 
@@ -1331,7 +1360,15 @@ public:
         int expected = Resumption::registering;
         if (keep->phase.compare_exchange_strong(expected, Resumption::waiting))
             return true; // suspended; resumed by the callback alone
-        return false;    // finished during the registration: go on at once
+        if (expected == Resumption::abandoned) {
+            // Dropped during the registration: as if dropped while waiting. A frame of
+            // ours is destroyed (nothing of `this` after that); another's stays
+            // suspended, its owner's to destroy.
+            if (owns_frame)
+                h.destroy();
+            return true;
+        }
+        return false; // finished during the registration: go on at once
     }
     void resumed() noexcept { suspended_ = false; }
     bridge_status refused() const noexcept { return refused_; }
@@ -1345,6 +1382,12 @@ private:
     bool suspended_ = false;
     bridge_status refused_ = BRIDGE_OK;
 };
+
+// Whether `A` is an awaiter of this header (Future<T>::Awaiter<U>, Outcome::Awaiter).
+template <class A, class = void> struct is_awaiter : std::false_type {};
+template <class A>
+struct is_awaiter<A, std::void_t<decltype(std::declval<A &>().core)>>
+    : std::is_same<decltype(std::declval<A &>().core), AwaitCore> {};
 
 // Whether the awaiting coroutine's promise is one of ours (then we own its frame).
 struct PromiseBase;
@@ -1362,7 +1405,10 @@ struct Future<T>::Awaiter {
     template <class P> bool await_suspend(std::coroutine_handle<P> h) noexcept {
         return core.suspend(h, detail::owns_frame(h));
     }
-    U await_resume() {
+    // U is T& for an lvalue future: what get() gives (a reference into the future, or
+    // a view for the library's types: std::string_view, http::ResponseView, ...); T
+    // for a temporary: what take() gives.
+    decltype(auto) await_resume() {
         core.resumed();
         if (core.refused() != BRIDGE_OK)
             throw error(core.refused(), "co_await");
@@ -1370,7 +1416,7 @@ struct Future<T>::Awaiter {
         if constexpr (std::is_void_v<T>) {
             view.rethrow_unless_ok();
         } else if constexpr (std::is_reference_v<U>) {
-            // A reference into the awaited future, which the caller holds.
+            // Into the awaited future, which the caller holds.
             return view.value_ref();
         } else {
             return view.take_now();
@@ -1507,6 +1553,18 @@ struct PromiseBase {
             future_cancel(f);
     }
 
+    // Right before the future is resolved: drops the frame's references (its own
+    // future, and what it awaited last), so that the value is destroyed by the last
+    // release of the future, not by the end of this frame a moment later on this
+    // thread, after a waiter woken by the resolve has released it already.
+    void let_go() noexcept {
+        {
+            std::lock_guard<std::mutex> g(lock);
+            future_release(std::exchange(awaited, nullptr));
+        }
+        future_release(std::exchange(own, nullptr));
+    }
+
     std::suspend_never initial_suspend() const noexcept { return {}; }
     void unhandled_exception() noexcept { exception = std::current_exception(); }
 
@@ -1547,22 +1605,20 @@ struct PromiseBase {
             awaiting(o.pending_future());
         return home ? o.via(*home) : o.operator co_await();
     }
-    // Without these, `co_await f.outcome()` (a temporary) would bind to the catch-all
-    // below, a better match than const&, and resume off the queue.
+    // `co_await f.outcome()` (a temporary) and `co_await o` (a variable) too: the
+    // catch-all below would take them, past the cancel and past the queue.
     Outcome::Awaiter await_transform(Outcome &o) { return await_transform(std::as_const(o)); }
     Outcome::Awaiter await_transform(Outcome &&o) { return await_transform(std::as_const(o)); }
-    template <class U, class V> typename Future<U>::template Awaiter<V> await_transform(
-        typename Future<U>::template Awaiter<V> &&a) {
-        awaiting(a.core.future());
-        return std::move(a);
+    // An awaiter of this header named explicitly (`co_await f.via(q)`,
+    // `co_await f.outcome().via(q)`) is awaited as it is, and remembered for a cancel
+    // to reach; anything else (another library's awaitable) is awaited as it is.
+    template <class A> A &&await_transform(A &&a) noexcept {
+        if constexpr (is_awaiter<std::remove_cv_t<std::remove_reference_t<A>>>::value) {
+            if (future_t *f = a.core.future())
+                awaiting(f);
+        }
+        return std::forward<A>(a);
     }
-    Outcome::Awaiter await_transform(Outcome::Awaiter &&a) {
-        if (a.core.future())
-            awaiting(a.core.future());
-        return std::move(a);
-    }
-    // Anything else (another library's awaitable) is awaited as it is.
-    template <class A> A &&await_transform(A &&a) noexcept { return std::forward<A>(a); }
 };
 
 template <class T> struct CoroutinePromise : PromiseBase {
@@ -1585,6 +1641,7 @@ template <class T> struct CoroutinePromise : PromiseBase {
                         return true;
                     }
                     p->value.reset();
+                    p->let_go();
                     bridge_promise_resolve(std::exchange(p->promise, nullptr), boxed, value_traits<T>::free_fn);
                 }
                 return true; // the frame is destroyed now
@@ -1604,8 +1661,10 @@ template <> struct CoroutinePromise<void> : PromiseBase {
         struct Settle {
             CoroutinePromise *p;
             bool await_ready() noexcept {
-                if (!p->settle_exception())
+                if (!p->settle_exception()) {
+                    p->let_go();
                     bridge_promise_resolve(std::exchange(p->promise, nullptr), nullptr, nullptr);
+                }
                 return true;
             }
             void await_suspend(std::coroutine_handle<>) noexcept {}

@@ -17,6 +17,8 @@ until it is killed; each request runs in a thread of its own.
       "<id % 7> orders", "<id * 3 % 100> in stock". /orders/<id> answers
       503 for every id ending in 9; every endpoint of an id given with --slow
       answers only after --slow-ms (the client is expected to give up first).
+  POST /echo
+      200 with the request's body, under the request's Content-Type.
 
 Usage: test_server.py [--slow ID]... [--slow-ms MS] [--until-stdin-closes]
   --until-stdin-closes  also stop when stdin reaches its end, so that a server whose
@@ -74,6 +76,15 @@ class Handler(BaseHTTPRequestHandler):
                 self.reply(404, b"not found\n")
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client went away (cancelled): nothing to do
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(length)
+        if urlsplit(self.path).path == "/echo":
+            content_type = self.headers.get("Content-Type", "application/octet-stream")
+            self.reply(200, body, content_type)
+        else:
+            self.reply(404, b"not found\n")
 
     def stream(self, query):
         def number(name, default):
