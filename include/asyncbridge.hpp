@@ -570,7 +570,9 @@ public:
         cancel_on_drop_ = on;
         return *this;
     }
-    Future &&cancel_on_drop(bool on = true) && noexcept {
+    /** On a temporary (`submit(...).cancel_on_drop()`): a new handle, so that even
+     *  `auto &&f = submit(...).cancel_on_drop();` owns its future. */
+    Future cancel_on_drop(bool on = true) && noexcept {
         cancel_on_drop_ = on;
         return std::move(*this);
     }
@@ -614,10 +616,13 @@ public:
 
     /** Waits, then: the value (a reference into the future, valid while it is held and
      *  not taken) for BRIDGE_OK; throws asyncbridge::failed / asyncbridge::cancelled. */
-    decltype(auto) get() {
+    decltype(auto) get() & {
         wait();
         return value_ref();
     }
+    /** On a temporary (`submit(...).get()`), whose reference would dangle at the end of
+     *  the statement: take() instead, the value by value. */
+    T get() && { return take(); }
     /** Waits, then moves the value out of the future (it has none afterwards); throws as
      *  get(). For Future<void>, only waits and throws. */
     T take() {
@@ -647,7 +652,7 @@ public:
                       "future_set_timeout");
         return *this;
     }
-    Future &&set_timeout(std::chrono::milliseconds limit) && { return std::move(set_timeout(limit)); }
+    Future set_timeout(std::chrono::milliseconds limit) && { return std::move(set_timeout(limit)); }
 
     /**
      * Runs `fn(Future<T> &done)` inside `q.dispatch()`, on the dispatching thread, once
@@ -933,6 +938,10 @@ public:
      *  promise. */
     void fail(std::exception_ptr e) {
         bridge_promise_t *p = take("Promise::fail");
+        if (!e) { // rethrowing a null exception_ptr is undefined
+            bridge_promise_fail(p, exception_code, "no exception");
+            return;
+        }
         try {
             std::rethrow_exception(e);
         } catch (const failed &x) {

@@ -213,6 +213,35 @@ void future_void_outcomes() {
     CHECK_THROWS(cancelled, ce, c.take());
 }
 
+void temporaries_own_what_they_give() {
+    Bridge bridge;
+    // get() on a temporary gives the value itself: a reference would dangle once the
+    // statement ends (ASan would report the read below).
+    const std::string s = submit(bridge, [] { return std::string(100, 'x'); }).get();
+    CHECK_EQ(s, std::string(100, 'x'));
+    static_assert(std::is_same_v<decltype(submit(bridge, [] { return 1; }).get()), int>);
+    static_assert(std::is_same_v<decltype(std::declval<Future<int> &>().get()), int &>);
+    // cancel_on_drop() and set_timeout() on a temporary give a handle of their own, so
+    // `auto &&` owns the future rather than binding to a dead temporary.
+    std::atomic<int> saw_cancel{0};
+    std::atomic<bool> started{false};
+    Future<int> observer;
+    {
+        auto &&f = submit(bridge, until_cancelled(&saw_cancel, &started)).cancel_on_drop();
+        static_assert(std::is_same_v<decltype(f), Future<int> &&>);
+        CHECK(f.valid());
+        observer = Future<int>::retain(f.get_c());
+        CHECK(check::eventually([&] { return started.load(); }));
+        auto &&g = sleep(bridge, std::chrono::milliseconds(1)).set_timeout(std::chrono::seconds(5));
+        CHECK(g.valid());
+        g.wait();
+        CHECK(g.status() == state::ok);
+    } // f dies here, and cancels the work
+    observer.wait();
+    CHECK(observer.status() == state::cancelled);
+    CHECK_EQ(saw_cancel.load(), 1);
+}
+
 void cancel_on_drop_cancels_when_the_future_dies() {
     Bridge bridge;
     std::atomic<int> saw_cancel{0};
@@ -425,6 +454,7 @@ int main() {
     RUN(sleep_is_a_future_void);
     RUN(future_void_outcomes);
     RUN(cancel_on_drop_cancels_when_the_future_dies);
+    RUN(temporaries_own_what_they_give);
     RUN(without_cancel_on_drop_the_work_goes_on);
     RUN(cancel_on_drop_follows_moves_and_can_be_turned_off);
     RUN(moves_of_futures_leave_them_empty);

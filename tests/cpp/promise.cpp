@@ -101,6 +101,10 @@ void fail_with_an_exception_maps_it_as_work_does() {
     const Outcome e = fail_with(std::make_exception_ptr(cancelled()));
     CHECK(e.is_failed());
     CHECK_EQ(e.code(), BRIDGE_E_ABANDONED);
+    // No exception at all (a null exception_ptr) fails too, instead of being undefined.
+    const Outcome n = fail_with(std::exception_ptr());
+    CHECK(n.is_failed());
+    CHECK_EQ(n.code(), exception_code);
     // The usual pattern: a catch-all around the producer's code.
     Promise<int> p(bridge);
     auto f = p.get_future();
