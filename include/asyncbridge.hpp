@@ -1277,17 +1277,14 @@ struct Resumption {
     // For a coroutine of this header: destroys the frame when the callback is dropped
     // unrun (its queue was freed first), so its locals and its promise are not leaked.
     bool owns_frame = false;
-    bool finished_inline = false;
 
     static void fire(future_t *, void *box) noexcept {
         auto &self = **static_cast<std::shared_ptr<Resumption> *>(box);
         int expected = registering;
-        // Finished during the registration itself, on the registering thread: the
-        // awaiting side goes on without suspending.
-        if (self.phase.compare_exchange_strong(expected, resumed)) {
-            self.finished_inline = true;
+        // Fired before the registration returned (on the registering thread, or by a
+        // dispatch on another): the awaiting side sees it and goes on without suspending.
+        if (self.phase.compare_exchange_strong(expected, resumed))
             return;
-        }
         expected = waiting;
         if (self.phase.compare_exchange_strong(expected, resumed))
             self.handle.resume();
