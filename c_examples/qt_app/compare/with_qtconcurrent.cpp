@@ -2,7 +2,6 @@
 // (100 steps of 20 ms summing squares) with a progress bar, Cancel stops it, closing the window
 // mid-run stops it too.
 #include <QApplication>
-#include <QEventLoop>
 #include <QFutureWatcher>
 #include <QLabel>
 #include <QProgressBar>
@@ -10,11 +9,8 @@
 #include <QPushButton>
 #include <QThread>
 #include <QThreadPool>
-#include <QTimer>
 #include <QVBoxLayout>
 #include <QtConcurrent>
-
-#include <functional>
 
 static void sumOfSquares(QPromise<quint64> &promise) {
     promise.setProgressRange(0, 100);
@@ -82,59 +78,8 @@ private:
     QPushButton *m_cancel = new QPushButton("Cancel");
 };
 
-// count-lines: skip -- the self-test, the same in the three versions
-// --selftest: drives a window headless as a user would; exits 0 only if all went right.
-static bool waitFor(const std::function<bool()> &done) {
-    QEventLoop loop;
-    QTimer poll;
-    QObject::connect(&poll, &QTimer::timeout, &loop, [&] {
-        if (done())
-            loop.quit();
-    });
-    poll.start(5);
-    QTimer::singleShot(15000, &loop, [&] { loop.exit(1); }); // a watchdog, not a timing
-    return done() || loop.exec() == 0;
-}
-
-static int selftest(const std::function<QWidget *()> &makeWindow,
-                    const std::function<bool()> &workStopped) {
-    const auto fail = [](const char *what) {
-        qCritical("selftest failed: %s", what);
-        return 1;
-    };
-    QWidget *window = makeWindow();
-    window->show();
-    QPushButton *start = nullptr, *cancel = nullptr;
-    for (auto *button : window->findChildren<QPushButton *>())
-        (button->text() == "Start" ? start : cancel) = button;
-    auto *bar = window->findChild<QProgressBar *>();
-    auto *label = window->findChild<QLabel *>();
-
-    start->click();
-    if (!waitFor([&] { return bar->value() > 0; }))
-        return fail("no progress");
-    if (!waitFor([&] { return start->isEnabled(); }) || label->text() != "done: 338350" ||
-        bar->value() != 100)
-        return fail("the first run did not show its result");
-    start->click();
-    if (bar->value() != 0 || !waitFor([&] { return bar->value() >= 10; }))
-        return fail("no progress in the second run");
-    cancel->click();
-    if (!waitFor([&] { return start->isEnabled(); }) || label->text() != "cancelled")
-        return fail("Cancel did not stop the run");
-    start->click();
-    if (!waitFor([&] { return bar->value() >= 10; }))
-        return fail("no progress in the third run");
-    delete window; // mid-flight
-    // Run the event loop past the time the work would have taken: a callback reaching the
-    // dead window would touch freed memory (the AddressSanitizer build reports it).
-    QEventLoop loop;
-    QTimer::singleShot(2500, &loop, &QEventLoop::quit);
-    loop.exec();
-    if (!waitFor(workStopped))
-        return fail("the work of the closed window did not stop");
-    return 0;
-}
+// count-lines: skip
+#include "selftest.h" // the self-test, the same for the three versions
 // count-lines: end
 
 int main(int argc, char *argv[]) {
