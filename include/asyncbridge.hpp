@@ -1271,24 +1271,52 @@ namespace detail {
 // the future it waits for (inline, or inside a queue's dispatch). A resume request and
 // the awaiting side race through `phase`; whichever comes second acts.
 struct Resumption {
-    enum : int { registering, waiting, resumed, abandoned };
+    // posted: fired during the registration, and resumed through a queue post since.
+    enum : int { registering, waiting, resumed, abandoned, posted };
     std::atomic<int> phase{registering};
     std::coroutine_handle<> handle;
     // For a coroutine of this header: destroys the frame when the callback is dropped
     // unrun (its queue was freed first), so its locals and its promise are not leaked.
     bool owns_frame = false;
+    // Asked on the resuming thread right before each resume (asyncbridge_qt.hpp's
+    // qt::via(): is the context still alive?). False: the coroutine is not resumed, and
+    // a frame of ours is destroyed. Set before the registration, never changed after.
+    std::function<bool()> alive;
+
+    void resume_or_drop() noexcept {
+        bool go = true;
+        if (alive) {
+            try {
+                go = alive();
+            } catch (...) {
+                go = false;
+            }
+        }
+        if (go)
+            handle.resume();
+        else if (owns_frame)
+            handle.destroy();
+    }
 
     static void fire(future_t *, void *box) noexcept {
         auto &self = **static_cast<std::shared_ptr<Resumption> *>(box);
         int expected = registering;
         // Fired before the registration returned (on the registering thread, or by a
-        // dispatch on another): the awaiting side sees it and goes on without suspending.
+        // dispatch on another): the awaiting side sees it and acts.
         if (self.phase.compare_exchange_strong(expected, resumed))
             return;
         expected = waiting;
         if (self.phase.compare_exchange_strong(expected, resumed))
-            self.handle.resume();
+            self.resume_or_drop();
     }
+    // A resume posted to the queue (see AwaitCore::suspend).
+    static void run_posted(void *box) noexcept {
+        auto &self = **static_cast<std::shared_ptr<Resumption> *>(box);
+        int expected = posted;
+        if (self.phase.compare_exchange_strong(expected, resumed))
+            self.resume_or_drop();
+    }
+    static void free_box(void *box) noexcept { delete static_cast<std::shared_ptr<Resumption> *>(box); }
     static void drop(void *box) noexcept {
         auto *owner = static_cast<std::shared_ptr<Resumption> *>(box);
         std::shared_ptr<Resumption> self = std::move(*owner);
@@ -1320,7 +1348,7 @@ public:
     AwaitCore(future_t *f, Queue *q) noexcept : f_(f), q_(q) {}
     AwaitCore(AwaitCore &&o) noexcept
         : f_(std::exchange(o.f_, nullptr)), q_(o.q_), state_(std::move(o.state_)), box_(o.box_),
-          suspended_(o.suspended_), refused_(o.refused_) {}
+          suspended_(o.suspended_), refused_(o.refused_), alive_(std::move(o.alive_)) {}
     AwaitCore(const AwaitCore &) = delete;
     AwaitCore &operator=(const AwaitCore &) = delete;
     AwaitCore &operator=(AwaitCore &&) = delete;
@@ -1328,8 +1356,10 @@ public:
     ~AwaitCore() {
         if (suspended_ && state_) {
             int expected = Resumption::waiting;
-            if (state_->phase.compare_exchange_strong(expected, Resumption::abandoned) && q_)
+            if (state_->phase.compare_exchange_strong(expected, Resumption::abandoned) && q_ && box_)
                 future_withdraw_via(f_, q_->get(), box_); // the box is alive: not run yet
+            expected = Resumption::posted; // a posted resume finds it abandoned
+            state_->phase.compare_exchange_strong(expected, Resumption::abandoned);
         }
         future_release(f_);
     }
@@ -1345,6 +1375,7 @@ public:
         }
         state_->handle = h;
         state_->owns_frame = owns_frame;
+        state_->alive = std::move(alive_);
         auto *box = new (std::nothrow) std::shared_ptr<Resumption>(state_);
         if (!box) {
             refused_ = BRIDGE_E_PANIC;
@@ -1374,8 +1405,27 @@ public:
                 h.destroy();
             return true;
         }
+        if (q) {
+            // Fired during the registration by a dispatch of the queue on another
+            // thread: going on here would run the body off the queue's thread. Resume
+            // through the queue instead, by a post (which runs exactly once; a frame
+            // destroyed meanwhile marks it abandoned, and it does nothing).
+            box_ = nullptr; // the registration is gone: nothing to withdraw
+            keep->phase.store(Resumption::posted);
+            auto *posted = new (std::nothrow) std::shared_ptr<Resumption>(keep);
+            if (posted && bridge_queue_post_with_free(q->get(), &Resumption::run_posted, posted,
+                                                      &Resumption::free_box) == BRIDGE_OK)
+                return true;
+            // No memory, or the queue is closing: go on here, as without a queue.
+            int posted_phase = Resumption::posted;
+            if (!keep->phase.compare_exchange_strong(posted_phase, Resumption::resumed))
+                return true; // unreachable: nothing else knows of the post
+        }
         return false; // finished during the registration: go on at once
     }
+    // Asked before each resume, on the resuming thread (see Resumption::alive). Set
+    // before the co_await suspends.
+    void set_alive(std::function<bool()> alive) { alive_ = std::move(alive); }
     void resumed() noexcept { suspended_ = false; }
     bridge_status refused() const noexcept { return refused_; }
     future_t *future() const noexcept { return f_; }
@@ -1387,6 +1437,7 @@ private:
     void *box_ = nullptr;
     bool suspended_ = false;
     bridge_status refused_ = BRIDGE_OK;
+    std::function<bool()> alive_;
 };
 
 // Whether `A` is an awaiter of this header (Future<T>::Awaiter<U>, Outcome::Awaiter).
@@ -1694,7 +1745,10 @@ template <> struct CoroutinePromise<void> : PromiseBase {
  * - Its queue is the first argument that is an asyncbridge::Queue (reference or
  *   pointer): each co_await then resumes inside that queue's dispatch(), on its thread.
  *   Without one, it resumes on the thread that finishes what it awaits (a bridge thread):
- *   fine for code that touches nothing thread-bound.
+ *   fine for code that touches nothing thread-bound and does not block. A co_await of
+ *   a future that has finished already goes on at once, on the same thread.
+ * - A Qt program names an object instead: `co_await asyncbridge::qt::via(f, this)`
+ *   (asyncbridge_qt.hpp) resumes on that object's thread, and never once it is gone.
  * - Cancelling its future cancels what it awaits at that moment (and anything it awaits
  *   later); that co_await then throws asyncbridge::cancelled, which, escaping the body,
  *   ends the future BRIDGE_CANCELLED.

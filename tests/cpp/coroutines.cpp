@@ -655,6 +655,55 @@ void future_finished_during_the_registration_of_a_wait() {
     CHECK(!rec2.outside_dispatch.load());
 }
 
+// Always registers (never ready at once), so that a future finished already is queued at
+// the registration, where a dispatch on another thread may run it before the
+// registration returns. It has a constructor: g++ 12 destroys an aggregate temporary
+// built in a co_await expression twice (here: the awaiter's reference to the future was
+// released twice), which a constructor avoids.
+template <class A> struct AlwaysSuspends {
+    explicit AlwaysSuspends(A a) : inner(std::move(a)) {}
+    A inner;
+    bool await_ready() const noexcept { return false; }
+    template <class P> bool await_suspend(std::coroutine_handle<P> h) noexcept { return inner.await_suspend(h); }
+    decltype(auto) await_resume() { return inner.await_resume(); }
+};
+
+Future<void> hop_to_the_dispatcher(Queue &q, Future<void> &done, std::thread::id &went_on) {
+    co_await AlwaysSuspends<decltype(done.via(q))>(done.via(q));
+    went_on = std::this_thread::get_id();
+}
+
+void resumed_on_the_queue_s_thread_when_it_fires_during_the_registration() {
+    // The queue is dispatched by a thread of its own; the coroutine waits from this one.
+    // Whenever the resumption runs, also while this thread is still registering the
+    // wait, the coroutine must go on inside that thread's dispatch, never here.
+    Bridge bridge;
+    Queue q;
+    std::atomic<bool> stop{false};
+    std::thread::id dispatcher;
+    std::thread t([&] {
+        dispatcher = std::this_thread::get_id();
+        while (!stop)
+            if (q.dispatch() == 0)
+                q.wait_for(1ms);
+    });
+    while (dispatcher == std::thread::id())
+        std::this_thread::yield();
+    Future<void> done = sleep(bridge, 0ms);
+    done.wait();
+    int elsewhere = 0;
+    for (int round = 0; round < 5000; ++round) {
+        std::thread::id went_on;
+        Future<void> f = hop_to_the_dispatcher(q, done, went_on);
+        f.wait();
+        if (went_on != dispatcher)
+            ++elsewhere;
+    }
+    stop = true;
+    t.join();
+    CHECK_EQ(elsewhere, 0);
+}
+
 Future<int> resumed_in_the_free_then_waits_again(Queue &q, Future<int> first, Promise<int> &second,
                                                 std::atomic<int> &local_destroyed, Record &rec) {
     Token local(&local_destroyed);
@@ -871,6 +920,7 @@ int main() {
     RUN(queue_freed_while_a_coroutine_waits_on_a_promise);
     RUN(queue_freed_with_the_resumption_pending_resumes_in_the_free);
     RUN(future_finished_during_the_registration_of_a_wait);
+    RUN(resumed_on_the_queue_s_thread_when_it_fires_during_the_registration);
     RUN(queue_freed_while_a_coroutine_registers_its_wait_destroys_its_frame);
     RUN(foreign_coroutine_resumes_via_the_queue);
     RUN(foreign_frame_destroyed_before_completion_is_never_resumed);

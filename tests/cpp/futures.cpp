@@ -219,7 +219,8 @@ void temporaries_own_what_they_give() {
     // statement ends (ASan would report the read below).
     const std::string s = submit(bridge, [] { return std::string(100, 'x'); }).get();
     CHECK_EQ(s, std::string(100, 'x'));
-    static_assert(std::is_same_v<decltype(submit(bridge, [] { return 1; }).get()), int>);
+    auto one = [] { return 1; };
+    static_assert(std::is_same_v<decltype(submit(bridge, one).get()), int>);
     static_assert(std::is_same_v<decltype(std::declval<Future<int> &>().get()), int &>);
     // cancel_on_drop() and set_timeout() on a temporary give a handle of their own, so
     // `auto &&` owns the future rather than binding to a dead temporary.
