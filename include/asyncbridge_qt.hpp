@@ -23,6 +23,10 @@
  * has one, go with it, and its callbacks are dropped unrun (a Queue being destroyed runs
  * none of them: see Queue). The callbacks' captures are destroyed exactly once,
  * after the call, or where the registration is dropped (which may be another thread).
+ *
+ * C++20 coroutines: `co_await qt::via(future, this)` in a member coroutine returning
+ * asyncbridge::Future goes on on the object's thread, and only while the object lives;
+ * otherwise the coroutine is destroyed where it waits (see via()).
  */
 #ifndef ASYNCBRIDGE_QT_HPP
 #define ASYNCBRIDGE_QT_HPP
@@ -175,6 +179,24 @@ inline Queue &queue_for(QObject *context) {
     return *q;
 }
 
+namespace detail {
+inline Queue &queue_checked(QObject *context) {
+    if (!context)
+        throw error(BRIDGE_E_INVALID, "qt::via: no context");
+    return queue_for(context);
+}
+#if ASYNCBRIDGE_COROUTINES
+// Makes an awaiter of asyncbridge.hpp resume only while `context` lives (and its queue
+// is not being destroyed), checked on the resuming thread, which is the context's.
+template <class Awaiter> Awaiter guarded(Awaiter awaiter, QObject *context) {
+    awaiter.core.set_alive([ctx = QPointer<QObject>(context), open = open_flag(queue_for(context))] {
+        return *open && !ctx.isNull();
+    });
+    return awaiter;
+}
+#endif
+} // namespace detail
+
 /**
  * Calls `fn(Future<T> &done)` on `context`'s thread once `future` has finished (whatever
  * its outcome), unless `context` is destroyed first; then `fn` is never called.
@@ -217,6 +239,31 @@ template <class T, class F> void on_progress(const Future<T> &future, QObject *c
         throw error(BRIDGE_E_INVALID, "qt::on_progress: no context");
     on_progress(future, queue_for(context), context, std::forward<F>(fn));
 }
+
+#if ASYNCBRIDGE_COROUTINES
+/**
+ * C++20: `co_await qt::via(future, context)` waits for `future` and resumes on
+ * `context`'s thread (through queue_for(context)), and only while `context` is alive:
+ * a QPointer is checked there, right before the resume. If `context` was destroyed
+ * meanwhile the coroutine is not resumed: a coroutine returning asyncbridge::Future is
+ * destroyed instead (its locals' destructors run, its future ends BRIDGE_FAILED with
+ * BRIDGE_E_ABANDONED); one of another type stays suspended for its owner to destroy.
+ * So a window's coroutine may use `this` after each co_await. On an lvalue it gives what
+ * get() gives, on a temporary what take() gives; `qt::via(f.outcome(), context)` gives
+ * the Outcome. Throws asyncbridge::error (BRIDGE_E_INVALID) for a null context.
+ */
+template <class T> auto via(Future<T> &future, QObject *context) {
+    return detail::guarded(future.via(detail::queue_checked(context).queue()), context);
+}
+/** qt::via() of a temporary future. */
+template <class T> auto via(Future<T> &&future, QObject *context) {
+    return detail::guarded(std::move(future).via(detail::queue_checked(context).queue()), context);
+}
+/** qt::via() of an outcome: never throws once resumed. */
+inline Outcome::Awaiter via(const Outcome &outcome, QObject *context) {
+    return detail::guarded(outcome.via(detail::queue_checked(context).queue()), context);
+}
+#endif
 
 #if QT_VERSION >= QT_VERSION_CHECK(6, 0, 0)
 /**

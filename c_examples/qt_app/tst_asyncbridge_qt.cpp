@@ -9,6 +9,8 @@
 //   - to_qfuture: a value (also a move-only one), a failure as asyncbridge::failed, a
 //     cancellation, Future<void>, a QFuture continuation on a context;
 //   - misuse refused (no context; a queue and a context on different threads);
+//   - C++20: a coroutine awaiting through qt::via(future, context) goes on on the
+//     context's thread, and never once the context is gone: its frame is destroyed;
 //   - hundreds of contexts made and destroyed at random points of their work.
 // Work is driven by asyncbridge::Promise wherever the order of events matters, so the
 // tests wait for events, never for a time.
@@ -179,6 +181,7 @@ private slots:
     void toQFutureCancelled();
     void toQFutureContinuation();
     void misuseIsRefused();
+    void coroutineResumesOnlyWhileItsContextLives();
     void manyContextsComeAndGo_data() { addQueueRows(); }
     void manyContextsComeAndGo();
     void cleanupTestCase();
@@ -642,6 +645,75 @@ void TestAsyncbridgeQt::manyContextsComeAndGo() {
     QCOMPARE(calls.onDeadContext.load(), 0);
     QCOMPARE(calls.offContextThread.load(), 0);
     qInfo("callbacks that ran: %d of %d registered", calls.count.load(), 2 * Rounds);
+}
+
+#if ASYNCBRIDGE_COROUTINES
+namespace {
+struct ViaRecord {
+    std::atomic<int> resumed{0};
+    std::atomic<int> offThread{0};
+};
+
+// Awaits `first` through the context; counts where it went on. `local` counts the
+// frame's destruction.
+asyncbridge::Future<int> awaitThroughContext(Future<int> first, QObject *context, ViaRecord *rec,
+                                             std::atomic<int> *destroyed) {
+    Probe local(destroyed);
+    const int a = co_await qt::via(std::move(first), context);
+    ++rec->resumed; // `context` is alive here, on its own thread
+    if (QThread::currentThread() != context->thread())
+        ++rec->offThread;
+    co_return a + 1;
+}
+} // namespace
+#endif
+
+// A coroutine's co_await qt::via(f, context) goes on on the context's thread while the
+// context lives; once it is destroyed (before the future finished, or with the resume
+// already queued) the coroutine never goes on: its frame is destroyed, locals once.
+void TestAsyncbridgeQt::coroutineResumesOnlyWhileItsContextLives() {
+#if ASYNCBRIDGE_COROUTINES
+    {
+        QObject context;
+        Promise<int> promise(bridge_);
+        ViaRecord rec;
+        std::atomic<int> destroyed{0};
+        auto f = awaitThroughContext(promise.get_future(), &context, &rec, &destroyed);
+        QVERIFY(!f.ready());
+        promise.resolve(41);
+        QTRY_VERIFY_WITH_TIMEOUT(f.ready(), WaitMs);
+        QCOMPARE(f.get(), 42);
+        QCOMPARE(rec.resumed.load(), 1);
+        QCOMPARE(rec.offThread.load(), 0);
+        QCOMPARE(destroyed.load(), 1);
+    }
+    for (const bool resumeQueued : {false, true}) {
+        auto *context = new QObject;
+        Promise<int> promise(bridge_);
+        ViaRecord rec;
+        std::atomic<int> destroyed{0};
+        auto f = awaitThroughContext(promise.get_future(), context, &rec, &destroyed);
+        if (resumeQueued)
+            promise.resolve(41); // its resume waits in the queue: no dispatch yet
+        delete context;
+        if (!resumeQueued)
+            promise.resolve(41);
+        QTRY_VERIFY_WITH_TIMEOUT(f.ready(), WaitMs);
+        QCOMPARE(f.outcome().code(), BRIDGE_E_ABANDONED);
+        QCOMPARE(rec.resumed.load(), 0);
+        QCOMPARE(destroyed.load(), 1);
+    }
+    Future<void> finished = asyncbridge::sleep(bridge_, std::chrono::milliseconds(0));
+    finished.wait(); // nothing left pending for cleanupTestCase's count
+    try {
+        qt::via(finished, nullptr);
+        QFAIL("a null context was accepted");
+    } catch (const asyncbridge::error &e) {
+        QCOMPARE(e.status(), BRIDGE_E_INVALID);
+    }
+#else
+    QSKIP("C++20 coroutines only");
+#endif
 }
 
 void TestAsyncbridgeQt::cleanupTestCase() {
