@@ -28,6 +28,10 @@
  *   whether it ran or was dropped.
  * - Coroutines (C++20): a suspended co_await is resumed only by the exactly-once C done
  *   callback, through the queue you name, never twice, and never once its frame is gone.
+ *   (g++ 12 destroys an aggregate temporary built inside a co_await expression twice:
+ *   an awaitable of your own that holds one of these awaiters, as in
+ *   `co_await Wrapper{f.via(q)}`, needs a constructor, or the future's reference is
+ *   released twice.)
  *
  * Threads: as in the C API, every function may be called from any thread unless its
  * documentation says otherwise. Callbacks given to this header must not throw: one that
