@@ -680,7 +680,7 @@ void resumed_on_the_queue_s_thread_when_it_fires_during_the_registration() {
     Bridge bridge;
     Queue q;
     std::atomic<bool> stop{false};
-    std::thread::id dispatcher;
+    std::atomic<std::thread::id> dispatcher{}; // read here while the thread starts
     std::thread t([&] {
         dispatcher = std::this_thread::get_id();
         while (!stop)
@@ -696,7 +696,7 @@ void resumed_on_the_queue_s_thread_when_it_fires_during_the_registration() {
         std::thread::id went_on;
         Future<void> f = hop_to_the_dispatcher(q, done, went_on);
         f.wait();
-        if (went_on != dispatcher)
+        if (went_on != dispatcher.load())
             ++elsewhere;
     }
     stop = true;
