@@ -131,6 +131,16 @@ inline void check(bridge_status rc, const char *call) {
         throw error(rc, call);
 }
 
+// A duration as the C API's milliseconds, negative ones as 0.
+inline uint64_t whole_ms(std::chrono::milliseconds d) noexcept {
+    return d.count() < 0 ? 0 : uint64_t(d.count());
+}
+
+// Bytes of the library as a view; empty (data() nullptr) when there are none.
+inline std::string_view bytes_view(const uint8_t *data, std::size_t len) noexcept {
+    return data && len ? std::string_view(reinterpret_cast<const char *>(data), len) : std::string_view();
+}
+
 inline int64_t to_ms(std::chrono::nanoseconds d) {
     if (d <= std::chrono::nanoseconds::zero())
         return 0;
@@ -177,7 +187,7 @@ public:
      * Must not be called from the bridge's own threads (asyncbridge::error then).
      */
     bool shutdown(std::chrono::milliseconds grace = std::chrono::milliseconds(0)) {
-        const bridge_status rc = bridge_shutdown(b_, grace.count() < 0 ? 0 : grace.count());
+        const bridge_status rc = bridge_shutdown(b_, int64_t(detail::whole_ms(grace)));
         detail::check(rc, "bridge_shutdown");
         return rc == BRIDGE_OK;
     }
@@ -226,7 +236,7 @@ public:
     bool empty() const noexcept { return size() == 0; }
     /** A view of the bytes, valid as long as this object. */
     std::string_view view() const noexcept {
-        return size() ? std::string_view(reinterpret_cast<const char *>(data()), size()) : std::string_view();
+        return detail::bytes_view(data(), size());
     }
     std::string str() const { return std::string(view()); }
 
@@ -652,7 +662,7 @@ public:
     /** future_set_timeout(): still pending after `limit`, the work is cancelled and the
      *  future fails with BRIDGE_E_TIMED_OUT. */
     Future &set_timeout(std::chrono::milliseconds limit) & {
-        detail::check(future_set_timeout(need(), uint64_t(limit.count() < 0 ? 0 : limit.count())),
+        detail::check(future_set_timeout(need(), detail::whole_ms(limit)),
                       "future_set_timeout");
         return *this;
     }
@@ -829,7 +839,7 @@ template <class F> auto submit(bridge_t *bridge, F &&fn, run where = run::blocki
 /** A future that ends BRIDGE_OK after `delay` (bridge_sleep()): a timer blocking no thread. */
 inline Future<void> sleep(bridge_t *bridge, std::chrono::milliseconds delay) {
     future_t *out = nullptr;
-    detail::check(bridge_sleep(bridge, uint64_t(delay.count() < 0 ? 0 : delay.count()), &out), "bridge_sleep");
+    detail::check(bridge_sleep(bridge, detail::whole_ms(delay), &out), "bridge_sleep");
     return Future<void>::adopt(out);
 }
 
@@ -837,51 +847,46 @@ inline Future<void> sleep(bridge_t *bridge, std::chrono::milliseconds delay) {
 // Combinations
 
 namespace detail {
-inline std::vector<future_t *> handles(std::initializer_list<const future_t *> fs) {
-    std::vector<future_t *> v;
-    v.reserve(fs.size());
-    for (const future_t *f : fs) {
+// The C handles of the inputs of a combination; an empty Future is an error.
+inline std::vector<future_t *> handles(std::initializer_list<future_t *> fs) {
+    for (future_t *f : fs)
         if (!f)
             throw error(BRIDGE_E_INVALID, "when_all/when_any: an empty future");
-        v.push_back(const_cast<future_t *>(f));
-    }
-    return v;
+    return std::vector<future_t *>(fs);
+}
+template <class T> std::vector<future_t *> handles(const std::vector<Future<T>> &fs) {
+    std::vector<future_t *> v;
+    v.reserve(fs.size());
+    for (const auto &f : fs)
+        v.push_back(f.get_c());
+    return v; // an empty one is refused by the C call (BRIDGE_E_INVALID)
+}
+template <class V>
+Future<V> combine(bridge_status (*combinator)(future_t *const *, std::size_t, future_t **), const char *call,
+                  const std::vector<future_t *> &fs) {
+    future_t *out = nullptr;
+    check(combinator(fs.data(), fs.size(), &out), call);
+    return Future<V>::adopt(out);
 }
 } // namespace detail
 
 /** A future that ends OK when all of `fs` are OK; FAILED or CANCELLED as soon as one is
  *  (future_all()). The inputs are not cancelled or consumed. */
 template <class... Ts> Future<void> when_all(const Future<Ts> &...fs) {
-    auto v = detail::handles({fs.get_c()...});
-    future_t *out = nullptr;
-    detail::check(future_all(v.data(), v.size(), &out), "future_all");
-    return Future<void>::adopt(out);
+    return detail::combine<void>(&future_all, "future_all", detail::handles({fs.get_c()...}));
 }
 /** when_all() of a vector. */
 template <class T> Future<void> when_all(const std::vector<Future<T>> &fs) {
-    std::vector<future_t *> v;
-    for (const auto &f : fs)
-        v.push_back(f.get_c());
-    future_t *out = nullptr;
-    detail::check(future_all(v.data(), v.size(), &out), "future_all");
-    return Future<void>::adopt(out);
+    return detail::combine<void>(&future_all, "future_all", detail::handles(fs));
 }
 /** A future that ends OK as soon as the first of `fs` ends, whatever its outcome; its
  *  value is that input's index (future_any()). */
 template <class... Ts> Future<std::size_t> when_any(const Future<Ts> &...fs) {
-    auto v = detail::handles({fs.get_c()...});
-    future_t *out = nullptr;
-    detail::check(future_any(v.data(), v.size(), &out), "future_any");
-    return Future<std::size_t>::adopt(out);
+    return detail::combine<std::size_t>(&future_any, "future_any", detail::handles({fs.get_c()...}));
 }
 /** when_any() of a vector. */
 template <class T> Future<std::size_t> when_any(const std::vector<Future<T>> &fs) {
-    std::vector<future_t *> v;
-    for (const auto &f : fs)
-        v.push_back(f.get_c());
-    future_t *out = nullptr;
-    detail::check(future_any(v.data(), v.size(), &out), "future_any");
-    return Future<std::size_t>::adopt(out);
+    return detail::combine<std::size_t>(&future_any, "future_any", detail::handles(fs));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1042,7 +1047,7 @@ public:
     std::string_view body() const noexcept {
         std::size_t len = 0;
         const uint8_t *b = bridge_http_response_body(r_, &len);
-        return b ? std::string_view(reinterpret_cast<const char *>(b), len) : std::string_view();
+        return detail::bytes_view(b, len);
     }
     /** The URL it came from, after redirects. */
     std::string_view url() const noexcept {
@@ -1099,7 +1104,7 @@ inline Future<Response> send(bridge_t *bridge, const Request &req) {
     r.headers = req.headers.empty() ? nullptr : headers.get();
     r.body = req.body.empty() ? nullptr : req.body.data();
     r.body_len = req.body.size();
-    r.timeout_ms = uint64_t(req.timeout.count() < 0 ? 0 : req.timeout.count());
+    r.timeout_ms = detail::whole_ms(req.timeout);
     r.max_body = req.max_body;
     r.max_redirects = req.max_redirects;
     r.flags = req.flags;
@@ -1144,15 +1149,16 @@ public:
     /** The signal that ended it, else 0. */
     int signal() const noexcept { return r_ ? r_->signal : 0; }
     /** Standard output (with standard error under merge_stderr). */
-    std::string_view out() const noexcept { return r_ ? view(r_->out) : std::string_view(); }
+    std::string_view out() const noexcept {
+        return r_ ? detail::bytes_view(r_->out.data, r_->out.len) : std::string_view();
+    }
     /** Standard error. */
-    std::string_view err() const noexcept { return r_ ? view(r_->err) : std::string_view(); }
+    std::string_view err() const noexcept {
+        return r_ ? detail::bytes_view(r_->err.data, r_->err.len) : std::string_view();
+    }
     const bridge_process_result_t *get() const noexcept { return r_; }
 
 protected:
-    static std::string_view view(const bridge_bytes_t &b) noexcept {
-        return b.len ? std::string_view(reinterpret_cast<const char *>(b.data), b.len) : std::string_view();
-    }
     const bridge_process_result_t *r_;
 };
 
@@ -1200,7 +1206,7 @@ inline Future<Result> run(bridge_t *bridge, const Options &o) {
     opts.cwd = detail::or_null(o.cwd);
     opts.stdin_data = o.input.empty() ? nullptr : o.input.data();
     opts.stdin_len = o.input.size();
-    opts.timeout_ms = uint64_t(o.timeout.count() < 0 ? 0 : o.timeout.count());
+    opts.timeout_ms = detail::whole_ms(o.timeout);
     opts.max_output = o.max_output;
     opts.flags = o.merge_stderr ? BRIDGE_PROCESS_MERGE_STDERR : 0;
     future_t *out = nullptr;
@@ -1242,7 +1248,7 @@ template <> struct value_traits<Bytes> {
     static constexpr uint32_t type = BRIDGE_VALUE_BYTES;
     static std::string_view get(void *p) {
         auto *b = static_cast<const bridge_bytes_t *>(p);
-        return b->len ? std::string_view(reinterpret_cast<const char *>(b->data), b->len) : std::string_view();
+        return bytes_view(b->data, b->len);
     }
     static Bytes take(void *p, uint32_t) { return Bytes(static_cast<bridge_bytes_t *>(p)); }
 };
@@ -1682,35 +1688,37 @@ struct PromiseBase {
     }
 };
 
+// The final suspension of a coroutine of this header: settles its promise once the
+// body's locals are gone, then lets the frame be destroyed.
+template <class P> struct SettleAtEnd {
+    P *p;
+    bool await_ready() noexcept {
+        if (!p->settle_exception())
+            p->settle_value();
+        return true;
+    }
+    void await_suspend(std::coroutine_handle<>) noexcept {}
+    void await_resume() noexcept {}
+};
+
 template <class T> struct CoroutinePromise : PromiseBase {
     using PromiseBase::PromiseBase;
     std::optional<T> value;
 
     Future<T> get_return_object() { return Future<T>::retain(own); }
     template <class U> void return_value(U &&v) { value.emplace(std::forward<U>(v)); }
-    auto final_suspend() noexcept {
-        struct Settle {
-            CoroutinePromise *p;
-            bool await_ready() noexcept {
-                if (!p->settle_exception()) {
-                    void *boxed = nullptr;
-                    try {
-                        boxed = value_traits<T>::box(std::move(*p->value));
-                    } catch (...) {
-                        bridge_promise_fail(std::exchange(p->promise, nullptr), out_of_memory_code,
-                                            "out of memory");
-                        return true;
-                    }
-                    p->value.reset();
-                    p->let_go();
-                    bridge_promise_resolve(std::exchange(p->promise, nullptr), boxed, value_traits<T>::free_fn);
-                }
-                return true; // the frame is destroyed now
-            }
-            void await_suspend(std::coroutine_handle<>) noexcept {}
-            void await_resume() noexcept {}
-        };
-        return Settle{this};
+    SettleAtEnd<CoroutinePromise> final_suspend() noexcept { return {this}; }
+    void settle_value() noexcept {
+        void *boxed = nullptr;
+        try {
+            boxed = value_traits<T>::box(std::move(*value));
+        } catch (...) {
+            bridge_promise_fail(std::exchange(promise, nullptr), out_of_memory_code, "out of memory");
+            return;
+        }
+        value.reset();
+        let_go();
+        bridge_promise_resolve(std::exchange(promise, nullptr), boxed, value_traits<T>::free_fn);
     }
 };
 
@@ -1718,20 +1726,10 @@ template <> struct CoroutinePromise<void> : PromiseBase {
     using PromiseBase::PromiseBase;
     Future<void> get_return_object() { return Future<void>::retain(own); }
     void return_void() noexcept {}
-    auto final_suspend() noexcept {
-        struct Settle {
-            CoroutinePromise *p;
-            bool await_ready() noexcept {
-                if (!p->settle_exception()) {
-                    p->let_go();
-                    bridge_promise_resolve(std::exchange(p->promise, nullptr), nullptr, nullptr);
-                }
-                return true;
-            }
-            void await_suspend(std::coroutine_handle<>) noexcept {}
-            void await_resume() noexcept {}
-        };
-        return Settle{this};
+    SettleAtEnd<CoroutinePromise> final_suspend() noexcept { return {this}; }
+    void settle_value() noexcept {
+        let_go();
+        bridge_promise_resolve(std::exchange(promise, nullptr), nullptr, nullptr);
     }
 };
 
