@@ -180,9 +180,10 @@ inline Queue &queue_for(QObject *context) {
 }
 
 namespace detail {
-inline Queue &queue_checked(QObject *context) {
+// queue_for() of a context that must not be null; `call` names the caller in the error.
+inline Queue &queue_checked(QObject *context, const char *call) {
     if (!context)
-        throw error(BRIDGE_E_INVALID, "qt::via: no context");
+        throw error(BRIDGE_E_INVALID, call);
     return queue_for(context);
 }
 #if ASYNCBRIDGE_COROUTINES
@@ -215,9 +216,7 @@ template <class T, class F> void then(const Future<T> &future, Queue &queue, QOb
 }
 /** then() through queue_for(context). */
 template <class T, class F> void then(const Future<T> &future, QObject *context, F &&fn) {
-    if (!context)
-        throw error(BRIDGE_E_INVALID, "qt::then: no context");
-    then(future, queue_for(context), context, std::forward<F>(fn));
+    then(future, detail::queue_checked(context, "qt::then: no context"), context, std::forward<F>(fn));
 }
 
 /**
@@ -235,9 +234,8 @@ template <class T, class F> void on_progress(const Future<T> &future, Queue &que
 }
 /** on_progress() through queue_for(context). */
 template <class T, class F> void on_progress(const Future<T> &future, QObject *context, F &&fn) {
-    if (!context)
-        throw error(BRIDGE_E_INVALID, "qt::on_progress: no context");
-    on_progress(future, queue_for(context), context, std::forward<F>(fn));
+    on_progress(future, detail::queue_checked(context, "qt::on_progress: no context"), context,
+                std::forward<F>(fn));
 }
 
 #if ASYNCBRIDGE_COROUTINES
@@ -253,15 +251,16 @@ template <class T, class F> void on_progress(const Future<T> &future, QObject *c
  * the Outcome. Throws asyncbridge::error (BRIDGE_E_INVALID) for a null context.
  */
 template <class T> auto via(Future<T> &future, QObject *context) {
-    return detail::guarded(future.via(detail::queue_checked(context).queue()), context);
+    return detail::guarded(future.via(detail::queue_checked(context, "qt::via: no context").queue()), context);
 }
 /** qt::via() of a temporary future. */
 template <class T> auto via(Future<T> &&future, QObject *context) {
-    return detail::guarded(std::move(future).via(detail::queue_checked(context).queue()), context);
+    Queue &queue = detail::queue_checked(context, "qt::via: no context");
+    return detail::guarded(std::move(future).via(queue.queue()), context);
 }
 /** qt::via() of an outcome: never throws once resumed. */
 inline Outcome::Awaiter via(const Outcome &outcome, QObject *context) {
-    return detail::guarded(outcome.via(detail::queue_checked(context).queue()), context);
+    return detail::guarded(outcome.via(detail::queue_checked(context, "qt::via: no context").queue()), context);
 }
 #endif
 
