@@ -707,8 +707,10 @@ fn shutdown_does_not_wait_for_a_read_blocked_opening_a_fifo() {
     assert_eq!(unsafe { future_wait(f, 50) }, BRIDGE_TIMEOUT);
     assert_eq!(unsafe { bridge_shutdown(b, 0) }, BRIDGE_OK);
     assert_eq!(unsafe { future_status(f) }, BRIDGE_CANCELLED);
-    // A writer lets the open return; the read then stops without reading.
-    std::fs::write(&fifo, b"late").unwrap();
+    // A writer lets the open return; the read then stops without reading. Whether this
+    // write lands depends on whether the reader has closed the FIFO already (then it
+    // fails with EPIPE): either way the open has returned, which is all it is for.
+    let _ = std::fs::write(&fifo, b"late");
     unsafe { future_release(f) };
     unsafe { bridge_free(b) };
 }
