@@ -126,6 +126,18 @@
 #define BRIDGE_VALUE_INDEX 5
 
 /**
+ * future_value_type(): a bridge_stream_t* (a connection made or accepted); once taken
+ * with future_take_value(), the caller closes it with bridge_stream_close().
+ */
+#define BRIDGE_VALUE_STREAM 6
+
+/**
+ * future_value_type(): a bridge_addresses_t* (bridge_dns_resolve()), freed with
+ * bridge_addresses_free() once taken.
+ */
+#define BRIDGE_VALUE_ADDRESSES 7
+
+/**
  * A running bridge: an async runtime with its loop thread and blocking pool.
  *
  * Made by bridge_start() (freed with bridge_free()) or bridge_default() (never freed).

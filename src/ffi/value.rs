@@ -18,6 +18,12 @@ pub const BRIDGE_VALUE_HTTP_RESPONSE: u32 = 3;
 pub const BRIDGE_VALUE_PROCESS: u32 = 4;
 /// future_value_type(): a size_t* (future_any()), freed with free() once taken.
 pub const BRIDGE_VALUE_INDEX: u32 = 5;
+/// future_value_type(): a bridge_stream_t* (a connection made or accepted); once taken
+/// with future_take_value(), the caller closes it with bridge_stream_close().
+pub const BRIDGE_VALUE_STREAM: u32 = 6;
+/// future_value_type(): a bridge_addresses_t* (bridge_dns_resolve()), freed with
+/// bridge_addresses_free() once taken.
+pub const BRIDGE_VALUE_ADDRESSES: u32 = 7;
 
 /// Bytes made by the library (a file's contents, a process's output, a body).
 ///
