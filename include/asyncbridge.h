@@ -51,6 +51,17 @@
 #define DEFAULT_MAX_BODY (64 << 20)
 
 /**
+ * The read size when the caller names none.
+ */
+#define DEFAULT_READ (64 * 1024)
+
+/**
+ * The most bytes one read returns, whatever the caller asks for: the size of the
+ * per-thread scratch buffer reads land in.
+ */
+#define MAX_READ (1024 * 1024)
+
+/**
  * bridge_file_write(): append to the file instead of replacing it.
  */
 #define BRIDGE_FILE_APPEND 1
@@ -235,6 +246,22 @@ struct bridge_queue;
  * bridge_signal_stop(), freed by bridge_signal_free(). Thread-safe.
  */
 struct bridge_signal;
+
+/**
+ * A byte stream: a TCP, Unix or TLS connection, or a pipe of a spawned process.
+ *
+ * Made by the library: the value of a bridge_connect() or bridge_listener_accept()
+ * future (type BRIDGE_VALUE_STREAM, taken with future_take_value()), or handed out by
+ * bridge_child_take_stdin() and its siblings. Freed with bridge_stream_close().
+ *
+ * A stream takes one pending read and one pending write (or shutdown) at a time; a
+ * second one of the same side is refused with BRIDGE_E_BUSY, so the order of the
+ * bytes is always the order of the calls. Every function may be called from any
+ * thread; the operations run on the bridge's loop, and their futures are futures of
+ * the bridge the stream was made by (waited, chained, cancelled, delivered to queues
+ * like any other).
+ */
+struct bridge_stream;
 
 /**
  * A periodic timer of a bridge. Made by bridge_timer_start(), stopped by
@@ -578,6 +605,11 @@ typedef void (*bridge_signal_fn)(bridge_signal_t *watch,
                                  int32_t signum,
                                  uint64_t count,
                                  void *user_data);
+
+/**
+ * A byte stream (see struct bridge_stream).
+ */
+typedef struct bridge_stream bridge_stream_t;
 
 /**
  * A periodic timer (see struct bridge_timer).
@@ -1879,6 +1911,107 @@ const char *bridge_status_str(int32_t status);
  * Any thread.
  */
 const char *bridge_version(void);
+
+/**
+ * Reads from a stream: a future whose value is the bytes that arrived.
+ *
+ * The future ends BRIDGE_OK with a bridge_bytes_t* (type BRIDGE_VALUE_BYTES) of 1 to
+ * `max` bytes, as many as had arrived, as soon as at least one has; with 0 bytes
+ * (`len` 0) at the end of the stream (the peer shut its side down, the process closed
+ * its end of the pipe), and again for every read after that. It fails with BRIDGE_E_IO
+ * and the errno for an OS error (ECONNRESET...), BRIDGE_E_TLS for a broken TLS record,
+ * and BRIDGE_E_CLOSED when bridge_stream_close() is called while it waits.
+ *
+ * Cancelling the future (future_cancel(), a token, a timeout) loses no byte: what had
+ * not been delivered is read by the next read. A read holds no buffer while it waits.
+ *
+ * @param s the stream; NULL is BRIDGE_E_INVALID.
+ * @param max the most bytes to deliver; 0 means 64 KiB; more than 1 MiB is read as
+ *        1 MiB.
+ * @param out receives the future (the caller's one reference; release it with
+ *        future_release()), written only on BRIDGE_OK; NULL is BRIDGE_E_INVALID.
+ * @return BRIDGE_OK; BRIDGE_E_INVALID; BRIDGE_E_BUSY while another read of this stream
+ *         is pending (its future not yet ended); BRIDGE_E_NOT_RUNNING once the bridge
+ *         shut down (and BRIDGE_E_BUSY at its max_pending).
+ * Any thread. Using `s` after bridge_stream_close() is undefined.
+ */
+bridge_status bridge_stream_read(bridge_stream_t *s, size_t max, future_t **out);
+
+/**
+ * Writes to a stream: a future that ends BRIDGE_OK (no value) once all of the bytes
+ * are written.
+ *
+ * The bytes are copied at the call: `data` may be freed when this returns. Writes of
+ * one stream go out in the order of their calls (one at a time). The future fails
+ * with BRIDGE_E_IO and the errno for an OS error (EPIPE, ECONNRESET...), and with
+ * BRIDGE_E_CLOSED when bridge_stream_close() is called while it waits, or when the
+ * stream's write side was shut down (bridge_stream_shutdown()) or never existed (the
+ * stdout of a process). Cancelling it may leave part of the bytes written.
+ *
+ * @param s the stream; NULL is BRIDGE_E_INVALID.
+ * @param data the bytes; NULL is BRIDGE_E_INVALID unless `len` is 0.
+ * @param len how many bytes; 0 writes nothing and ends OK.
+ * @param out receives the future (the caller's one reference), written only on
+ *        BRIDGE_OK; NULL is BRIDGE_E_INVALID.
+ * @return BRIDGE_OK; BRIDGE_E_INVALID; BRIDGE_E_BUSY while another write or a
+ *         shutdown of this stream is pending; BRIDGE_E_NOT_RUNNING once the bridge
+ *         shut down.
+ * Any thread. Using `s` after bridge_stream_close() is undefined.
+ */
+bridge_status bridge_stream_write(bridge_stream_t *s, const void *data, size_t len, future_t **out);
+
+/**
+ * Ends a stream's write side once the writes before it are out: a TCP FIN, a TLS
+ * close_notify, a pipe closed (the process reads end of file). The read side stays
+ * open: the peer's answer can still be read to its end.
+ *
+ * The future ends BRIDGE_OK (no value) once the side is shut down; shutting down a
+ * side that is already shut down ends OK again. Later writes fail with
+ * BRIDGE_E_CLOSED. It fails like bridge_stream_write().
+ *
+ * @param s the stream; NULL is BRIDGE_E_INVALID.
+ * @param out receives the future (the caller's one reference), written only on
+ *        BRIDGE_OK; NULL is BRIDGE_E_INVALID.
+ * @return BRIDGE_OK; BRIDGE_E_INVALID; BRIDGE_E_BUSY while a write of this stream is
+ *         pending; BRIDGE_E_NOT_RUNNING once the bridge shut down.
+ * Any thread. Using `s` after bridge_stream_close() is undefined.
+ */
+bridge_status bridge_stream_shutdown(bridge_stream_t *s, future_t **out);
+
+/**
+ * Closes a stream and frees its handle.
+ *
+ * A read, write or shutdown still pending ends FAILED with BRIDGE_E_CLOSED (not
+ * CANCELLED: the operation did not stop on request, the stream went away under it).
+ * An idle connection or pipe is closed before this returns; one an operation is using
+ * is closed on the bridge's loop as that operation ends, which it does at once. A
+ * connection closed this way is not shut down first: call bridge_stream_shutdown() and
+ * wait for it for an orderly end (a TLS close_notify).
+ *
+ * @param s the stream; NULL does nothing.
+ * Any thread, including a callback of one of the stream's futures. Using `s`
+ * afterwards is undefined.
+ */
+void bridge_stream_close(bridge_stream_t *s);
+
+/**
+ * Makes two streams connected to each other, like socketpair(): what is written to
+ * one is read from the other, and shutting one's write side down is the other's end
+ * of stream. For tests of code that speaks a protocol, and for two parts of a program
+ * that talk through streams.
+ *
+ * @param b the bridge the streams' operations run on; NULL is BRIDGE_E_INVALID.
+ * @param first_out receives one stream; NULL is BRIDGE_E_INVALID.
+ * @param second_out receives the other; NULL is BRIDGE_E_INVALID.
+ *        Both are written only on BRIDGE_OK; the caller closes each with
+ *        bridge_stream_close().
+ * @return BRIDGE_OK; BRIDGE_E_INVALID; BRIDGE_E_NOT_RUNNING once the bridge shut
+ *         down; BRIDGE_E_IO when the process is out of file descriptors.
+ * Any thread.
+ */
+bridge_status bridge_stream_pair(bridge_t *b,
+                                 bridge_stream_t **first_out,
+                                 bridge_stream_t **second_out);
 
 /**
  * Starts a periodic timer on the bridge's loop.

@@ -105,6 +105,16 @@ pub(crate) unsafe fn borrow<'a>(b: *const bridge_t) -> Option<&'a Bridge> {
 /// # Safety
 /// As [`borrow`].
 unsafe fn retain(b: *const bridge_t) -> Option<Arc<Bridge>> {
+    // SAFETY: per this function's contract.
+    unsafe { retain_bridge(b) }
+}
+
+/// One more reference to the bridge behind a C handle, for an object that runs its
+/// operations on that bridge (a stream) and may outlive the caller's handle.
+///
+/// # Safety
+/// As [`borrow`].
+pub(crate) unsafe fn retain_bridge(b: *const bridge_t) -> Option<Arc<Bridge>> {
     // SAFETY: a live handle is an `Arc` pointer whose count is at least one (see
     // `borrow`); the count taken here is given back when the returned `Arc` drops.
     unsafe { arc_clone::<bridge_t>(b) }

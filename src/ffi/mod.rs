@@ -25,5 +25,6 @@ pub mod promise;
 pub mod queue;
 pub mod signal;
 pub mod status;
+pub mod stream;
 pub mod timer;
 pub mod value;

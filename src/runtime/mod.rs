@@ -420,6 +420,15 @@ impl Bridge {
         Ok(made)
     }
 
+    /// Enters the bridge's runtime on the calling thread until the guard drops, so that
+    /// I/O objects made meanwhile register with its reactor (tokio's `from_std`
+    /// conversions: a socket bound synchronously, then served on the loop). Refused
+    /// (`Error::NotRunning`) once shut down.
+    pub fn enter(&self) -> Result<tokio::runtime::EnterGuard<'_>, Error> {
+        self.check_running()?;
+        Ok(self.shared.handle().enter())
+    }
+
     /// The bridge's shared state, for a recurring source; refused once shut down.
     pub(crate) fn shared_for_sources(&self) -> Result<&Arc<Shared>, Error> {
         self.check_running()?;
