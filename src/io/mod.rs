@@ -6,10 +6,14 @@
 //! - `process`: subprocesses in their own process group;
 //! - `fs`: whole-file reads and writes;
 //! - `stream`: byte streams (connections, pipes) with one pending read and one
-//!   pending write.
+//!   pending write;
+//! - `tls`: which certificates TLS connections trust (feature `tls`, which `http`
+//!   turns on).
 
 pub mod fs;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod process;
 pub mod stream;
+#[cfg(feature = "tls")]
+pub mod tls;
