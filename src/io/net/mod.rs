@@ -356,3 +356,85 @@ fn io_failure(e: &io::Error, what: impl std::fmt::Display) -> Failure {
         None => Failure::new(Error::Io.code(), format!("{what}: {e}")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tcp(host: &str, port: u16) -> ConnectOptions {
+        ConnectOptions {
+            target: Target::Tcp {
+                host: host.into(),
+                port,
+            },
+            tls: None,
+            timeout: None,
+        }
+    }
+
+    #[test]
+    fn prepare_refuses_what_cannot_connect() {
+        let connector = Connector::new();
+        assert!(connector.prepare(tcp("127.0.0.1", 1)).is_ok());
+        assert!(connector.prepare(tcp("[::1]", 1)).is_ok());
+        for bad in [
+            tcp("", 1),
+            tcp("[]", 1),
+            tcp("127.0.0.1", 0),
+            tcp("a\0b", 1),
+        ] {
+            assert!(connector.prepare(bad).is_err());
+        }
+        let unix = |path: &str| ConnectOptions {
+            target: Target::Unix(path.into()),
+            ..tcp("x", 1)
+        };
+        assert!(connector.prepare(unix("/tmp/s")).is_ok());
+        assert!(connector.prepare(unix("")).is_err());
+        assert!(connector
+            .prepare(unix(&"x".repeat(MAX_UNIX_PATH + 1)))
+            .is_err());
+    }
+
+    #[cfg(feature = "tls")]
+    #[test]
+    fn tls_needs_a_name_and_certificates_that_parse() {
+        let connector = Connector::new();
+        let with = |target: ConnectOptions, tls: TlsOptions| ConnectOptions {
+            tls: Some(tls),
+            ..target
+        };
+        assert!(connector
+            .prepare(with(tcp("localhost", 1), TlsOptions::default()))
+            .is_ok());
+        let unix = ConnectOptions {
+            target: Target::Unix("/tmp/s".into()),
+            ..tcp("x", 1)
+        };
+        assert!(connector
+            .prepare(with(unix.clone(), TlsOptions::default()))
+            .is_err());
+        let named = TlsOptions {
+            server_name: Some("localhost".into()),
+            ..TlsOptions::default()
+        };
+        assert!(connector.prepare(with(unix, named)).is_ok());
+        let garbage = TlsOptions {
+            extra_ca_pem: Some(b"garbage".to_vec()),
+            ..TlsOptions::default()
+        };
+        assert!(connector
+            .prepare(with(tcp("localhost", 1), garbage))
+            .is_err());
+    }
+
+    #[cfg(not(feature = "tls"))]
+    #[test]
+    fn tls_is_refused_without_the_feature() {
+        let options = ConnectOptions {
+            tls: Some(TlsOptions::default()),
+            ..tcp("localhost", 1)
+        };
+        assert!(Connector::new().prepare(options).is_err());
+    }
+}
