@@ -353,3 +353,37 @@ fn null_and_bad_arguments_are_invalid() {
         bridge_free(b);
     }
 }
+
+#[test]
+fn close_racing_reads_and_writes_on_other_threads_ends_each_exactly_once() {
+    let _shared = EXCLUSIVE.read().unwrap();
+    let b = start();
+    for round in 0..300usize {
+        let (x, y) = pair(b);
+        let r = read(y, 0);
+        let w = write(x, b"ping");
+        let y_addr = y as usize;
+        // Close from another thread while the bytes may be arriving.
+        let closer = std::thread::spawn(move || {
+            if round % 2 == 0 {
+                std::thread::yield_now();
+            }
+            unsafe { bridge_stream_close(y_addr as *mut bridge_stream_t) };
+        });
+        let status = unsafe { future_wait(r, WATCHDOG_MS) };
+        match status {
+            BRIDGE_OK => assert_eq!(bytes_of(r), b"ping"),
+            BRIDGE_FAILED => {
+                assert_eq!(unsafe { future_error_code(r) }, BRIDGE_E_CLOSED);
+                unsafe { future_release(r) };
+            }
+            other => panic!("read ended {other}"),
+        }
+        closer.join().unwrap();
+        // The write to the peer ends either way (OK, or an error once the peer is gone).
+        let ended = settle(w);
+        assert!(ended == BRIDGE_OK || ended == BRIDGE_FAILED, "{ended}");
+        unsafe { bridge_stream_close(x) };
+    }
+    unsafe { bridge_free(b) };
+}
