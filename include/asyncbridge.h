@@ -2141,7 +2141,7 @@ bool bridge_token_is_cancelled(const bridge_token_t *t);
  * @return the descriptor; -1 for NULL, or if the system refuses a descriptor.
  * Any thread.
  */
-int32_t bridge_token_fd(bridge_token_t *t);
+int bridge_token_fd(bridge_token_t *t);
 
 /**
  * Has the token cancel `f` when it is cancelled: at once, here, if the token is

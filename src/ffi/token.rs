@@ -1,6 +1,6 @@
 //! `bridge_token_t`: one cancellation that reaches many operations.
 
-use std::ffi::c_void;
+use std::ffi::{c_int, c_void};
 use std::time::Duration;
 
 use crate::compose::token::Token;
@@ -168,7 +168,7 @@ pub unsafe extern "C" fn bridge_token_is_cancelled(t: *const bridge_token_t) -> 
 /// @return the descriptor; -1 for NULL, or if the system refuses a descriptor.
 /// Any thread.
 #[no_mangle]
-pub unsafe extern "C" fn bridge_token_fd(t: *mut bridge_token_t) -> i32 {
+pub unsafe extern "C" fn bridge_token_fd(t: *mut bridge_token_t) -> c_int {
     boundary(|| {
         // SAFETY: `t` is NULL or a live token per the API.
         match unsafe { borrow(t) }.map(Token::fd) {
