@@ -260,6 +260,7 @@ c_tests!(
     post,
     file,
     process,
+    token,
 );
 
 /// A C++ exception escaping work is fatal, as documented: std::terminate() names it.
