@@ -398,6 +398,28 @@ fn example_run_process() {
 }
 
 #[test]
+fn example_cancel_scope() {
+    let out = build_and_run("c_examples/cancel_scope.c", &[]);
+    assert!(
+        out.contains("search: time limit reached, closing the window"),
+        "{out}"
+    );
+    assert!(
+        out.contains("window: every operation has stopped (join: done)"),
+        "{out}"
+    );
+    for name in [
+        "refresh timer",
+        "background program (sleep 30)",
+        "API request",
+        "search",
+    ] {
+        assert!(out.contains(&format!("{name}: cancelled")), "{out}");
+    }
+    assert!(out.contains("the API was told to stop: yes"), "{out}");
+}
+
+#[test]
 fn header_is_standalone_c_and_cpp() {
     let include = root().join("include");
     for (compiler, std) in [
