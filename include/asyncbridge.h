@@ -2166,13 +2166,30 @@ bridge_status bridge_token_add(bridge_token_t *t, future_t *f);
  * Any number may be registered; they run in the order registered. A callback may
  * call any function on the token (cancel, add, free). One that has not run when the
  * token is freed never runs; but one a cancellation on another thread has begun to
- * run may still be running when bridge_token_free() returns.
+ * run may still be running when bridge_token_free() returns: free what it uses from
+ * a finalizer (bridge_token_on_cancel_with_free()), not right after the free.
  * @param cb the callback; it must not block, throw or longjmp.
  * @param user_data passed to `cb`.
  * @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `t` or `cb`.
  * Any thread.
  */
 bridge_status bridge_token_on_cancel(bridge_token_t *t, bridge_cancel_fn cb, void *user_data);
+
+/**
+ * bridge_token_on_cancel() with a free function for `user_data`.
+ *
+ * `user_data_free(user_data)` runs exactly once, whatever this returns: right after
+ * `cb` returns, on the thread that ran it; or, if `cb` never runs, when the token is
+ * freed (inside bridge_token_free()), or before this returns if it is refused. So it
+ * is the safe place to free what the callback uses.
+ * @param user_data_free frees `user_data`; NULL: nothing to free.
+ * @return as bridge_token_on_cancel().
+ * Any thread.
+ */
+bridge_status bridge_token_on_cancel_with_free(bridge_token_t *t,
+                                               bridge_cancel_fn cb,
+                                               void *user_data,
+                                               bridge_free_fn user_data_free);
 
 /**
  * Frees the token without cancelling anything: the futures added are no longer

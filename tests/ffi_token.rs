@@ -469,6 +469,55 @@ fn adding_to_a_cancelled_token_cancels_at_once() {
     }
 }
 
+/// The finalizer of a cancel callback's user data runs exactly once on every path:
+/// after the callback, with the token's free when it never ran, at once if refused.
+#[test]
+fn cancel_callback_finalizers_run_exactly_once() {
+    let b = start();
+    unsafe {
+        // The user data is a pair of counters, (calls, frees): `count` counts in the
+        // first, at the pair's own address, `count_free` in the second.
+        unsafe extern "C" fn count_free(user_data: *mut c_void) {
+            let pair = unsafe { &*user_data.cast::<[AtomicUsize; 2]>() };
+            pair[1].fetch_add(1, Ordering::SeqCst);
+        }
+        let pair = [AtomicUsize::new(0), AtomicUsize::new(0)];
+        let data = (&pair as *const [AtomicUsize; 2]).cast_mut().cast();
+        let get = || {
+            (
+                pair[0].load(Ordering::SeqCst),
+                pair[1].load(Ordering::SeqCst),
+            )
+        };
+
+        let t = token(b, null_mut());
+        assert_eq!(
+            bridge_token_on_cancel_with_free(t, Some(count), data, Some(count_free)),
+            BRIDGE_OK
+        );
+        assert_eq!(get(), (0, 0));
+        bridge_token_cancel(t);
+        assert_eq!(get(), (1, 1), "after the call");
+        bridge_token_free(t);
+        assert_eq!(get(), (1, 1));
+
+        let t = token(b, null_mut());
+        assert_eq!(
+            bridge_token_on_cancel_with_free(t, Some(count), data, Some(count_free)),
+            BRIDGE_OK
+        );
+        bridge_token_free(t);
+        assert_eq!(get(), (1, 2), "never called: freed with the token");
+
+        assert_eq!(
+            bridge_token_on_cancel_with_free(null_mut(), Some(count), data, Some(count_free)),
+            BRIDGE_E_INVALID
+        );
+        assert_eq!(get(), (1, 3), "refused: freed at once");
+        bridge_free(b);
+    }
+}
+
 /// Cancel callbacks run once each, in order, on the cancelling thread, and may call
 /// back into the token, freeing it included.
 #[test]

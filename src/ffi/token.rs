@@ -4,10 +4,11 @@ use std::ffi::{c_int, c_void};
 use std::time::Duration;
 
 use crate::compose::token::Token;
-use crate::ffi::boundary::{boundary, SendPtr};
+use crate::ffi::boundary::{boundary, FreeOnDrop};
 use crate::ffi::bridge::{borrow as borrow_bridge, bridge_t};
 use crate::ffi::future::{borrow as borrow_future, future_t};
 use crate::ffi::handle::{arc_borrow, arc_clone, arc_into_c, arc_take, Castable, OwnedByArc};
+use crate::ffi::job::bridge_free_fn;
 use crate::ffi::promise::bridge_cancel_fn;
 use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID, BRIDGE_OK};
 use crate::runtime::Bridge;
@@ -214,7 +215,8 @@ pub unsafe extern "C" fn bridge_token_add(
 /// Any number may be registered; they run in the order registered. A callback may
 /// call any function on the token (cancel, add, free). One that has not run when the
 /// token is freed never runs; but one a cancellation on another thread has begun to
-/// run may still be running when bridge_token_free() returns.
+/// run may still be running when bridge_token_free() returns: free what it uses from
+/// a finalizer (bridge_token_on_cancel_with_free()), not right after the free.
 /// @param cb the callback; it must not block, throw or longjmp.
 /// @param user_data passed to `cb`.
 /// @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `t` or `cb`.
@@ -225,15 +227,36 @@ pub unsafe extern "C" fn bridge_token_on_cancel(
     cb: bridge_cancel_fn,
     user_data: *mut c_void,
 ) -> bridge_status {
+    // SAFETY: as bridge_token_on_cancel_with_free(), with nothing to free.
+    unsafe { bridge_token_on_cancel_with_free(t, cb, user_data, None) }
+}
+
+/// bridge_token_on_cancel() with a free function for `user_data`.
+///
+/// `user_data_free(user_data)` runs exactly once, whatever this returns: right after
+/// `cb` returns, on the thread that ran it; or, if `cb` never runs, when the token is
+/// freed (inside bridge_token_free()), or before this returns if it is refused. So it
+/// is the safe place to free what the callback uses.
+/// @param user_data_free frees `user_data`; NULL: nothing to free.
+/// @return as bridge_token_on_cancel().
+/// Any thread.
+#[no_mangle]
+pub unsafe extern "C" fn bridge_token_on_cancel_with_free(
+    t: *mut bridge_token_t,
+    cb: bridge_cancel_fn,
+    user_data: *mut c_void,
+    user_data_free: bridge_free_fn,
+) -> bridge_status {
     boundary(|| {
+        let user_data = FreeOnDrop::new(user_data, user_data_free);
         // SAFETY: `t` is NULL or a live token per the API.
         let (Some(token), Some(func)) = (unsafe { retain(t) }, cb) else {
             return BRIDGE_E_INVALID;
         };
-        let user_data = SendPtr(user_data);
         token.on_cancel(Box::new(move || {
             // SAFETY: the callback and its user data were given for this token.
             unsafe { func(user_data.get()) }
+            // Dropping `user_data` here frees it, after the call.
         }));
         BRIDGE_OK
     })
