@@ -114,6 +114,12 @@
 #define BRIDGE_PROCESS_MERGE_STDERR 1
 
 /**
+ * bridge_scope_new() flag: the first member that fails cancels the others, and the
+ * join fails with that member's code and message.
+ */
+#define BRIDGE_SCOPE_CANCEL_ON_FAILURE 1
+
+/**
  * A timeout_ms meaning "no limit".
  */
 #define BRIDGE_FOREVER (-1)
@@ -284,6 +290,28 @@ struct bridge_promise;
 struct bridge_queue;
 
 /**
+ * A scope: operations added to it are its members, and its join (a future) ends only
+ * once every member has ended. The library's futures end only once their work has
+ * stopped, so nothing started in a scope outlives its join.
+ *
+ * Made by bridge_scope_new(); consumed by bridge_scope_close(), which cancels what
+ * still runs (there is no other free). Every function on it may be called from any
+ * thread.
+ *
+ * The join is a future of the scope's bridge, counted in bridge_stats() as one
+ * submission, pending from bridge_scope_new() until it ends. It ends BRIDGE_OK
+ * once the scope is joined (or closed) and every member has ended, whatever the
+ * members' outcomes; with BRIDGE_SCOPE_CANCEL_ON_FAILURE it fails with the first
+ * failure of a member instead. Cancelling the join itself (future_cancel(),
+ * future_set_timeout(), or bridge_shutdown() past its grace) closes the scope and
+ * cancels every member; the join then ends BRIDGE_CANCELLED (BRIDGE_FAILED with
+ * BRIDGE_E_TIMED_OUT for a timeout) once they have ended. So shutdown resolves
+ * every join; but a shutdown without a time limit waits for a scope that is never
+ * joined or closed, as it waits for any pending work.
+ */
+struct bridge_scope;
+
+/**
  * A watch of a Unix signal. Made by bridge_signal_start(), stopped by
  * bridge_signal_stop(), freed by bridge_signal_free(). Thread-safe.
  */
@@ -310,6 +338,22 @@ struct bridge_stream;
  * bridge_timer_stop(), freed by bridge_timer_free(). Thread-safe.
  */
 struct bridge_timer;
+
+/**
+ * A cancellation token: cancelling it cancels, at once and on the cancelling thread,
+ * every future added to it (exactly as future_cancel() does: a promise's cancel
+ * callback runs, async work is dropped, a process group is killed), every child
+ * token (and so every scope made under it), and runs its cancel callbacks.
+ *
+ * Made by bridge_token_new(), freed by bridge_token_free(); a scope's token
+ * (bridge_scope_token()) belongs to the scope. Every function on it may be called
+ * from any thread, and from its own cancel callbacks.
+ *
+ * Memory: a future added is kept only until it ends, so a token that lives for the
+ * whole program stays small however many operations pass through it. A child is
+ * listed in its parent only while it lives.
+ */
+struct bridge_token;
 
 /**
  * How bridge_start() starts a bridge. Initialise it with bridge_config_init(), then
@@ -698,6 +742,16 @@ typedef void (*future_progress_fn)(future_t *f, uint64_t done, uint64_t total, v
  * longjmp; it may call into the library (post again, free the queue).
  */
 typedef void (*bridge_post_fn)(void *user_data);
+
+/**
+ * A cancellation token (see struct bridge_token).
+ */
+typedef struct bridge_token bridge_token_t;
+
+/**
+ * A scope (see struct bridge_scope).
+ */
+typedef struct bridge_scope bridge_scope_t;
 
 /**
  * A watch of a Unix signal (see struct bridge_signal).
@@ -2148,6 +2202,82 @@ bridge_status bridge_queue_post_with_free(bridge_queue_t *q,
                                           bridge_free_fn user_data_free);
 
 /**
+ * Makes a scope.
+ *
+ * @param b the bridge the join belongs to (and whose timers run the deadlines of the
+ *        scope's token).
+ * @param parent NULL, or a token whose cancellation cancels the scope (its token is
+ *        a child of `parent`): pass an enclosing scope's token to nest scopes.
+ * @param flags 0 or BRIDGE_SCOPE_CANCEL_ON_FAILURE.
+ * @param out receives the scope; the caller consumes it with bridge_scope_close().
+ * @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `b` or `out`, or unknown flags;
+ *         BRIDGE_E_NOT_RUNNING once the bridge is shut down (or in a fork child);
+ *         BRIDGE_E_BUSY at max_pending (the join counts as pending work). `out` is
+ *         written only on BRIDGE_OK.
+ * Any thread.
+ */
+bridge_status bridge_scope_new(bridge_t *b,
+                               bridge_token_t *parent,
+                               uint32_t flags,
+                               bridge_scope_t **out);
+
+/**
+ * Adds `f` to the scope: the join waits for it to end, and the scope's cancellation
+ * cancels it (at once, here, if the scope is cancelled already).
+ *
+ * The caller's reference is not taken: the caller still releases `f`; the scope
+ * keeps it only until it ends. `f` may belong to any bridge.
+ * @return BRIDGE_OK; BRIDGE_E_CLOSED if the scope was joined or closed (or its join
+ *         cancelled): `f` is cancelled then, and the join does not wait for it;
+ *         BRIDGE_E_INVALID for NULL `s` or `f`; BRIDGE_E_NOT_RUNNING for a pending
+ *         future in a fork child.
+ * Any thread.
+ */
+bridge_status bridge_scope_add(bridge_scope_t *s, future_t *f);
+
+/**
+ * The scope's token, borrowed: valid until the scope is closed; never free it.
+ *
+ * It is cancelled when the scope is cancelled or closed, or its parent is. Use it as
+ * the parent of nested scopes and tokens, add futures to it that the join should
+ * not wait for, or give it a deadline (bridge_token_set_deadline()).
+ * @return the token; NULL for NULL.
+ * Any thread.
+ */
+bridge_token_t *bridge_scope_token(bridge_scope_t *s);
+
+/**
+ * Cancels every member (as future_cancel() does), on this thread; members added
+ * later are cancelled as they are added. The scope stays open: join or close it.
+ *
+ * @param s the scope; NULL does nothing.
+ * Any thread.
+ */
+void bridge_scope_cancel(bridge_scope_t *s);
+
+/**
+ * Ends the additions (bridge_scope_add() is BRIDGE_E_CLOSED from now on) and gives
+ * the join: it ends once every member has ended (see struct bridge_scope).
+ *
+ * May be called more than once; each call gives a new reference to the same join.
+ * @param out receives one reference to the join; release it with future_release().
+ * @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `s` or `out`.
+ * Any thread.
+ */
+bridge_status bridge_scope_join(bridge_scope_t *s, future_t **out);
+
+/**
+ * Closes the scope and consumes it: no more additions, every member still running
+ * is cancelled (on this thread), and the join ends once every member has ended.
+ *
+ * @param s the scope; NULL does nothing (and writes nothing).
+ * @param join_out NULL, or receives one reference to the join (release it with
+ *        future_release()).
+ * Any thread. Using `s`, or its token, afterwards is undefined.
+ */
+void bridge_scope_close(bridge_scope_t *s, future_t **join_out);
+
+/**
  * Watches a Unix signal (SIGINT, SIGTERM, SIGUSR1, SIGHUP, ...).
  *
  * Every arrival is counted inside the signal handler, which does nothing else; the
@@ -2408,6 +2538,127 @@ void bridge_timer_stop(bridge_timer_t *t);
  * Any thread.
  */
 void bridge_timer_free(bridge_timer_t *t);
+
+/**
+ * Makes a token.
+ *
+ * @param b the bridge whose timers run the token's deadline.
+ * @param parent NULL, or a token whose cancellation cancels the new one too (if it
+ *        is cancelled already, the new token is born cancelled). The parent may be
+ *        freed first: its children stay linked to its own parent.
+ * @param out receives the token; the caller frees it with bridge_token_free().
+ * @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `b` or `out`; BRIDGE_E_NOT_RUNNING
+ *         once the bridge is shut down (or in a fork child). `out` is written only
+ *         on BRIDGE_OK.
+ * Any thread.
+ */
+bridge_status bridge_token_new(bridge_t *b, bridge_token_t *parent, bridge_token_t **out);
+
+/**
+ * Cancels the token `ms` milliseconds from now, on a bridge thread (at once, on this
+ * thread, for 0). The earliest deadline set wins: a later one changes nothing.
+ *
+ * The timer does not keep the token alive: freeing or cancelling the token stops
+ * it. Cancel callbacks run by a deadline run on a bridge thread: they must not block.
+ * @return BRIDGE_OK (also on a token cancelled already, which nothing changes);
+ *         BRIDGE_E_INVALID for NULL; BRIDGE_E_NOT_RUNNING once the token's bridge is
+ *         shut down.
+ * Any thread.
+ */
+bridge_status bridge_token_set_deadline(bridge_token_t *t, uint64_t ms);
+
+/**
+ * Cancels the token: every future added and not ended yet is cancelled as by
+ * future_cancel(), then its cancel callbacks run, then its children are cancelled,
+ * all on this thread, before this returns. Idempotent.
+ *
+ * The futures end BRIDGE_CANCELLED once their work has stopped (at once for most;
+ * a promise when its holder settles it).
+ * @param t the token; NULL does nothing.
+ * Any thread, the token's own cancel callbacks included; never blocks (but runs
+ * the cancel callbacks of promises added, which must not block either).
+ */
+void bridge_token_cancel(bridge_token_t *t);
+
+/**
+ * Whether the token was cancelled: bridge_token_cancel(), a parent's cancellation,
+ * its deadline, or its scope's cancel or close.
+ *
+ * @return false for NULL.
+ * Any thread.
+ */
+bool bridge_token_is_cancelled(const bridge_token_t *t);
+
+/**
+ * A descriptor that becomes readable once the token is cancelled, and stays
+ * readable: watch it with poll(), a QSocketNotifier, g_unix_fd_add().
+ *
+ * Do not read, write or close it: it is owned by the token and closed by
+ * bridge_token_free(). Every call returns the same descriptor.
+ * @return the descriptor; -1 for NULL, or if the system refuses a descriptor.
+ * Any thread.
+ */
+int bridge_token_fd(bridge_token_t *t);
+
+/**
+ * Has the token cancel `f` when it is cancelled: at once, here, if the token is
+ * cancelled already.
+ *
+ * The caller's reference is not taken: the caller still releases `f`. The token
+ * keeps `f` only until it ends, and never keeps its value alive. A future may be
+ * added to several tokens; the first cancellation counts.
+ * @return BRIDGE_OK (also for a finished `f`, which nothing changes);
+ *         BRIDGE_E_INVALID for NULL `t` or `f`; BRIDGE_E_NOT_RUNNING for a pending
+ *         future in a fork child.
+ * Any thread.
+ */
+bridge_status bridge_token_add(bridge_token_t *t, future_t *f);
+
+/**
+ * Registers a cancel callback: `cb(user_data)` runs once, on the thread that cancels
+ * the token (a bridge thread for a deadline), after the token's futures were
+ * cancelled; or at once, on this thread, before this returns, if the token is
+ * cancelled already.
+ *
+ * Any number may be registered; they run in the order registered. A callback may
+ * call any function on the token (cancel, add, free). One that has not run when the
+ * token is freed never runs; but one a cancellation on another thread has begun to
+ * run may still be running when bridge_token_free() returns: free what it uses from
+ * a finalizer (bridge_token_on_cancel_with_free()), not right after the free.
+ * @param cb the callback; it must not block, throw or longjmp.
+ * @param user_data passed to `cb`.
+ * @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `t` or `cb`.
+ * Any thread.
+ */
+bridge_status bridge_token_on_cancel(bridge_token_t *t, bridge_cancel_fn cb, void *user_data);
+
+/**
+ * bridge_token_on_cancel() with a free function for `user_data`.
+ *
+ * `user_data_free(user_data)` runs exactly once, whatever this returns: right after
+ * `cb` returns, on the thread that ran it; or, if `cb` never runs, when the token is
+ * freed (inside bridge_token_free()), or before this returns if it is refused. So it
+ * is the safe place to free what the callback uses.
+ * @param user_data_free frees `user_data`; NULL: nothing to free.
+ * @return as bridge_token_on_cancel().
+ * Any thread.
+ */
+bridge_status bridge_token_on_cancel_with_free(bridge_token_t *t,
+                                               bridge_cancel_fn cb,
+                                               void *user_data,
+                                               bridge_free_fn user_data_free);
+
+/**
+ * Frees the token without cancelling anything: the futures added are no longer
+ * cancelled by it, callbacks that have not run never run, its deadline no longer
+ * fires, its descriptor is closed, and it leaves its parent's list. Its children
+ * stay linked to its parent (cancelling the parent still cancels them).
+ *
+ * @param t the token; NULL does nothing. Never a scope's token. Using it afterwards
+ *        is undefined; it may be freed from its own cancel callback.
+ * Any thread.
+ */
+void bridge_token_free(bridge_token_t *t);
 
 /**
  * Frees a bridge_bytes_t made by the library (a bridge_free_fn).

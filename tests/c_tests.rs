@@ -260,6 +260,7 @@ c_tests!(
     post,
     file,
     process,
+    token,
 );
 
 /// A C++ exception escaping work is fatal, as documented: std::terminate() names it.
@@ -394,6 +395,28 @@ fn example_run_process() {
     assert!(out.contains("sh: exit code 4"), "{out}");
     assert!(out.contains("sh: stdout: to stdout\n"), "{out}");
     assert!(out.contains("sh: stderr: to stderr\n"), "{out}");
+}
+
+#[test]
+fn example_cancel_scope() {
+    let out = build_and_run("c_examples/cancel_scope.c", &[]);
+    assert!(
+        out.contains("search: time limit reached, closing the window"),
+        "{out}"
+    );
+    assert!(
+        out.contains("window: every operation has stopped (join: done)"),
+        "{out}"
+    );
+    for name in [
+        "refresh timer",
+        "background program (sleep 30)",
+        "API request",
+        "search",
+    ] {
+        assert!(out.contains(&format!("{name}: cancelled")), "{out}");
+    }
+    assert!(out.contains("the API was told to stop: yes"), "{out}");
 }
 
 #[test]
