@@ -51,6 +51,16 @@
 #define DEFAULT_MAX_BODY (64 << 20)
 
 /**
+ * The longest Unix socket path (sockaddr_un's `sun_path`, its NUL excluded).
+ */
+#define MAX_UNIX_PATH 107
+
+/**
+ * The backlog when the caller names none.
+ */
+#define DEFAULT_BACKLOG 1024
+
+/**
  * The read size when the caller names none.
  */
 #define DEFAULT_READ (64 * 1024)
@@ -83,6 +93,19 @@
  * instead of the built-in Mozilla roots.
  */
 #define BRIDGE_HTTP_SYSTEM_ROOTS 2
+
+/**
+ * bridge_connect_options_t.flags: a TLS handshake after connecting; the future ends
+ * once it is done. Without the library's "tls" feature (on by default) this flag is
+ * BRIDGE_E_INVALID.
+ */
+#define BRIDGE_CONNECT_TLS 1
+
+/**
+ * bridge_connect_options_t.flags: with BRIDGE_CONNECT_TLS, trust the system's CA
+ * store (loaded once per bridge) instead of the built-in Mozilla roots.
+ */
+#define BRIDGE_CONNECT_SYSTEM_ROOTS 2
 
 /**
  * bridge_process_options_t.flags: standard error goes into the `out` bytes, in the
@@ -179,6 +202,15 @@
 struct bridge;
 
 /**
+ * The addresses a name resolves to: the value of a bridge_dns_resolve() future (type
+ * BRIDGE_VALUE_ADDRESSES).
+ *
+ * Owned by the future (freed with it) unless taken with future_take_value(), then
+ * freed with bridge_addresses_free(). Strings it hands out live as long as it.
+ */
+struct bridge_addresses;
+
+/**
  * A program started by bridge_process_spawn(), running beside its caller.
  *
  * Its piped standard streams are taken as bridge_stream_t handles
@@ -218,6 +250,16 @@ struct bridge_http_response;
  * its own for that long.
  */
 struct bridge_job;
+
+/**
+ * A listening TCP or Unix socket, made by bridge_tcp_listen() or bridge_unix_listen()
+ * and freed with bridge_listener_close().
+ *
+ * It takes one pending accept at a time. Every function may be called from any
+ * thread, the close excepted while another call on the same listener runs; accepts
+ * run on the bridge's loop and their futures are futures of that bridge.
+ */
+struct bridge_listener;
 
 /**
  * The producer's side of a future: whoever holds it settles the future, from any
@@ -602,6 +644,72 @@ typedef struct bridge_http_request bridge_http_request_t;
  * An HTTP response (see struct bridge_http_response).
  */
 typedef struct bridge_http_response bridge_http_response_t;
+
+/**
+ * Where bridge_connect() connects, and how. Initialise it with
+ * bridge_connect_options_init(), then set the fields you need; every string is copied
+ * by bridge_connect(), so all of them may be freed once it returns.
+ */
+struct bridge_connect_options {
+    /**
+     * sizeof(bridge_connect_options_t), set by bridge_connect_options_init(). A
+     * smaller size is BRIDGE_E_INVALID. A larger one (a program built against a later
+     * header) is accepted when every byte past this struct is 0, i.e. when it asks
+     * for nothing this version does not know; up to 4096.
+     */
+    uint32_t size;
+    /**
+     * TCP and TLS: a host name ("example.com", "localhost") or a numeric address
+     * ("127.0.0.1", "::1", "[::1]"). Required unless `unix_path` is set; unused then.
+     */
+    const char *host;
+    /**
+     * TCP and TLS: the port, not 0. Unused with `unix_path`.
+     */
+    uint16_t port;
+    /**
+     * Non-NULL: connect to this Unix stream socket instead (`host` and `port`
+     * unused); not empty, at most 107 bytes.
+     */
+    const char *unix_path;
+    /**
+     * BRIDGE_CONNECT_* bits; any other bit is BRIDGE_E_INVALID.
+     */
+    uint32_t flags;
+    /**
+     * With BRIDGE_CONNECT_TLS: the name the server's certificate must hold; NULL:
+     * `host` (a numeric host is checked against the certificate's IP addresses).
+     * Required for TLS over `unix_path`. Set without BRIDGE_CONNECT_TLS:
+     * BRIDGE_E_INVALID.
+     */
+    const char *server_name;
+    /**
+     * With BRIDGE_CONNECT_TLS: PEM certificates trusted besides the roots (a private
+     * CA), as bridge_http_request_t's; NULL: none. Set without BRIDGE_CONNECT_TLS:
+     * BRIDGE_E_INVALID.
+     */
+    const char *extra_ca_pem;
+    /**
+     * The name resolution, connection and TLS handshake together, in milliseconds;
+     * 0: no limit. When it runs out the future fails with BRIDGE_E_TIMED_OUT.
+     */
+    uint64_t timeout_ms;
+};
+
+/**
+ * Where bridge_connect() connects (see struct bridge_connect_options).
+ */
+typedef struct bridge_connect_options bridge_connect_options_t;
+
+/**
+ * A listening socket (see struct bridge_listener).
+ */
+typedef struct bridge_listener bridge_listener_t;
+
+/**
+ * The addresses a name resolves to (see struct bridge_addresses).
+ */
+typedef struct bridge_addresses bridge_addresses_t;
 
 /**
  * The producer's side of a future (see struct bridge_promise).
@@ -1626,6 +1734,222 @@ void bridge_job_cancel(bridge_job_t *job);
  * Any thread, during the work's call.
  */
 void bridge_job_set_progress(bridge_job_t *job, uint64_t done, uint64_t total);
+
+/**
+ * Fills `o` with the defaults: size = sizeof(bridge_connect_options_t), every other
+ * field 0 or NULL (no host yet, no TLS, no timeout).
+ *
+ * @param o the options to fill; NULL does nothing.
+ * Any thread.
+ */
+void bridge_connect_options_init(bridge_connect_options_t *o);
+
+/**
+ * Connects to a TCP server (by name or address) or a Unix socket, with TLS if asked;
+ * the future ends with the connection as a bridge_stream_t* (BRIDGE_VALUE_STREAM).
+ *
+ * Take the stream with future_take_value() and close it with bridge_stream_close(); a
+ * stream left in the future is closed when the future is freed. TCP streams have
+ * TCP_NODELAY set.
+ *
+ * A host name is resolved as bridge_dns_resolve() does; its addresses are then tried
+ * one after the other, in the resolver's order (no parallel attempts), until one
+ * connects. The future fails with:
+ * - BRIDGE_E_IO when no address accepts the connection; future_os_error() gives the
+ *   errno of the last attempt (ECONNREFUSED, ENETUNREACH, ENOENT for a Unix path that
+ *   does not exist...) and the message names the target and each address tried
+ *   ("connect to 127.0.0.1:1: Connection refused");
+ * - BRIDGE_E_DNS when the name cannot be resolved;
+ * - BRIDGE_E_TLS when the handshake fails: a certificate not trusted or not for
+ *   `server_name`, the server's alert, a peer that does not speak TLS;
+ * - BRIDGE_E_TIMED_OUT when `timeout_ms` runs out.
+ *
+ * future_cancel() stops the resolution, the attempt or the handshake; the socket is
+ * closed before the future ends BRIDGE_CANCELLED (a getaddrinfo() already running
+ * finishes on its own, see bridge_dns_resolve()).
+ *
+ * @param b the bridge whose loop connects, and runs the stream's operations later.
+ * @param o the options, read during the call only (everything is copied).
+ * @param out receives the future (one reference, the caller's; release it with
+ *        future_release()); written only on BRIDGE_OK.
+ * @return BRIDGE_OK; BRIDGE_E_INVALID, with nothing started, for NULL `b`, `o` or
+ *         `out`, a `size` that is not accepted, no `host` (or an empty one) without
+ *         `unix_path`, port 0, an empty or too long `unix_path`, strings that are not
+ *         UTF-8 (host, server_name), an unknown flag, server_name, extra_ca_pem or
+ *         BRIDGE_CONNECT_SYSTEM_ROOTS without BRIDGE_CONNECT_TLS, an invalid
+ *         server_name, extra_ca_pem without a certificate that parses, TLS over
+ *         `unix_path` without server_name, BRIDGE_CONNECT_SYSTEM_ROOTS when the system
+ *         store holds no certificate, BRIDGE_CONNECT_TLS in a library built without
+ *         TLS; BRIDGE_E_NOT_RUNNING once shut down; BRIDGE_E_BUSY (max_pending).
+ * Any thread; never blocks (the first BRIDGE_CONNECT_SYSTEM_ROOTS connection reads
+ * the system's CA store on the calling thread).
+ */
+bridge_status bridge_connect(bridge_t *b, const bridge_connect_options_t *o, future_t **out);
+
+/**
+ * Connects to a TCP server: bridge_connect() with `host` and `port` and every other
+ * option at its default (no TLS, no timeout).
+ *
+ * @param b the bridge.
+ * @param host a host name or numeric address, copied; NULL or empty is
+ *        BRIDGE_E_INVALID.
+ * @param port the port; 0 is BRIDGE_E_INVALID.
+ * @param out receives the future (one reference, the caller's), written only on
+ *        BRIDGE_OK; its value is a bridge_stream_t* (BRIDGE_VALUE_STREAM).
+ * @return as bridge_connect().
+ * Any thread.
+ */
+bridge_status bridge_tcp_connect(bridge_t *b, const char *host, uint16_t port, future_t **out);
+
+/**
+ * Makes a TCP listener: bound and listening when this returns.
+ *
+ * SO_REUSEADDR is set, so a port left in TIME_WAIT by an earlier run can be bound
+ * again. Connections are queued by the system from this moment on; take them with
+ * bridge_listener_accept().
+ *
+ * @param b the bridge whose loop accepts, and runs the accepted streams' operations.
+ * @param host a numeric address to bind ("127.0.0.1", "::1", "[::1]"; "0.0.0.0" or
+ *        "::" for every interface); NULL: "127.0.0.1". A name is BRIDGE_E_INVALID
+ *        (binding must not wait for a resolver).
+ * @param port the port; 0: one the system chooses (read it with
+ *        bridge_listener_port()).
+ * @param backlog the queue of connections not accepted yet; 0: 1024. The system caps
+ *        it (net.core.somaxconn).
+ * @param out receives the listener, written only on BRIDGE_OK; the caller frees it
+ *        with bridge_listener_close().
+ * @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `b` or `out` or a `host` that is not a
+ *         numeric address; BRIDGE_E_IO when the socket cannot be bound or listen, with
+ *         errno set (EADDRINUSE, EACCES, EADDRNOTAVAIL, EMFILE...);
+ *         BRIDGE_E_NOT_RUNNING once shut down.
+ * Any thread.
+ */
+bridge_status bridge_tcp_listen(bridge_t *b,
+                                const char *host,
+                                uint16_t port,
+                                uint32_t backlog,
+                                bridge_listener_t **out);
+
+/**
+ * Makes a Unix stream socket listener at `path`: bound and listening when this
+ * returns, backlog 1024.
+ *
+ * The socket file is removed by bridge_listener_close() (unless another socket was
+ * bound at the path since). A file already at `path` is not replaced: BRIDGE_E_IO
+ * with EADDRINUSE (remove a stale socket first).
+ *
+ * @param b the bridge whose loop accepts.
+ * @param path the socket's path, copied; NULL, empty or longer than 107 bytes is
+ *        BRIDGE_E_INVALID.
+ * @param out receives the listener, written only on BRIDGE_OK; the caller frees it
+ *        with bridge_listener_close().
+ * @return BRIDGE_OK; BRIDGE_E_INVALID; BRIDGE_E_IO with errno set (EADDRINUSE,
+ *         ENOENT for a missing directory, EACCES...); BRIDGE_E_NOT_RUNNING once shut
+ *         down.
+ * Any thread.
+ */
+bridge_status bridge_unix_listen(bridge_t *b, const char *path, bridge_listener_t **out);
+
+/**
+ * The TCP port a listener listens on: the one the system chose for port 0.
+ *
+ * @param l the listener; NULL gives 0.
+ * @return the port; 0 for a Unix socket listener and for NULL.
+ * Any thread.
+ */
+uint16_t bridge_listener_port(const bridge_listener_t *l);
+
+/**
+ * Accepts the next connection: the future ends with it as a bridge_stream_t*
+ * (BRIDGE_VALUE_STREAM; take it with future_take_value(), close it with
+ * bridge_stream_close()). TCP streams have TCP_NODELAY set.
+ *
+ * One accept may be pending at a time: call again once the future has ended (from
+ * its done callback, for an accept loop). Connections the peer gave up before they
+ * were taken are skipped. The future fails with BRIDGE_E_CLOSED when
+ * bridge_listener_close() is called while it waits, and with BRIDGE_E_IO and the
+ * errno for an OS error (EMFILE when out of descriptors: the connection stays queued,
+ * try again later). future_cancel() ends it BRIDGE_CANCELLED with no connection
+ * taken: the next accept gets it.
+ *
+ * @param l the listener; NULL is BRIDGE_E_INVALID.
+ * @param out receives the future (one reference, the caller's), written only on
+ *        BRIDGE_OK; NULL is BRIDGE_E_INVALID.
+ * @return BRIDGE_OK; BRIDGE_E_INVALID; BRIDGE_E_BUSY while another accept of this
+ *         listener is pending (its future not ended yet); BRIDGE_E_NOT_RUNNING once
+ *         the bridge shut down (and BRIDGE_E_BUSY at its max_pending).
+ * Any thread. Using `l` after bridge_listener_close() is undefined.
+ */
+bridge_status bridge_listener_accept(bridge_listener_t *l, future_t **out);
+
+/**
+ * Closes a listener and frees its handle.
+ *
+ * A pending accept ends FAILED with BRIDGE_E_CLOSED; the socket is closed now, or on
+ * the bridge's loop as that accept ends (at once). Connections queued and not
+ * accepted are reset. The socket file of a bridge_unix_listen() listener is removed
+ * before this returns. Streams accepted earlier are not affected.
+ *
+ * @param l the listener; NULL does nothing.
+ * Any thread, including a callback of one of its accepts' futures; not while another
+ * call on `l` runs. Using `l` afterwards is undefined.
+ */
+void bridge_listener_close(bridge_listener_t *l);
+
+/**
+ * Resolves a host name: the future ends with its addresses as a bridge_addresses_t*
+ * (BRIDGE_VALUE_ADDRESSES), in the order to try them.
+ *
+ * The order is the system resolver's (getaddrinfo(), which sorts by RFC 6724: IPv6
+ * first where it is usable), each address once; a numeric address is its own answer,
+ * with no lookup. The future fails with BRIDGE_E_DNS (the message gives the
+ * resolver's reason) when the name is unknown or the resolver cannot be reached.
+ *
+ * The lookup runs on a blocking thread of the bridge. future_cancel() ends the future
+ * BRIDGE_CANCELLED at once; a getaddrinfo() already running cannot be interrupted: it
+ * goes on to its end on that thread (bounded by the resolver's timeouts,
+ * resolv.conf) and its answer is dropped.
+ *
+ * @param b the bridge.
+ * @param host the name or numeric address, copied; NULL, empty or not UTF-8 is
+ *        BRIDGE_E_INVALID.
+ * @param out receives the future (one reference, the caller's), written only on
+ *        BRIDGE_OK; NULL is BRIDGE_E_INVALID.
+ * @return BRIDGE_OK; BRIDGE_E_INVALID; BRIDGE_E_NOT_RUNNING once shut down;
+ *         BRIDGE_E_BUSY (max_pending).
+ * Any thread.
+ */
+bridge_status bridge_dns_resolve(bridge_t *b, const char *host, future_t **out);
+
+/**
+ * How many addresses a bridge_dns_resolve() answer holds.
+ *
+ * @param a the addresses; NULL gives 0.
+ * @return the count (at least 1 for an answer of the library).
+ * Any thread.
+ */
+size_t bridge_addresses_count(const bridge_addresses_t *a);
+
+/**
+ * One address of a bridge_dns_resolve() answer, numeric ("127.0.0.1", "::1", without
+ * brackets or port).
+ *
+ * @param a the addresses; NULL gives NULL.
+ * @param i its index, from 0.
+ * @return the address, a string owned by `a` that lives as long as it; NULL when `i`
+ *         is past the end.
+ * Any thread.
+ */
+const char *bridge_addresses_at(const bridge_addresses_t *a, size_t i);
+
+/**
+ * Frees a bridge_addresses_t taken from a future (a bridge_free_fn).
+ *
+ * @param a the addresses; NULL does nothing. Using them, or strings they handed
+ *        out, afterwards is undefined.
+ * Any thread.
+ */
+void bridge_addresses_free(void *a);
 
 /**
  * Fills `opts` with the defaults: size = sizeof(bridge_process_options_t), every

@@ -963,6 +963,104 @@ fn example_timer_signal() {
     assert!(summary.ends_with("shutdown ok"), "{summary}");
 }
 
+/// c_examples/echo_server.c under 200 concurrent clients, each sending a few messages
+/// of different sizes and checking every byte that comes back; then SIGTERM with some
+/// connections still open, which the server closes before it exits cleanly.
+#[test]
+fn example_echo_server() {
+    use std::io::{Read, Write};
+    const THREADS: usize = 10;
+    const PER_THREAD: usize = 20;
+    const ROUNDS: usize = 4;
+    const IDLE: usize = 10;
+    let message = |conn: usize, round: usize| -> Vec<u8> {
+        let len = 1 + (conn * 31 + round * 977) % 8192;
+        (0..len)
+            .map(|i| ((i + conn * 7 + round) % 251) as u8)
+            .collect()
+    };
+    let expected_bytes: usize = (0..THREADS * PER_THREAD)
+        .flat_map(|conn| (0..ROUNDS).map(move |round| (conn, round)))
+        .map(|(conn, round)| message(conn, round).len())
+        .sum();
+    let exe = compile(&root().join("c_examples/echo_server.c"));
+    let (ok, out, err) = run_driven(&exe, &[], |pid, lines| {
+        let first = lines
+            .recv_timeout(Duration::from_secs(30))
+            .expect("a \"listening on\" line");
+        let port: u16 = first
+            .strip_prefix("listening on 127.0.0.1:")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("not a listening line: {first}"));
+        let connect = move || {
+            let c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+            // Hang guards only.
+            c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            c
+        };
+        let clients: Vec<_> = (0..THREADS)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let ids: Vec<usize> = (t * PER_THREAD..(t + 1) * PER_THREAD).collect();
+                    // All of this thread's connections are open at once.
+                    let mut conns: Vec<_> = ids.iter().map(|_| connect()).collect();
+                    for round in 0..ROUNDS {
+                        for (c, &id) in conns.iter_mut().zip(&ids) {
+                            c.write_all(&message(id, round)).unwrap();
+                        }
+                        for (c, &id) in conns.iter_mut().zip(&ids) {
+                            let want = message(id, round);
+                            let mut got = vec![0u8; want.len()];
+                            c.read_exact(&mut got).unwrap();
+                            assert!(got == want, "connection {id}, round {round}: bytes differ");
+                        }
+                    }
+                    // The client's end: the server ends its side too.
+                    for c in &mut conns {
+                        c.shutdown(std::net::Shutdown::Write).unwrap();
+                        let mut rest = Vec::new();
+                        c.read_to_end(&mut rest).unwrap();
+                        assert!(rest.is_empty(), "bytes after the echo: {rest:?}");
+                    }
+                })
+            })
+            .collect();
+        for client in clients {
+            client.join().unwrap();
+        }
+        // Open and proven served (one echo each), then left open for the stop.
+        let mut idle: Vec<_> = (0..IDLE).map(|_| connect()).collect();
+        for c in &mut idle {
+            c.write_all(b"x").unwrap();
+            let mut one = [0u8; 1];
+            c.read_exact(&mut one).unwrap();
+        }
+        // SAFETY: kill() has no memory-safety preconditions; `pid` is our child.
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+        for c in &mut idle {
+            let mut rest = Vec::new();
+            c.read_to_end(&mut rest).unwrap();
+            assert!(rest.is_empty(), "{rest:?}");
+        }
+    });
+    print!("{out}");
+    eprint!("{err}");
+    assert!(ok, "echo_server failed:\nstdout:\n{out}\nstderr:\n{err}");
+    let total = THREADS * PER_THREAD + IDLE;
+    assert!(
+        out.contains(&format!("SIGTERM: stopping with {IDLE} open connection(s)")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "connections: {total}, finished: {total}, failed: 0, bytes echoed: {}, pending 0",
+            expected_bytes + IDLE
+        )),
+        "{out}"
+    );
+    assert!(out.contains("shutdown: ok"), "{out}");
+}
+
 /// One call of an exported function with every pointer argument NULL, as C, with the
 /// answer its return type promises; `None` if the function takes no pointer.
 fn null_call(prototype: &str) -> Option<String> {
@@ -995,6 +1093,8 @@ fn null_call(prototype: &str) -> Option<String> {
         "bool" => format!("int ok = {call} == false;"),
         "size_t" => format!("int ok = {call} == 0;"),
         "int" => format!("int ok = {call} == -1;"),
+        // bridge_listener_port: 0 for NULL.
+        "uint16_t" => format!("int ok = {call} == 0;"),
         "bridge_status" => format!("int ok = {call} == BRIDGE_E_INVALID;"),
         // bridge_job_fail returns the code it is given, whatever the job.
         "int32_t" if name == "bridge_job_fail" => format!("int ok = {call} == 0;"),

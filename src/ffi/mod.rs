@@ -21,6 +21,7 @@ pub(crate) mod handle;
 #[cfg(feature = "http")]
 pub mod http;
 pub mod job;
+pub mod net;
 pub mod process;
 pub mod promise;
 pub mod queue;

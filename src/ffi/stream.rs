@@ -47,7 +47,6 @@ pub(crate) fn stream_into_c(bridge: Arc<Bridge>, stream: Stream) -> *mut bridge_
 
 /// `stream` as a future value of type BRIDGE_VALUE_STREAM: a future freed with the
 /// value still in it closes the stream.
-#[allow(dead_code)] // made by connect and accept
 pub(crate) fn stream_value(bridge: Arc<Bridge>, stream: Stream) -> CValue {
     CValue::with_type(
         stream_into_c(bridge, stream).cast(),
@@ -57,7 +56,6 @@ pub(crate) fn stream_value(bridge: Arc<Bridge>, stream: Stream) -> CValue {
 }
 
 /// The value free function of a stream: closes it.
-#[allow(dead_code)]
 unsafe extern "C" fn stream_value_free(s: *mut c_void) {
     // SAFETY: the value was made by `stream_value` and is given up here.
     unsafe { bridge_stream_close(s.cast()) }

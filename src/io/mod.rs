@@ -7,11 +7,17 @@
 //! - `child`: subprocesses that run beside their caller, with streaming pipes;
 //! - `fs`: whole-file reads and writes;
 //! - `stream`: byte streams (connections, pipes) with one pending read and one
-//!   pending write.
+//!   pending write;
+//! - `net`: TCP, Unix and TLS connections, listeners, name resolution;
+//! - `tls`: which certificates TLS connections trust (feature `tls`, which `http`
+//!   turns on).
 
 pub mod child;
 pub mod fs;
 #[cfg(feature = "http")]
 pub mod http;
+pub mod net;
 pub mod process;
 pub mod stream;
+#[cfg(feature = "tls")]
+pub mod tls;

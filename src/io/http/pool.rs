@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -20,13 +20,13 @@ use hyper::body::{Bytes, Incoming};
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Uri};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::error::{from_hyper, io_error, tls_error};
 use super::{Invalid, Prepared};
 use crate::future::Failure;
+use crate::io::tls::{Trust, TrustChoice, TrustError};
 use crate::status::Error;
 use crate::sync::lock;
 
@@ -48,12 +48,8 @@ type Body = Full<Bytes>;
 pub struct Client {
     idle: Mutex<HashMap<Origin, Vec<Idle>>>,
     shared: Mutex<HashMap<Origin, http2::SendRequest<Body>>>,
-    built_in: OnceLock<Arc<ClientConfig>>,
-    system: OnceLock<Result<Arc<ClientConfig>, String>>,
-    /// Configurations with extra CAs, by their PEM and root choice (a few at most in
-    /// practice; the oldest goes beyond 16).
-    extra: Mutex<Vec<(Vec<u8>, bool, TlsChoice)>>,
-    next_tls_id: std::sync::atomic::AtomicU64,
+    /// The TLS configurations (HTTP/2 and HTTP/1.1 offered by ALPN).
+    trust: Trust,
     /// One connection attempt at a time per TLS origin until its protocol is known:
     /// a burst of requests to a new HTTP/2 origin then shares the first connection
     /// instead of opening one each.
@@ -76,17 +72,7 @@ impl Default for Client {
 
 /// The trust a TLS connection was made with: connections are reused only by requests
 /// that trust the same roots.
-#[derive(Clone)]
-pub(super) struct TlsChoice {
-    id: u64,
-    config: Arc<ClientConfig>,
-}
-
-impl std::fmt::Debug for TlsChoice {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_tuple("TlsChoice").field(&self.id).finish()
-    }
-}
+pub(super) type TlsChoice = TrustChoice;
 
 /// Where a connection goes: scheme, host, port and, for TLS, the trust it was made
 /// with.
@@ -142,10 +128,7 @@ impl Client {
         Client {
             idle: Mutex::new(HashMap::new()),
             shared: Mutex::new(HashMap::new()),
-            built_in: OnceLock::new(),
-            system: OnceLock::new(),
-            extra: Mutex::new(Vec::new()),
-            next_tls_id: std::sync::atomic::AtomicU64::new(2),
+            trust: Trust::new(vec![b"h2".to_vec(), b"http/1.1".to_vec()]),
             gates: Mutex::new(HashMap::new()),
             http1: Mutex::new(std::collections::HashSet::new()),
         }
@@ -161,62 +144,10 @@ impl Client {
         system: bool,
         extra_pem: Option<&[u8]>,
     ) -> Result<TlsChoice, Invalid> {
-        let Some(pem) = extra_pem else {
-            return if system {
-                self.system_config()
-                    .map(|config| TlsChoice { id: 1, config })
-            } else {
-                Ok(TlsChoice {
-                    id: 0,
-                    config: self.built_in_config(),
-                })
-            };
-        };
-        let mut extra = lock(&self.extra);
-        if let Some((_, _, choice)) = extra.iter().find(|(p, s, _)| p == pem && *s == system) {
-            return Ok(choice.clone());
-        }
-        let mut roots = if system {
-            roots_of_system().map_err(Invalid)?
-        } else {
-            built_in_roots()
-        };
-        use rustls_pki_types::pem::PemObject;
-        let mut added = 0;
-        for cert in rustls_pki_types::CertificateDer::pem_slice_iter(pem) {
-            let cert = cert.map_err(|e| Invalid(format!("extra_ca_pem: {e}")))?;
-            roots
-                .add(cert)
-                .map_err(|e| Invalid(format!("extra_ca_pem: {e}")))?;
-            added += 1;
-        }
-        if added == 0 {
-            return Err(Invalid("extra_ca_pem holds no certificate".into()));
-        }
-        let choice = TlsChoice {
-            id: self
-                .next_tls_id
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-            config: config_with(roots),
-        };
-        if extra.len() == 16 {
-            extra.remove(0);
-        }
-        extra.push((pem.to_vec(), system, choice.clone()));
-        Ok(choice)
-    }
-
-    fn built_in_config(&self) -> Arc<ClientConfig> {
-        self.built_in
-            .get_or_init(|| config_with(built_in_roots()))
-            .clone()
-    }
-
-    fn system_config(&self) -> Result<Arc<ClientConfig>, Invalid> {
-        self.system
-            .get_or_init(|| roots_of_system().map(config_with))
-            .clone()
-            .map_err(Invalid)
+        self.trust.choose(system, extra_pem).map_err(|e| match e {
+            TrustError::NoSystemRoots => Invalid(format!("BRIDGE_HTTP_SYSTEM_ROOTS: {e}")),
+            TrustError::ExtraPem(_) => Invalid(e.to_string()),
+        })
     }
 
     /// Sends `request` on a pooled or new connection to `origin`; gives back the
@@ -649,39 +580,6 @@ fn dns_reason(e: &std::io::Error) -> String {
     text.strip_prefix("failed to lookup address information: ")
         .unwrap_or(&text)
         .to_owned()
-}
-
-fn built_in_roots() -> rustls::RootCertStore {
-    rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    }
-}
-
-fn roots_of_system() -> Result<rustls::RootCertStore, String> {
-    let found = rustls_native_certs::load_native_certs();
-    let mut roots = rustls::RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(found.certs);
-    if added == 0 {
-        return Err("BRIDGE_HTTP_SYSTEM_ROOTS: no certificate found in the system's store".into());
-    }
-    Ok(roots)
-}
-
-fn config_with(roots: rustls::RootCertStore) -> Arc<ClientConfig> {
-    // ring, not aws-lc-rs: no C toolchain beyond cc at build time, a smaller library.
-    // (Deprecated in rustls for lacking post-quantum key exchange, which ring has not.)
-    #[allow(deprecated)]
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config =
-        match ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions() {
-            Ok(builder) => builder.with_root_certificates(roots).with_no_client_auth(),
-            // ring supports the default versions; this cannot fail.
-            Err(_) => ClientConfig::builder()
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth(),
-        };
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Arc::new(config)
 }
 
 /// A connection's byte stream: plain TCP or TLS over it.
