@@ -641,9 +641,24 @@ fn a_program_that_cannot_start_is_refused_at_once_with_errno() {
     unsafe { bridge_free(b) };
 }
 
+static SIGPIPES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+extern "C" fn count_sigpipe(_: libc::c_int) {
+    SIGPIPES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// With a SIGPIPE handler of the application's in place (a C program at the default
+/// action would die instead): the write fails with EPIPE and raises no SIGPIPE.
 #[test]
-fn writing_to_a_program_that_exited_fails_with_epipe() {
-    let _shared = EXCLUSIVE.read().unwrap();
+fn writing_to_a_program_that_exited_fails_with_epipe_not_sigpipe() {
+    let _alone = EXCLUSIVE.write().unwrap();
+    let mut counting = unsafe { std::mem::zeroed::<libc::sigaction>() };
+    counting.sa_sigaction = count_sigpipe as extern "C" fn(libc::c_int) as libc::sighandler_t;
+    let mut old = unsafe { std::mem::zeroed::<libc::sigaction>() };
+    assert_eq!(
+        unsafe { libc::sigaction(libc::SIGPIPE, &counting, &mut old) },
+        0
+    );
     let b = start();
     let c = sh("exit 0", PIPE_IN).spawn(b);
     let stdin = unsafe { bridge_child_take_stdin(c) };
@@ -664,7 +679,9 @@ fn writing_to_a_program_that_exited_fails_with_epipe() {
         bridge_stream_close(stdin);
         bridge_child_free(c);
         bridge_free(b);
+        libc::sigaction(libc::SIGPIPE, &old, null_mut());
     }
+    assert_eq!(SIGPIPES.load(std::sync::atomic::Ordering::SeqCst), 0);
 }
 
 #[test]
