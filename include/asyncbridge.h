@@ -1161,8 +1161,9 @@ bridge_stream_t *bridge_child_take_stdin(bridge_child_t *c);
  * It has a read side only (a write fails with BRIDGE_E_CLOSED). Bytes arrive as the
  * program writes them; the stream ends (a read of 0 bytes) once the program and
  * everything of its group have closed the pipe, which happens at the latest when the
- * program has exited, since what it leaves in its group is killed then. All the
- * program wrote is read before the end.
+ * program has exited, since what it leaves in its group is killed then (a process
+ * that left the group, with setsid, may hold it longer). All the program wrote is read
+ * before the end.
  *
  * @param c the child; NULL returns NULL.
  * @return the stream, which the caller closes with bridge_stream_close() (it stays
