@@ -109,9 +109,31 @@
 
 /**
  * bridge_process_options_t.flags: standard error goes into the `out` bytes, in the
- * order the program wrote both; `err` stays empty.
+ * order the program wrote both; `err` stays empty. With bridge_process_spawn():
+ * standard error goes wherever standard output goes (into the stdout pipe under
+ * BRIDGE_PROCESS_PIPE_STDOUT, else /dev/null).
  */
 #define BRIDGE_PROCESS_MERGE_STDERR 1
+
+/**
+ * bridge_process_options_t.flags, bridge_process_spawn() only: the program's standard
+ * input is a pipe, written through the stream of bridge_child_take_stdin(). Not
+ * together with stdin_data.
+ */
+#define BRIDGE_PROCESS_PIPE_STDIN 2
+
+/**
+ * bridge_process_options_t.flags, bridge_process_spawn() only: the program's standard
+ * output is a pipe, read through the stream of bridge_child_take_stdout().
+ */
+#define BRIDGE_PROCESS_PIPE_STDOUT 4
+
+/**
+ * bridge_process_options_t.flags, bridge_process_spawn() only: the program's standard
+ * error is a pipe of its own, read through the stream of bridge_child_take_stderr().
+ * Not together with BRIDGE_PROCESS_MERGE_STDERR.
+ */
+#define BRIDGE_PROCESS_PIPE_STDERR 8
 
 /**
  * bridge_scope_new() flag: the first member that fails cancels the others, and the
@@ -193,6 +215,16 @@ struct bridge;
  * freed with bridge_addresses_free(). Strings it hands out live as long as it.
  */
 struct bridge_addresses;
+
+/**
+ * A program started by bridge_process_spawn(), running beside its caller.
+ *
+ * Its piped standard streams are taken as bridge_stream_t handles
+ * (bridge_child_take_stdin() and its siblings), its end is waited for with
+ * bridge_child_wait(), and bridge_child_free() lets go of it. Every function may be
+ * called from any thread; bridge_child_free() must be the last call on a handle.
+ */
+struct bridge_child;
 
 /**
  * The result of submitted work: shared, thread-safe and reference-counted.
@@ -487,6 +519,88 @@ typedef void (*bridge_free_fn)(void *ptr);
 typedef struct bridge_future future_t;
 
 /**
+ * What bridge_process_run() and bridge_process_spawn() run. Initialise it with
+ * bridge_process_options_init(), then set the fields you need; every string and
+ * buffer is copied by the call, so all of it may be freed once that returns.
+ */
+struct bridge_process_options {
+    /**
+     * sizeof(bridge_process_options_t), set by bridge_process_options_init(). A
+     * smaller size is BRIDGE_E_INVALID. A larger one (a program built against a later
+     * header) is accepted when every byte past this struct is 0, i.e. when it asks
+     * for nothing this version does not know; up to 4096.
+     */
+    uint32_t size;
+    /**
+     * The program: a path, or a name searched in PATH when it has no '/' (the PATH
+     * of `env` when it sets one, else this process's). A relative path with a '/' is
+     * found from `cwd` when that is set. Required, not empty.
+     */
+    const char *program;
+    /**
+     * The arguments after the program's name (argv[1], ...), NULL-terminated; NULL:
+     * none. The program's argv[0] is `program`.
+     */
+    const char *const *argv;
+    /**
+     * NULL: the program inherits this process's environment. Else its whole
+     * environment: "NAME=value" strings, NULL-terminated (an empty list is an empty
+     * environment); an entry without '=', or with an empty NAME, is BRIDGE_E_INVALID.
+     */
+    const char *const *env;
+    /**
+     * The program's working directory; NULL: this process's. Empty is
+     * BRIDGE_E_INVALID.
+     */
+    const char *cwd;
+    /**
+     * Written to the program's standard input, which is then closed (the program
+     * sees end of file); what it does not read is dropped, without SIGPIPE. With
+     * stdin_len 0 the program reads /dev/null. NULL with stdin_len > 0 is
+     * BRIDGE_E_INVALID; so is data together with BRIDGE_PROCESS_PIPE_STDIN.
+     */
+    const void *stdin_data;
+    /**
+     * Bytes at stdin_data.
+     */
+    size_t stdin_len;
+    /**
+     * 0: no limit. Else after this many milliseconds (from the start) the program's
+     * process group is killed (SIGKILL) and reaped, and the future (of
+     * bridge_child_wait() for a spawned program) fails with BRIDGE_E_TIMED_OUT.
+     */
+    uint64_t timeout_ms;
+    /**
+     * The most bytes kept of each output stream; 0: 64 MiB. One more kills the
+     * group, reaps it, and fails the future with BRIDGE_E_TOO_LARGE (the message names
+     * the stream). At most this many bytes plus one are ever held per stream.
+     * Not used by bridge_process_spawn(), which collects nothing.
+     */
+    uint64_t max_output;
+    /**
+     * BRIDGE_PROCESS_* bits; any other bit is BRIDGE_E_INVALID, and so are the
+     * BRIDGE_PROCESS_PIPE_* bits for bridge_process_run().
+     */
+    uint32_t flags;
+};
+
+/**
+ * What bridge_process_run() and bridge_process_spawn() run (see struct
+ * bridge_process_options).
+ */
+typedef struct bridge_process_options bridge_process_options_t;
+
+/**
+ * A program started by bridge_process_spawn() (see struct bridge_child).
+ */
+typedef struct bridge_child bridge_child_t;
+
+/**
+ * A byte stream (see struct bridge_stream).
+ */
+typedef struct bridge_stream bridge_stream_t;
+
+/**
  * A done callback: `f` is borrowed for the call (future_retain() it to keep it).
  * It may retain, release, poll and register callbacks; it must not block, throw or
  * longjmp.
@@ -642,74 +756,6 @@ typedef struct bridge_listener bridge_listener_t;
 typedef struct bridge_addresses bridge_addresses_t;
 
 /**
- * What bridge_process_run() runs. Initialise it with bridge_process_options_init(),
- * then set the fields you need; every string and buffer is copied by
- * bridge_process_run(), so all of it may be freed once that returns.
- */
-struct bridge_process_options {
-    /**
-     * sizeof(bridge_process_options_t), set by bridge_process_options_init(). A
-     * smaller size is BRIDGE_E_INVALID. A larger one (a program built against a later
-     * header) is accepted when every byte past this struct is 0, i.e. when it asks
-     * for nothing this version does not know; up to 4096.
-     */
-    uint32_t size;
-    /**
-     * The program: a path, or a name searched in PATH when it has no '/' (the PATH
-     * of `env` when it sets one, else this process's). A relative path with a '/' is
-     * found from `cwd` when that is set. Required, not empty.
-     */
-    const char *program;
-    /**
-     * The arguments after the program's name (argv[1], ...), NULL-terminated; NULL:
-     * none. The program's argv[0] is `program`.
-     */
-    const char *const *argv;
-    /**
-     * NULL: the program inherits this process's environment. Else its whole
-     * environment: "NAME=value" strings, NULL-terminated (an empty list is an empty
-     * environment); an entry without '=', or with an empty NAME, is BRIDGE_E_INVALID.
-     */
-    const char *const *env;
-    /**
-     * The program's working directory; NULL: this process's. Empty is
-     * BRIDGE_E_INVALID.
-     */
-    const char *cwd;
-    /**
-     * Written to the program's standard input, which is then closed (the program
-     * sees end of file); what it does not read is dropped, without SIGPIPE. With
-     * stdin_len 0 the program reads /dev/null. NULL with stdin_len > 0 is
-     * BRIDGE_E_INVALID.
-     */
-    const void *stdin_data;
-    /**
-     * Bytes at stdin_data.
-     */
-    size_t stdin_len;
-    /**
-     * 0: no limit. Else after this many milliseconds the program's process group is
-     * killed (SIGKILL) and reaped, and the future fails with BRIDGE_E_TIMED_OUT.
-     */
-    uint64_t timeout_ms;
-    /**
-     * The most bytes kept of each output stream; 0: 64 MiB. One more kills the
-     * group, reaps it, and fails the future with BRIDGE_E_TOO_LARGE (the message names
-     * the stream). At most this many bytes plus one are ever held per stream.
-     */
-    uint64_t max_output;
-    /**
-     * BRIDGE_PROCESS_* bits; any other bit is BRIDGE_E_INVALID.
-     */
-    uint32_t flags;
-};
-
-/**
- * What bridge_process_run() runs (see struct bridge_process_options).
- */
-typedef struct bridge_process_options bridge_process_options_t;
-
-/**
  * The producer's side of a future (see struct bridge_promise).
  */
 typedef struct bridge_promise bridge_promise_t;
@@ -769,11 +815,6 @@ typedef void (*bridge_signal_fn)(bridge_signal_t *watch,
                                  void *user_data);
 
 /**
- * A byte stream (see struct bridge_stream).
- */
-typedef struct bridge_stream bridge_stream_t;
-
-/**
  * A periodic timer (see struct bridge_timer).
  */
 typedef struct bridge_timer bridge_timer_t;
@@ -809,7 +850,9 @@ typedef struct bridge_bytes bridge_bytes_t;
 
 /**
  * The value of a bridge_process_run() future that ended BRIDGE_OK (type
- * BRIDGE_VALUE_PROCESS): how the program ended and all of its output.
+ * BRIDGE_VALUE_PROCESS): how the program ended and all of its output. Also the value
+ * of a bridge_child_wait() future, with `out` and `err` empty (the output went
+ * through the child's streams).
  *
  * Made by the library; as a future's value it is freed with the future. Taken with
  * future_take_value(), the caller frees it with bridge_process_result_free(), which
@@ -839,7 +882,8 @@ struct bridge_process_result {
 };
 
 /**
- * The value of a bridge_process_run() future (see struct bridge_process_result).
+ * The value of a bridge_process_run() or bridge_child_wait() future (see struct
+ * bridge_process_result).
  */
 typedef struct bridge_process_result bridge_process_result_t;
 
@@ -1095,6 +1139,171 @@ bridge_status bridge_submit(bridge_t *b,
  * Any thread.
  */
 bridge_status bridge_sleep(bridge_t *b, uint64_t ms, future_t **out);
+
+/**
+ * Starts a program on the bridge `b` and returns at once: its standard streams are
+ * read and written while it runs, as byte streams (bridge_stream_t), and its end is
+ * waited for with bridge_child_wait().
+ *
+ * The program has started when this returns: the fork and exec happen in the call,
+ * on the calling thread. A program that cannot be started is reported here and never
+ * later: BRIDGE_E_IO, with `errno` set to the reason (ENOENT, EACCES, ENOEXEC, a bad
+ * cwd, EMFILE...).
+ *
+ * Standard streams: each one named by a BRIDGE_PROCESS_PIPE_* flag is a pipe, whose
+ * stream the caller takes once with bridge_child_take_stdin(),
+ * bridge_child_take_stdout() or bridge_child_take_stderr(). The others are /dev/null,
+ * except that `stdin_data` (only without BRIDGE_PROCESS_PIPE_STDIN) is written to the
+ * program's input by the library, which then closes it (as bridge_process_run()
+ * does), and that BRIDGE_PROCESS_MERGE_STDERR sends standard error wherever standard
+ * output goes (into its pipe with BRIDGE_PROCESS_PIPE_STDOUT, in the order the
+ * program wrote both). `max_output` is not used: nothing is collected, the reader of
+ * a stream takes what it wants. The input pipe is written without SIGPIPE, whatever
+ * the application's SIGPIPE action: a write to a program that no longer reads fails
+ * with BRIDGE_E_IO (EPIPE). A pipe nobody reads fills up and then blocks the program
+ * when it writes, as with any pipe.
+ *
+ * The process group is the unit, as for bridge_process_run(). The program starts in
+ * a group of its own; when it exits, whatever it left running in that group is
+ * killed with SIGKILL and the program is reaped by the bridge's loop, whether anybody
+ * waits or not, so the output streams reach their end (all the program wrote is
+ * still read) and no zombie stays. These kill the whole group with SIGKILL too:
+ * `timeout_ms` running out (counted from the start; the wait then fails with
+ * BRIDGE_E_TIMED_OUT), bridge_child_kill(), cancelling a bridge_child_wait() future,
+ * bridge_child_free() of a program still running, and the shutdown of the bridge. A
+ * process that left the group (setsid) is out of reach. The library never installs a
+ * SIGCHLD handler (see bridge_process_run() for how the exit is learned, and what
+ * happens when the application reaps the program itself).
+ *
+ * @param b the bridge: its loop watches the program and runs the streams' I/O.
+ * @param opts the options (see struct bridge_process_options), read during the call
+ *        only: everything is copied.
+ * @param out receives the child, which the caller frees with bridge_child_free();
+ *        written only on BRIDGE_OK.
+ * @return BRIDGE_OK; BRIDGE_E_INVALID, with nothing started, for NULL `b`, `opts` or
+ *         `out`, options that bridge_process_run() refuses (but the
+ *         BRIDGE_PROCESS_PIPE_* flags), `stdin_data` together with
+ *         BRIDGE_PROCESS_PIPE_STDIN, or BRIDGE_PROCESS_PIPE_STDERR together with
+ *         BRIDGE_PROCESS_MERGE_STDERR; BRIDGE_E_IO, with errno set, when the program
+ *         cannot be started; BRIDGE_E_NOT_RUNNING once the bridge shut down.
+ * Any thread, a loop thread included.
+ */
+bridge_status bridge_process_spawn(bridge_t *b,
+                                   const bridge_process_options_t *opts,
+                                   bridge_child_t **out);
+
+/**
+ * Takes the stream that writes the program's standard input (BRIDGE_PROCESS_PIPE_STDIN).
+ *
+ * It has a write side only (a read ends at once with end of stream).
+ * bridge_stream_shutdown() (or bridge_stream_close()) closes the pipe: the program
+ * reads end of file. Writes fail with BRIDGE_E_IO (EPIPE) once the program no longer
+ * reads; no SIGPIPE is raised.
+ *
+ * @param c the child; NULL returns NULL.
+ * @return the stream, which the caller closes with bridge_stream_close() (it stays
+ *         usable after bridge_child_free()); NULL if standard input was not piped, or
+ *         its stream was taken already.
+ * Any thread.
+ */
+bridge_stream_t *bridge_child_take_stdin(bridge_child_t *c);
+
+/**
+ * Takes the stream that reads the program's standard output
+ * (BRIDGE_PROCESS_PIPE_STDOUT; with BRIDGE_PROCESS_MERGE_STDERR, standard error too).
+ *
+ * It has a read side only (a write fails with BRIDGE_E_CLOSED). Bytes arrive as the
+ * program writes them; the stream ends (a read of 0 bytes) once the program and
+ * everything of its group have closed the pipe, which happens at the latest when the
+ * program has exited, since what it leaves in its group is killed then (a process
+ * that left the group, with setsid, may hold it longer). All the program wrote is read
+ * before the end.
+ *
+ * @param c the child; NULL returns NULL.
+ * @return the stream, which the caller closes with bridge_stream_close() (it stays
+ *         usable after bridge_child_free()); NULL if standard output was not piped,
+ *         or its stream was taken already.
+ * Any thread.
+ */
+bridge_stream_t *bridge_child_take_stdout(bridge_child_t *c);
+
+/**
+ * Takes the stream that reads the program's standard error
+ * (BRIDGE_PROCESS_PIPE_STDERR), like bridge_child_take_stdout().
+ *
+ * @param c the child; NULL returns NULL.
+ * @return the stream, which the caller closes with bridge_stream_close() (it stays
+ *         usable after bridge_child_free()); NULL if standard error was not piped,
+ *         or its stream was taken already.
+ * Any thread.
+ */
+bridge_stream_t *bridge_child_take_stderr(bridge_child_t *c);
+
+/**
+ * The program's process id, which is also the id of its process group.
+ *
+ * Once the program has been reaped (its wait ended, or it was killed and freed) the
+ * id may be given to another process: signal it only while the child is known to run.
+ *
+ * @param c the child; NULL returns -1.
+ * @return the pid (> 0); -1 for NULL.
+ * Any thread.
+ */
+int32_t bridge_child_pid(const bridge_child_t *c);
+
+/**
+ * Waits for the program's end: a future that ends once the program has exited and
+ * been reaped.
+ *
+ * The future ends BRIDGE_OK, whatever the exit code or signal, with a
+ * bridge_process_result_t (BRIDGE_VALUE_PROCESS) whose `exit_code` and `signal` say
+ * how the program ended, and whose `out` and `err` are empty (the output went through
+ * the streams). A program killed by bridge_child_kill() or bridge_child_free() ends
+ * with signal SIGKILL. The future fails with BRIDGE_E_TIMED_OUT when `timeout_ms` ran
+ * out.
+ *
+ * Cancelling the future (future_cancel(), future_set_timeout(), a token, the bridge's
+ * shutdown) kills the program's whole group with SIGKILL and reaps the program before
+ * the future ends BRIDGE_CANCELLED: once it is final, nothing of the group runs any
+ * more. A wait after the end ends at once, the same way.
+ *
+ * @param c the child; NULL is BRIDGE_E_INVALID.
+ * @param out receives the future (the caller's one reference; release it with
+ *        future_release()), written only on BRIDGE_OK; NULL is BRIDGE_E_INVALID.
+ * @return BRIDGE_OK; BRIDGE_E_INVALID; BRIDGE_E_BUSY while another wait of this child
+ *         is pending; BRIDGE_E_NOT_RUNNING once the bridge shut down (which has
+ *         killed and reaped the program).
+ * Any thread.
+ */
+bridge_status bridge_child_wait(bridge_child_t *c, future_t **out);
+
+/**
+ * Sends SIGKILL to the program's whole process group.
+ *
+ * A pending bridge_child_wait() then ends with signal SIGKILL (or with how the
+ * program ended, if it ended first). Once the program has been reaped this does
+ * nothing: its pid and group id may belong to others by then.
+ *
+ * @param c the child; NULL is BRIDGE_E_INVALID.
+ * @return BRIDGE_OK (also when the program had ended already); BRIDGE_E_INVALID.
+ * Any thread.
+ */
+bridge_status bridge_child_kill(bridge_child_t *c);
+
+/**
+ * Frees a child handle; a program still running is killed (SIGKILL to its whole
+ * group) first.
+ *
+ * Does not block: the program is reaped on the bridge's loop (at once if the bridge
+ * has shut down, which has reaped it already). A pending bridge_child_wait() future
+ * ends with signal SIGKILL (or with how the program ended). Streams taken from the
+ * child stay usable and are closed by their owner; those not taken are closed here.
+ *
+ * @param c the child; NULL does nothing.
+ * Any thread, including a callback of one of the child's futures. Using `c`
+ * afterwards is undefined.
+ */
+void bridge_child_free(bridge_child_t *c);
 
 /**
  * Reads a whole file, off the calling thread; the future's value is its contents.
@@ -1847,7 +2056,8 @@ void bridge_process_options_init(bridge_process_options_t *opts);
  * @return BRIDGE_OK; BRIDGE_E_INVALID, with nothing started, for NULL `b`, `opts` or
  *         `out`, a `size` that is not accepted (see struct bridge_process_options), a
  *         NULL or empty `program`, an `env` entry without '=' or with an empty name, an
- *         empty `cwd`, NULL `stdin_data` with `stdin_len` > 0, or an unknown flag;
+ *         empty `cwd`, NULL `stdin_data` with `stdin_len` > 0, or a flag that is
+ *         unknown or BRIDGE_PROCESS_PIPE_* (bridge_process_spawn() only);
  *         BRIDGE_E_NOT_RUNNING once shut down; BRIDGE_E_BUSY (max_pending).
  * Any thread, a loop thread included (the call only copies and submits).
  */

@@ -843,6 +843,40 @@ fn example_poll_loop() {
     );
 }
 
+#[test]
+fn example_tail_process() {
+    // The default command: five lines a tenth of a second apart, one on stderr
+    // (merged), exit code 3. The program itself fails on a callback off the main
+    // thread or a failed read.
+    let out = build_and_run("c_examples/tail_process.c", &[]);
+    for n in 1..=5 {
+        assert!(out.contains(&format!("line: tick {n}")), "{out}");
+    }
+    assert!(out.contains("line: bye from stderr"), "{out}");
+    assert!(out.contains("the program exited with code 3"), "{out}");
+    assert!(out.contains("6 lines,"), "{out}");
+    assert!(out.contains("callbacks off the main thread: 0"), "{out}");
+
+    // A command of the caller's, a line without its newline at the end, a signal.
+    let out = build_and_run(
+        "c_examples/tail_process.c",
+        &["sh", "-c", "printf 'a\nb\nno newline'; kill -KILL $$"],
+    );
+    for line in ["line: a", "line: b", "line: no newline"] {
+        assert!(out.contains(line), "{out}");
+    }
+    assert!(out.contains("killed by signal 9"), "{out}");
+
+    // A program that cannot start is refused at the spawn, with errno's reason.
+    let exe = compile(&root().join("c_examples/tail_process.c"));
+    let (ok, _, stderr) = run(&exe, &["./no-such-program"]);
+    assert!(!ok);
+    assert!(
+        stderr.contains("cannot start ./no-such-program: ") && stderr.contains("No such file"),
+        "{stderr}"
+    );
+}
+
 /// Needs GLib's development files: skipped without them, unless
 /// `ASYNCBRIDGE_REQUIRE_GUI` is set (as in CI), where their absence is a failure.
 #[test]

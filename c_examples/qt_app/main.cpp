@@ -1,7 +1,8 @@
 // A Qt Widgets application on asyncbridge.hpp and asyncbridge_qt.hpp: press Start, and slow
 // work runs on the bridge's blocking pool while the window stays responsive; press
-// Download, and the URL in the field is fetched by the library's HTTP client. Progress and
-// result arrive as callbacks on the GUI thread. Cancel stops either.
+// Download, and the URL in the field is fetched by the library's HTTP client; press Run,
+// and the command line below it runs with its output shown line by line as it comes.
+// Progress, output and result arrive as callbacks on the GUI thread. Cancel stops any.
 //
 //   qt_app            callbacks woken by a QSocketNotifier on the queue's descriptor
 //   qt_app --notify   callbacks woken by the queue's notify hook instead

@@ -3,12 +3,16 @@
 #include <QHBoxLayout>
 #include <QLabel>
 #include <QLineEdit>
+#include <QPlainTextEdit>
 #include <QProgressBar>
 #include <QPushButton>
 #include <QVBoxLayout>
 
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <thread>
+#include <utility>
 
 namespace qt = asyncbridge::qt;
 
@@ -33,6 +37,10 @@ QString ProgressWindow::defaultDownloadUrl() {
     return fromEnv.isEmpty() ? QStringLiteral("http://127.0.0.1:8000/") : fromEnv;
 }
 
+QString ProgressWindow::defaultCommand() {
+    return QStringLiteral("for i in 1 2 3 4 5; do echo line $i; sleep .2; done; echo end >&2");
+}
+
 quint64 ProgressWindow::expectedResult(int steps) {
     const quint64 n = quint64(steps);
     return n * (n + 1) * (2 * n + 1) / 6;
@@ -43,7 +51,9 @@ ProgressWindow::ProgressWindow(bridge_t *bridge, Wake wake, int steps, int stepM
     : QWidget(parent), m_bridge(bridge), m_steps(steps), m_stepMs(stepMs),
       m_queue(nullptr, wake), m_start(new QPushButton(tr("Start"))),
       m_download(new QPushButton(tr("Download"))), m_cancel(new QPushButton(tr("Cancel"))),
-      m_url(new QLineEdit(defaultDownloadUrl())), m_progress(new QProgressBar),
+      m_url(new QLineEdit(defaultDownloadUrl())), m_run(new QPushButton(tr("Run"))),
+      m_command(new QLineEdit(defaultCommand())), m_output(new QPlainTextEdit),
+      m_progress(new QProgressBar),
       m_status(new QLabel(tr("idle"))) {
     // The queue falls back to the hook when it has no descriptor: say what it does.
     auto *how = new QLabel(m_queue.wake() == Wake::socket_notifier
@@ -53,18 +63,24 @@ ProgressWindow::ProgressWindow(bridge_t *bridge, Wake wake, int steps, int stepM
     m_progress->setRange(0, steps);
     m_progress->setValue(0);
     m_cancel->setEnabled(false);
+    m_output->setReadOnly(true);
+    m_output->setPlaceholderText(tr("the output of Run's command, as it comes"));
     connect(m_start, &QPushButton::clicked, this, &ProgressWindow::start);
     connect(m_download, &QPushButton::clicked, this, &ProgressWindow::download);
+    connect(m_run, &QPushButton::clicked, this, &ProgressWindow::run);
     connect(m_cancel, &QPushButton::clicked, this, &ProgressWindow::cancel);
 
     auto *buttons = new QHBoxLayout;
     buttons->addStretch();
     buttons->addWidget(m_start);
     buttons->addWidget(m_download);
+    buttons->addWidget(m_run);
     buttons->addWidget(m_cancel);
     auto *layout = new QVBoxLayout(this);
     layout->addWidget(how);
     layout->addWidget(m_url);
+    layout->addWidget(m_command);
+    layout->addWidget(m_output);
     layout->addWidget(m_progress);
     layout->addWidget(m_status);
     layout->addLayout(buttons);
@@ -148,11 +164,108 @@ void ProgressWindow::download() {
     setRunning(true);
 }
 
+void ProgressWindow::run() {
+    // sh -c runs the line as typed: loops, pipelines, redirections.
+    const QByteArray script = m_command->text().toUtf8();
+    const char *const args[] = {"-c", script.constData(), nullptr};
+    bridge_process_options_t opts;
+    bridge_process_options_init(&opts);
+    opts.program = "sh";
+    opts.argv = args;
+    // Standard output is a stream this window reads; standard error goes into it too.
+    opts.flags = BRIDGE_PROCESS_PIPE_STDOUT | BRIDGE_PROCESS_MERGE_STDERR;
+    bridge_child_t *child = nullptr;
+    const bridge_status spawned = bridge_process_spawn(m_bridge, &opts, &child);
+    if (spawned != BRIDGE_OK) { // a program that cannot start is refused here, errno says why
+        const char *why = spawned == BRIDGE_E_IO ? std::strerror(errno) : bridge_status_str(spawned);
+        m_status->setText(tr("could not run: %1").arg(QString::fromUtf8(why)));
+        return;
+    }
+    m_child.reset(child);
+    m_childOutput.reset(bridge_child_take_stdout(child));
+    m_output->clear();
+    m_partialLine.clear();
+    m_outputEnded = false;
+    m_exitStatus.clear();
+
+    // The end: cancel_on_drop() makes a window destroyed mid-run cancel the wait, which
+    // kills the command's whole process group.
+    future_t *end = nullptr;
+    if (bridge_child_wait(child, &end) == BRIDGE_OK) {
+        m_exit = asyncbridge::Future<asyncbridge::process::Result>::adopt(end).cancel_on_drop();
+        qt::then(m_exit, m_queue, this, [this](asyncbridge::Future<asyncbridge::process::Result> &done) {
+            m_exitStatus = describe(done, [](asyncbridge::process::ResultView result) {
+                return result.signal() ? tr("killed by signal %1").arg(result.signal())
+                                       : tr("exited with code %1").arg(result.exit_code());
+            });
+            runEnded();
+        });
+    } else {
+        m_exitStatus = tr("could not wait");
+    }
+    readOutput();
+    m_status->setText(tr("running (pid %1)").arg(bridge_child_pid(child)));
+    setRunning(true);
+}
+
+void ProgressWindow::readOutput() {
+    // One read at a time, each a future; its callback asks for the next.
+    future_t *next = nullptr;
+    if (bridge_stream_read(m_childOutput.get(), 0, &next) != BRIDGE_OK) { // the bridge stopped
+        m_outputEnded = true;
+        runEnded();
+        return;
+    }
+    m_read = asyncbridge::Future<asyncbridge::Bytes>::adopt(next).cancel_on_drop();
+    qt::then(m_read, m_queue, this, [this](asyncbridge::Future<asyncbridge::Bytes> &done) {
+        // 1 to 64 KiB of output; none at its end (or when the read failed).
+        const std::string_view bytes =
+            done.status() == asyncbridge::state::ok ? done.get() : std::string_view();
+        if (bytes.empty()) {
+            if (!m_partialLine.isEmpty())
+                showLine(std::exchange(m_partialLine, QByteArray()));
+            m_outputEnded = true;
+            runEnded();
+            return;
+        }
+        takeOutput(bytes);
+        readOutput();
+    });
+}
+
+void ProgressWindow::takeOutput(std::string_view bytes) {
+    m_partialLine.append(bytes.data(), qsizetype(bytes.size()));
+    qsizetype newline;
+    while ((newline = m_partialLine.indexOf('\n')) >= 0) {
+        showLine(m_partialLine.left(newline));
+        m_partialLine.remove(0, newline + 1);
+    }
+    if (m_partialLine.size() > 64 * 1024) // a line without end is shown in parts
+        showLine(std::exchange(m_partialLine, QByteArray()));
+}
+
+void ProgressWindow::showLine(const QByteArray &line) {
+    const QString text = QString::fromUtf8(line);
+    m_output->appendPlainText(text);
+    emit lineReceived(text);
+}
+
+void ProgressWindow::runEnded() {
+    // Both the output's end and the program's: in either order.
+    if (m_outputEnded && !m_exitStatus.isEmpty())
+        finish(m_exitStatus);
+}
+
+int ProgressWindow::commandPid() const { return m_child ? bridge_child_pid(m_child.get()) : 0; }
+
 void ProgressWindow::cancel() {
     // Only a request (an empty future ignores it): the work stops at its next check, a
-    // download drops its connection, and then() says "cancelled" once they have.
+    // download drops its connection, and then() says "cancelled" once they have. A
+    // command's process group gets SIGKILL: its output ends and its wait says so.
     m_work.cancel();
     m_fetch.cancel();
+    if (m_child)
+        bridge_child_kill(m_child.get());
     m_cancel->setEnabled(false);
     m_status->setText(tr("cancelling…"));
 }
@@ -172,6 +285,10 @@ void ProgressWindow::finish(const QString &status) {
     // Done with the run (resetting a finished future cancels nothing).
     m_work.reset();
     m_fetch.reset();
+    m_read.reset();
+    m_exit.reset();
+    m_childOutput.reset();
+    m_child.reset();
     setRunning(false);
     m_status->setText(status);
     emit finished(status);
@@ -180,6 +297,8 @@ void ProgressWindow::finish(const QString &status) {
 void ProgressWindow::setRunning(bool running) {
     m_start->setEnabled(!running);
     m_download->setEnabled(!running);
+    m_run->setEnabled(!running);
     m_url->setEnabled(!running);
+    m_command->setEnabled(!running);
     m_cancel->setEnabled(running);
 }

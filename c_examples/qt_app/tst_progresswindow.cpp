@@ -8,6 +8,9 @@
 //   - Download, against a local server the test starts (tests/servers/test_server.py,
 //     127.0.0.1 only): the bar moves, the bytes arrive; Cancel mid-download against
 //     a slow stream; a 404; the window destroyed with a download in flight;
+//   - Run: a command's output lines show while it runs; Cancel kills it; a command run
+//     to its end shows every line and its exit code; the window destroyed with a
+//     command running kills it;
 //   - hundreds of windows opened and destroyed at random points of their work.
 // Every callback is audited: the window emits a signal from each, and the windows of
 // this test (AuditedWindow) record whether that happened on the GUI thread, on a window
@@ -33,8 +36,13 @@
 #include <QTimer>
 #include <QtTest>
 
+#include <QPlainTextEdit>
+
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
+
+#include <signal.h>
 
 namespace {
 
@@ -70,6 +78,7 @@ public:
         }
         connect(this, &ProgressWindow::progressReported, [this] { record(this); });
         connect(this, &ProgressWindow::finished, [this] { record(this); });
+        connect(this, &ProgressWindow::lineReceived, [this] { record(this); });
     }
     ~AuditedWindow() override {
         QMutexLocker g(&liveLock);
@@ -93,6 +102,9 @@ bridge_stats_t statsOf(bridge_t *bridge) {
         qFatal("bridge_stats failed");
     return stats;
 }
+
+// Whether the process `pid` is gone: a child not yet reaped would still answer.
+bool processGone(int pid) { return ::kill(pid, 0) == -1 && errno == ESRCH; }
 
 // Where the screenshot goes: QT_APP_SCREENSHOT if set, else the path CMake compiled in.
 QString screenshotPath() {
@@ -137,6 +149,11 @@ private slots:
     void startRefusedByAStoppedBridge();
     void destroyedWithDownloadInFlight_data();
     void destroyedWithDownloadInFlight();
+    void runShowsOutputWhileItRuns_data();
+    void runShowsOutputWhileItRuns();
+    void runToItsEnd();
+    void destroyedWithACommandRunning_data();
+    void destroyedWithACommandRunning();
     void manyWindowsComeAndGo();
 
 private:
@@ -501,6 +518,10 @@ void TestProgressWindow::startRefusedByAStoppedBridge() {
     window.downloadButton()->click();
     QVERIFY2(window.statusLabel()->text().startsWith(QStringLiteral("cannot download: ")),
              qPrintable(window.statusLabel()->text()));
+    window.runButton()->click();
+    QVERIFY2(window.statusLabel()->text().startsWith(QStringLiteral("could not run: ")),
+             qPrintable(window.statusLabel()->text()));
+    QCOMPARE(window.commandPid(), 0);
     QVERIFY(!window.cancelButton()->isEnabled());
 }
 
@@ -535,6 +556,91 @@ void TestProgressWindow::destroyedWithDownloadInFlight() {
     QCOMPARE(after.cancelled, before.cancelled + 1);
     QCOMPARE(after.completed, before.completed);
     QTest::qWait(200); // no late callback
+}
+
+void TestProgressWindow::runShowsOutputWhileItRuns_data() { addDeliveryRows(); }
+
+// A command that prints two lines (one on stderr) and then sleeps until killed: the lines
+// can only have come while it ran. Cancel kills it, and the window says how it ended
+// once the command was reaped.
+void TestProgressWindow::runShowsOutputWhileItRuns() {
+    QFETCH(bool, notifyHook);
+    AuditedWindow window(m_bridge, deliveryFor(notifyHook));
+    window.show();
+    QVERIFY(QTest::qWaitForWindowExposed(&window));
+    QSignalSpy lines(&window, &ProgressWindow::lineReceived);
+    QSignalSpy finished(&window, &ProgressWindow::finished);
+
+    window.commandEdit()->setText(QStringLiteral("echo first; echo second >&2; sleep 100"));
+    QTest::mouseClick(window.runButton(), Qt::LeftButton);
+    const int pid = window.commandPid();
+    QVERIFY(pid > 0);
+    QVERIFY2(window.statusLabel()->text().startsWith(QStringLiteral("running (pid ")),
+             qPrintable(window.statusLabel()->text()));
+    QVERIFY(!window.runButton()->isEnabled() && !window.startButton()->isEnabled());
+    QVERIFY(window.cancelButton()->isEnabled());
+
+    QTRY_COMPARE_WITH_TIMEOUT(lines.count(), 2, WaitMs);
+    QCOMPARE(window.outputView()->toPlainText(), QStringLiteral("first\nsecond"));
+    QCOMPARE(finished.count(), 0);
+    QVERIFY(!processGone(pid));
+
+    QTest::mouseClick(window.cancelButton(), Qt::LeftButton);
+    QTRY_COMPARE_WITH_TIMEOUT(window.statusLabel()->text(), QStringLiteral("killed by signal 9"), WaitMs);
+    QCOMPARE(finished.count(), 1);
+    QVERIFY(processGone(pid)); // reaped before the wait ended
+    QCOMPARE(window.commandPid(), 0);
+    QVERIFY(window.runButton()->isEnabled());
+    QVERIFY(!window.cancelButton()->isEnabled());
+    QCOMPARE(lines.count(), 2);
+}
+
+// The default command to its end (five lines a fifth of a second apart, one on stderr),
+// then one whose last line has no newline and whose exit code is not 0.
+void TestProgressWindow::runToItsEnd() {
+    AuditedWindow window(m_bridge, ProgressWindow::Wake::socket_notifier);
+    window.show();
+    QVERIFY(QTest::qWaitForWindowExposed(&window));
+    QSignalSpy lines(&window, &ProgressWindow::lineReceived);
+    QSignalSpy finished(&window, &ProgressWindow::finished);
+
+    QCOMPARE(window.commandEdit()->text(), ProgressWindow::defaultCommand());
+    QTest::mouseClick(window.runButton(), Qt::LeftButton);
+    QTRY_COMPARE_WITH_TIMEOUT(finished.count(), 1, WaitMs);
+    QCOMPARE(window.statusLabel()->text(), QStringLiteral("exited with code 0"));
+    QCOMPARE(window.outputView()->toPlainText(),
+             QStringLiteral("line 1\nline 2\nline 3\nline 4\nline 5\nend"));
+    QCOMPARE(lines.count(), 6);
+
+    window.commandEdit()->setText(QStringLiteral("printf 'one\\ntwo\\n'; echo three >&2; printf 'no newline'; exit 2"));
+    QTest::mouseClick(window.runButton(), Qt::LeftButton);
+    QTRY_COMPARE_WITH_TIMEOUT(finished.count(), 2, WaitMs);
+    QCOMPARE(window.statusLabel()->text(), QStringLiteral("exited with code 2"));
+    QCOMPARE(window.outputView()->toPlainText(), QStringLiteral("one\ntwo\nthree\nno newline"));
+    QCOMPARE(lines.count(), 10);
+    QVERIFY(window.runButton()->isEnabled());
+}
+
+void TestProgressWindow::destroyedWithACommandRunning_data() { addDeliveryRows(); }
+
+// The window goes while its command runs: the cancelled wait kills the command's group
+// and the bridge reaps it; no callback reaches the dead window.
+void TestProgressWindow::destroyedWithACommandRunning() {
+    QFETCH(bool, notifyHook);
+    auto *window = new AuditedWindow(m_bridge, deliveryFor(notifyHook));
+    window->show();
+    QVERIFY(QTest::qWaitForWindowExposed(window));
+    window->commandEdit()->setText(QStringLiteral("echo started; sleep 100"));
+    QTest::mouseClick(window->runButton(), Qt::LeftButton);
+    const int pid = window->commandPid();
+    QVERIFY(pid > 0);
+    QTRY_COMPARE_WITH_TIMEOUT(window->outputView()->toPlainText(), QStringLiteral("started"), WaitMs);
+    delete window;
+    window = nullptr;
+
+    QTRY_VERIFY_WITH_TIMEOUT(processGone(pid), WaitMs);
+    QTRY_COMPARE_WITH_TIMEOUT(statsOf(m_bridge).pending, uint64_t{0}, WaitMs);
+    QTest::qWait(100); // no late callback
 }
 
 // Hundreds of windows, each destroyed at a random point of its work (a short computation,

@@ -13,6 +13,7 @@
 
 pub mod boundary;
 pub mod bridge;
+pub mod child;
 pub mod embed;
 pub mod file;
 pub mod future;

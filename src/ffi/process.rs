@@ -1,4 +1,5 @@
-//! Subprocesses: bridge_process_run(), its options and its result.
+//! Subprocesses: bridge_process_run(), its options and its result. (Programs spawned
+//! with streaming pipes, which take the same options, are in `child`.)
 
 use std::ffi::{c_char, c_void, CStr, OsString};
 use std::os::unix::ffi::OsStringExt;
@@ -14,18 +15,40 @@ use crate::ffi::value::{bridge_bytes_t, bytes_free_data, bytes_into_c, BRIDGE_VA
 use crate::io::process::{run, ProcessOptions, ProcessOutput};
 
 /// bridge_process_options_t.flags: standard error goes into the `out` bytes, in the
-/// order the program wrote both; `err` stays empty.
+/// order the program wrote both; `err` stays empty. With bridge_process_spawn():
+/// standard error goes wherever standard output goes (into the stdout pipe under
+/// BRIDGE_PROCESS_PIPE_STDOUT, else /dev/null).
 pub const BRIDGE_PROCESS_MERGE_STDERR: u32 = 1;
 
-/// The flags this version knows; any other bit is BRIDGE_E_INVALID.
-const KNOWN_FLAGS: u32 = BRIDGE_PROCESS_MERGE_STDERR;
+/// bridge_process_options_t.flags, bridge_process_spawn() only: the program's standard
+/// input is a pipe, written through the stream of bridge_child_take_stdin(). Not
+/// together with stdin_data.
+pub const BRIDGE_PROCESS_PIPE_STDIN: u32 = 2;
+
+/// bridge_process_options_t.flags, bridge_process_spawn() only: the program's standard
+/// output is a pipe, read through the stream of bridge_child_take_stdout().
+pub const BRIDGE_PROCESS_PIPE_STDOUT: u32 = 4;
+
+/// bridge_process_options_t.flags, bridge_process_spawn() only: the program's standard
+/// error is a pipe of its own, read through the stream of bridge_child_take_stderr().
+/// Not together with BRIDGE_PROCESS_MERGE_STDERR.
+pub const BRIDGE_PROCESS_PIPE_STDERR: u32 = 8;
+
+/// The flags bridge_process_run() knows; any other bit is BRIDGE_E_INVALID there.
+const RUN_FLAGS: u32 = BRIDGE_PROCESS_MERGE_STDERR;
+
+/// The flags bridge_process_spawn() knows; any other bit is BRIDGE_E_INVALID there.
+pub(crate) const SPAWN_FLAGS: u32 = BRIDGE_PROCESS_MERGE_STDERR
+    | BRIDGE_PROCESS_PIPE_STDIN
+    | BRIDGE_PROCESS_PIPE_STDOUT
+    | BRIDGE_PROCESS_PIPE_STDERR;
 
 /// The largest `size` accepted: anything above is taken for an uninitialised struct.
 const MAX_OPTIONS_SIZE: usize = 4096;
 
-/// What bridge_process_run() runs. Initialise it with bridge_process_options_init(),
-/// then set the fields you need; every string and buffer is copied by
-/// bridge_process_run(), so all of it may be freed once that returns.
+/// What bridge_process_run() and bridge_process_spawn() run. Initialise it with
+/// bridge_process_options_init(), then set the fields you need; every string and
+/// buffer is copied by the call, so all of it may be freed once that returns.
 #[repr(C)]
 pub struct bridge_process_options {
     /// sizeof(bridge_process_options_t), set by bridge_process_options_init(). A
@@ -50,26 +73,32 @@ pub struct bridge_process_options {
     /// Written to the program's standard input, which is then closed (the program
     /// sees end of file); what it does not read is dropped, without SIGPIPE. With
     /// stdin_len 0 the program reads /dev/null. NULL with stdin_len > 0 is
-    /// BRIDGE_E_INVALID.
+    /// BRIDGE_E_INVALID; so is data together with BRIDGE_PROCESS_PIPE_STDIN.
     pub stdin_data: *const c_void,
     /// Bytes at stdin_data.
     pub stdin_len: usize,
-    /// 0: no limit. Else after this many milliseconds the program's process group is
-    /// killed (SIGKILL) and reaped, and the future fails with BRIDGE_E_TIMED_OUT.
+    /// 0: no limit. Else after this many milliseconds (from the start) the program's
+    /// process group is killed (SIGKILL) and reaped, and the future (of
+    /// bridge_child_wait() for a spawned program) fails with BRIDGE_E_TIMED_OUT.
     pub timeout_ms: u64,
     /// The most bytes kept of each output stream; 0: 64 MiB. One more kills the
     /// group, reaps it, and fails the future with BRIDGE_E_TOO_LARGE (the message names
     /// the stream). At most this many bytes plus one are ever held per stream.
+    /// Not used by bridge_process_spawn(), which collects nothing.
     pub max_output: u64,
-    /// BRIDGE_PROCESS_* bits; any other bit is BRIDGE_E_INVALID.
+    /// BRIDGE_PROCESS_* bits; any other bit is BRIDGE_E_INVALID, and so are the
+    /// BRIDGE_PROCESS_PIPE_* bits for bridge_process_run().
     pub flags: u32,
 }
 
-/// What bridge_process_run() runs (see struct bridge_process_options).
+/// What bridge_process_run() and bridge_process_spawn() run (see struct
+/// bridge_process_options).
 pub type bridge_process_options_t = bridge_process_options;
 
 /// The value of a bridge_process_run() future that ended BRIDGE_OK (type
-/// BRIDGE_VALUE_PROCESS): how the program ended and all of its output.
+/// BRIDGE_VALUE_PROCESS): how the program ended and all of its output. Also the value
+/// of a bridge_child_wait() future, with `out` and `err` empty (the output went
+/// through the child's streams).
 ///
 /// Made by the library; as a future's value it is freed with the future. Taken with
 /// future_take_value(), the caller frees it with bridge_process_result_free(), which
@@ -90,7 +119,8 @@ pub struct bridge_process_result {
     pub err: bridge_bytes_t,
 }
 
-/// The value of a bridge_process_run() future (see struct bridge_process_result).
+/// The value of a bridge_process_run() or bridge_child_wait() future (see struct
+/// bridge_process_result).
 pub type bridge_process_result_t = bridge_process_result;
 
 /// Boxed by `result_value`; its bytes are boxed slices (`bytes_into_c`).
@@ -168,7 +198,8 @@ pub unsafe extern "C" fn bridge_process_options_init(opts: *mut bridge_process_o
 /// @return BRIDGE_OK; BRIDGE_E_INVALID, with nothing started, for NULL `b`, `opts` or
 ///         `out`, a `size` that is not accepted (see struct bridge_process_options), a
 ///         NULL or empty `program`, an `env` entry without '=' or with an empty name, an
-///         empty `cwd`, NULL `stdin_data` with `stdin_len` > 0, or an unknown flag;
+///         empty `cwd`, NULL `stdin_data` with `stdin_len` > 0, or a flag that is
+///         unknown or BRIDGE_PROCESS_PIPE_* (bridge_process_spawn() only);
 ///         BRIDGE_E_NOT_RUNNING once shut down; BRIDGE_E_BUSY (max_pending).
 /// Any thread, a loop thread included (the call only copies and submits).
 #[no_mangle]
@@ -184,7 +215,7 @@ pub unsafe extern "C" fn bridge_process_run(
         };
         // SAFETY: `opts` is NULL or points to at least `size` readable bytes of
         // options whose pointers are NULL or valid, per the API.
-        let Some(options) = (unsafe { options_from_c(opts) }) else {
+        let Some(options) = (unsafe { options_from_c(opts, RUN_FLAGS) }) else {
             return BRIDGE_E_INVALID;
         };
         spawn_on(bridge, out, move |task: CTask| async move {
@@ -194,12 +225,17 @@ pub unsafe extern "C" fn bridge_process_run(
     })
 }
 
-/// Copies C options; `None` if they are invalid.
+/// Copies C options; `None` if they are invalid, a flag outside `known_flags`
+/// included. The flags are in the options as far as they say how to run
+/// (`merge_stderr`); the caller reads the rest from the struct itself.
 ///
 /// # Safety
 /// `opts` is NULL or points to at least `(*opts).size` readable bytes of a
 /// bridge_process_options_t whose pointers are NULL or valid for what the fields say.
-unsafe fn options_from_c(opts: *const bridge_process_options_t) -> Option<ProcessOptions> {
+pub(crate) unsafe fn options_from_c(
+    opts: *const bridge_process_options_t,
+    known_flags: u32,
+) -> Option<ProcessOptions> {
     if opts.is_null() {
         return None;
     }
@@ -216,7 +252,7 @@ unsafe fn options_from_c(opts: *const bridge_process_options_t) -> Option<Proces
     }
     // SAFETY: all of this version's fields are there (checked above).
     let c = unsafe { &*opts };
-    if c.flags & !KNOWN_FLAGS != 0 || (c.stdin_data.is_null() && c.stdin_len > 0) {
+    if c.flags & !known_flags != 0 || (c.stdin_data.is_null() && c.stdin_len > 0) {
         return None;
     }
     // SAFETY: a non-NULL `program` is NUL-terminated, per the API.
@@ -295,7 +331,7 @@ unsafe fn strings(list: *const *const c_char) -> Vec<OsString> {
 }
 
 /// A finished run as a future value of type BRIDGE_VALUE_PROCESS.
-fn result_value(output: ProcessOutput) -> CValue {
+pub(crate) fn result_value(output: ProcessOutput) -> CValue {
     let result = bridge_process_result {
         exit_code: output.exit.code(),
         signal: output.exit.signal(),

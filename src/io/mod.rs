@@ -4,6 +4,7 @@
 //!
 //! - `http`: an HTTP(S) client with a connection pool per bridge (feature `http`);
 //! - `process`: subprocesses in their own process group;
+//! - `child`: subprocesses that run beside their caller, with streaming pipes;
 //! - `fs`: whole-file reads and writes;
 //! - `stream`: byte streams (connections, pipes) with one pending read and one
 //!   pending write;
@@ -11,6 +12,7 @@
 //! - `tls`: which certificates TLS connections trust (feature `tls`, which `http`
 //!   turns on).
 
+pub mod child;
 pub mod fs;
 #[cfg(feature = "http")]
 pub mod http;

@@ -219,14 +219,27 @@ async fn run_watching(
     }
     let name = options.program.to_string_lossy().into_owned();
     let limit = options.limit();
-    let (mut program, streams) = start(&options)?;
+    let plan = Plan {
+        stdin: if options.stdin.is_empty() {
+            Plumbing::Null
+        } else {
+            Plumbing::Pipe
+        },
+        stdout: Plumbing::Pipe,
+        stderr: if options.merge_stderr {
+            Plumbing::IntoStdout
+        } else {
+            Plumbing::Pipe
+        },
+    };
+    let (mut program, ends) = start(&options, plan)?;
 
-    let mut out = Reader::new(streams.out, "stdout", limit)?;
-    let mut err = match streams.err {
-        Some(fd) => Some(Reader::new(fd, "stderr", limit)?),
+    let mut out = Reader::new(ends.stdout, "stdout", limit)?;
+    let mut err = match ends.stderr {
+        Some(fd) => Some(Reader::new(Some(fd), "stderr", limit)?),
         None => None,
     };
-    let mut feeder = match streams.stdin {
+    let mut feeder = match ends.stdin {
         Some(fd) => Some(Feeder::new(fd, options.stdin)?),
         None => None,
     };
@@ -296,11 +309,37 @@ enum Stop {
     ReadFailed(&'static str, io::Error),
 }
 
-/// The descriptors this process keeps of a started program's standard streams.
-struct Streams {
-    out: OwnedFd,
-    err: Option<OwnedFd>,
-    stdin: Option<std::os::unix::net::UnixStream>,
+/// Where one of a program's standard streams goes when it is started.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Plumbing {
+    /// /dev/null.
+    Null,
+    /// A pipe whose other end this process keeps (for standard input, a socket: see
+    /// [`Ends::stdin`]).
+    Pipe,
+    /// Standard error only: wherever standard output goes.
+    IntoStdout,
+}
+
+/// Where each of a program's standard streams goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub(crate) stdin: Plumbing,
+    pub(crate) stdout: Plumbing,
+    pub(crate) stderr: Plumbing,
+}
+
+/// The descriptors this process keeps of a started program's standard streams: one
+/// for each stream the plan piped.
+pub(crate) struct Ends {
+    /// The read end of standard output's pipe.
+    pub(crate) stdout: Option<OwnedFd>,
+    /// The read end of standard error's pipe.
+    pub(crate) stderr: Option<OwnedFd>,
+    /// This process's side of a socket pair whose other side is the program's
+    /// standard input: a socket, not a pipe, so that it can be written with
+    /// MSG_NOSIGNAL (see [`child::send_no_sigpipe`]).
+    pub(crate) stdin: Option<std::os::unix::net::UnixStream>,
 }
 
 /// Whether the program can be started, as far as a look at the file system tells:
@@ -355,8 +394,9 @@ fn startable(options: &ProcessOptions) -> Result<(), i32> {
     Err(if denied { libc::EACCES } else { libc::ENOENT })
 }
 
-/// Starts the program; its ends of the pipes are closed here once it has them.
-fn start(options: &ProcessOptions) -> Result<(Program, Streams), Failure> {
+/// Starts the program in a process group of its own, its standard streams plumbed as
+/// `plan` says; the program's ends of the pipes are closed here once it has them.
+pub(crate) fn start(options: &ProcessOptions, plan: Plan) -> Result<(Program, Ends), Failure> {
     let what = || match &options.cwd {
         Some(cwd) => format!(
             "start {} in {}",
@@ -372,18 +412,27 @@ fn start(options: &ProcessOptions) -> Result<(Program, Streams), Failure> {
     if let Err(errno) = startable(options) {
         return Err(Failure::io(errno, what()));
     }
-    let (out, out_theirs) = child::pipe().map_err(failed)?;
-    let (err, err_theirs) = if options.merge_stderr {
-        (None, out_theirs.try_clone().map_err(failed)?)
-    } else {
-        let (mine, theirs) = child::pipe().map_err(failed)?;
-        (Some(mine), theirs)
+    let (stdout, out_theirs) = match plan.stdout {
+        Plumbing::Pipe => {
+            let (mine, theirs) = child::pipe().map_err(failed)?;
+            (Some(mine), Some(theirs))
+        }
+        Plumbing::Null | Plumbing::IntoStdout => (None, None),
     };
-    let (stdin, stdin_theirs) = if options.stdin.is_empty() {
-        (None, Stdio::null())
-    } else {
-        let (mine, theirs) = std::os::unix::net::UnixStream::pair().map_err(failed)?;
-        (Some(mine), Stdio::from(OwnedFd::from(theirs)))
+    let (stderr, err_theirs) = match (plan.stderr, &out_theirs) {
+        (Plumbing::Pipe, _) => {
+            let (mine, theirs) = child::pipe().map_err(failed)?;
+            (Some(mine), Stdio::from(theirs))
+        }
+        (Plumbing::IntoStdout, Some(out)) => (None, Stdio::from(out.try_clone().map_err(failed)?)),
+        (Plumbing::IntoStdout, None) | (Plumbing::Null, _) => (None, Stdio::null()),
+    };
+    let (stdin, stdin_theirs) = match plan.stdin {
+        Plumbing::Pipe => {
+            let (mine, theirs) = std::os::unix::net::UnixStream::pair().map_err(failed)?;
+            (Some(mine), Stdio::from(OwnedFd::from(theirs)))
+        }
+        Plumbing::Null | Plumbing::IntoStdout => (None, Stdio::null()),
     };
 
     let mut command = Command::new(&options.program);
@@ -391,7 +440,7 @@ fn start(options: &ProcessOptions) -> Result<(Program, Streams), Failure> {
         .args(&options.args)
         .process_group(0)
         .stdin(stdin_theirs)
-        .stdout(out_theirs)
+        .stdout(out_theirs.map_or_else(Stdio::null, Stdio::from))
         .stderr(err_theirs);
     if let Some(env) = &options.env {
         command.env_clear();
@@ -408,28 +457,38 @@ fn start(options: &ProcessOptions) -> Result<(Program, Streams), Failure> {
     let pid = i32::try_from(started.id()).unwrap_or(i32::MAX);
     // Dropping std's handle neither waits nor kills; `Program` owns the child now.
     drop(started);
-    Ok((Program { pid, reaped: false }, Streams { out, err, stdin }))
+    let ends = Ends {
+        stdout,
+        stderr,
+        stdin,
+    };
+    Ok((Program { pid, reaped: false }, ends))
 }
 
 /// A started program not yet reaped: the guard that kills its group and reaps it if
 /// the run is dropped (cancelled) before its end.
-struct Program {
+pub(crate) struct Program {
     pid: i32,
     reaped: bool,
 }
 
 impl Program {
+    /// The program's pid, which is also its process group's id.
+    pub(crate) fn pid(&self) -> i32 {
+        self.pid
+    }
+
     /// Kills whatever is left of the group, if the program is still ours to wait for
     /// (running or a zombie, it holds the group's id, which cannot be reused
     /// meanwhile).
-    fn kill_group(&self) {
+    pub(crate) fn kill_group(&self) {
         if !self.reaped && child::has_exited(self.pid).is_some() {
             child::kill_group(self.pid);
         }
     }
 
-    /// Reaps the program once its exit was seen.
-    fn reap_exited(&mut self) -> Exit {
+    /// Reaps the program once its exit was seen (or once it was sent SIGKILL).
+    pub(crate) fn reap_exited(&mut self) -> Exit {
         // It has exited, so this does not wait: blocking only covers a look that
         // raced with the exit notice.
         let exit = match child::reap(self.pid, true) {
@@ -480,6 +539,12 @@ impl Drop for Program {
     }
 }
 
+/// The read end of a pipe, registered with the runtime's reactor.
+pub(crate) fn watch_pipe(fd: OwnedFd) -> Result<pipe::Receiver, Failure> {
+    pipe::Receiver::from_owned_fd(fd)
+        .map_err(|e| Failure::io(e.raw_os_error().unwrap_or(libc::EIO), "watch a pipe"))
+}
+
 /// One output stream being read into memory, up to its limit.
 struct Reader {
     /// `None` once it reached end of file.
@@ -490,11 +555,11 @@ struct Reader {
 }
 
 impl Reader {
-    fn new(fd: OwnedFd, name: &'static str, limit: u64) -> Result<Reader, Failure> {
-        let pipe = pipe::Receiver::from_owned_fd(fd)
-            .map_err(|e| Failure::io(e.raw_os_error().unwrap_or(libc::EIO), "watch a pipe"))?;
+    /// A reader of the pipe `fd`; one without a pipe is at its end already.
+    fn new(fd: Option<OwnedFd>, name: &'static str, limit: u64) -> Result<Reader, Failure> {
+        let pipe = fd.map(watch_pipe).transpose()?;
         Ok(Reader {
-            pipe: Some(pipe),
+            pipe,
             data: Vec::new(),
             name,
             limit,
@@ -576,7 +641,7 @@ impl Reader {
 }
 
 /// The program's input being written, then closed.
-struct Feeder {
+pub(crate) struct Feeder {
     /// `None` once all was written (which closed it) or the program stopped reading.
     socket: Option<UnixStream>,
     data: Vec<u8>,
@@ -584,7 +649,10 @@ struct Feeder {
 }
 
 impl Feeder {
-    fn new(socket: std::os::unix::net::UnixStream, data: Vec<u8>) -> Result<Feeder, Failure> {
+    pub(crate) fn new(
+        socket: std::os::unix::net::UnixStream,
+        data: Vec<u8>,
+    ) -> Result<Feeder, Failure> {
         let watch =
             |e: io::Error| Failure::io(e.raw_os_error().unwrap_or(libc::EIO), "watch a socket");
         socket.set_nonblocking(true).map_err(watch)?;
@@ -597,7 +665,7 @@ impl Feeder {
     }
 
     /// Writes what the socket takes now; the task is woken when it takes more.
-    fn pump(&mut self, cx: &mut Context<'_>) {
+    pub(crate) fn pump(&mut self, cx: &mut Context<'_>) {
         while let Some(socket) = self.socket.as_ref() {
             if self.written == self.data.len() {
                 // Closing it is the program's end of file.
@@ -633,7 +701,7 @@ impl Feeder {
 }
 
 /// Tells when the program has exited (it stays a zombie until reaped).
-struct ExitWatch {
+pub(crate) struct ExitWatch {
     pid: i32,
     how: Watching,
 }
@@ -646,7 +714,9 @@ enum Watching {
 }
 
 impl ExitWatch {
-    fn new(pid: i32, use_pidfd: bool) -> ExitWatch {
+    /// Watches `pid` through a pidfd if `use_pidfd` and the system gives one, else by
+    /// looking every [`POLL_EXIT_EVERY`]. Must be made inside a runtime.
+    pub(crate) fn new(pid: i32, use_pidfd: bool) -> ExitWatch {
         let pidfd = if use_pidfd {
             child::pidfd_open(pid).ok().and_then(|fd| {
                 // SAFETY: the OwnedFd is an open descriptor that the AsyncFd owns from
@@ -663,7 +733,8 @@ impl ExitWatch {
         ExitWatch { pid, how }
     }
 
-    fn poll_exited(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Ready once the program has exited (or was reaped by someone else).
+    pub(crate) fn poll_exited(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             match &mut self.how {
                 Watching::Pidfd(fd) => {

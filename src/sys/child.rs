@@ -165,12 +165,56 @@ pub(crate) fn read_now(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> 
     Ok(read as usize)
 }
 
+/// Sets the calling thread's `errno`, for a C function that reports an OS error the
+/// POSIX way (its return value says that it failed, errno says why).
+pub(crate) fn set_errno(errno: i32) {
+    #[cfg(any(target_os = "linux", target_os = "emscripten", target_os = "redox"))]
+    // SAFETY: __errno_location returns the calling thread's errno, always writable.
+    unsafe {
+        *libc::__errno_location() = errno
+    };
+    #[cfg(target_os = "android")]
+    // SAFETY: __errno returns the calling thread's errno, always writable.
+    unsafe {
+        *libc::__errno() = errno
+    };
+    #[cfg(any(target_os = "macos", target_os = "ios", target_os = "freebsd"))]
+    // SAFETY: __error returns the calling thread's errno, always writable.
+    unsafe {
+        *libc::__error() = errno
+    };
+    #[cfg(not(any(
+        target_os = "linux",
+        target_os = "emscripten",
+        target_os = "redox",
+        target_os = "android",
+        target_os = "macos",
+        target_os = "ios",
+        target_os = "freebsd"
+    )))]
+    let _ = errno;
+}
+
 // fork, exec and pidfds: Miri cannot run them.
 #[cfg(all(test, not(miri)))]
 mod tests {
     use super::*;
     use std::os::unix::process::CommandExt;
     use std::process::Command;
+
+    #[test]
+    fn set_errno_is_what_the_thread_reads_next() {
+        set_errno(libc::ENOENT);
+        assert_eq!(
+            io::Error::last_os_error().raw_os_error(),
+            Some(libc::ENOENT)
+        );
+        set_errno(libc::EACCES);
+        assert_eq!(
+            io::Error::last_os_error().raw_os_error(),
+            Some(libc::EACCES)
+        );
+    }
 
     #[test]
     #[allow(clippy::zombie_processes)] // reaped by the functions under test
