@@ -17,7 +17,9 @@ use asyncbridge::ffi::process::*;
 use asyncbridge::ffi::promise::*;
 use asyncbridge::ffi::scope::*;
 use asyncbridge::ffi::status::*;
+use asyncbridge::ffi::stream::*;
 use asyncbridge::ffi::token::*;
+use asyncbridge::ffi::value::*;
 
 /// Far above anything here: a wait that takes this long is hung.
 const WATCHDOG_MS: i64 = 60_000;
@@ -216,7 +218,7 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 /// One bridge_token_cancel() stops a sleep, a process group, a promise, an HTTP
-/// exchange and C work at once: each ends BRIDGE_CANCELLED, through the same path as
+/// exchange, C work and a stream read at once: each ends BRIDGE_CANCELLED, through the same path as
 /// future_cancel().
 #[test]
 fn one_cancel_stops_every_kind_of_operation() {
@@ -255,9 +257,18 @@ fn one_cancel_stops_every_kind_of_operation() {
         },
         BRIDGE_OK
     );
-    // Streams and value channels join this list: a pending bridge_stream_read() and
-    // bridge_channel_next() are added here and must end BRIDGE_CANCELLED below.
-    let futures = [sleeping, process, promised.future, exchange, work];
+    // A read of a stream that nothing is written to.
+    let (mut near, mut far) = (null_mut(), null_mut());
+    assert_eq!(
+        unsafe { bridge_stream_pair(b, &mut near, &mut far) },
+        BRIDGE_OK
+    );
+    let mut reading = null_mut();
+    assert_eq!(
+        unsafe { bridge_stream_read(near, 0, &mut reading) },
+        BRIDGE_OK
+    );
+    let futures = [sleeping, process, promised.future, exchange, work, reading];
     for &f in &futures {
         assert_eq!(unsafe { bridge_token_add(t, f) }, BRIDGE_OK);
     }
@@ -284,7 +295,30 @@ fn one_cancel_stops_every_kind_of_operation() {
     assert!(polling.saw_cancel.load(Ordering::SeqCst), "the job saw it");
     // Ended means stopped: the group was killed and reaped before the future ended.
     wait_until("the process group ends", || live_members(pgid).is_empty());
+    // The cancelled read gave its side back: the stream reads on, nothing lost.
+    let message = b"after the cancel";
+    let mut wrote = null_mut();
+    assert_eq!(
+        unsafe { bridge_stream_write(far, message.as_ptr().cast(), message.len(), &mut wrote) },
+        BRIDGE_OK
+    );
+    assert_eq!(finish(wrote), BRIDGE_OK);
+    let mut again = null_mut();
+    assert_eq!(
+        unsafe { bridge_stream_read(near, 0, &mut again) },
+        BRIDGE_OK
+    );
+    assert_eq!(finish(again), BRIDGE_OK);
+    let got = unsafe { &*future_value(again).cast::<bridge_bytes_t>() };
+    assert_eq!(
+        unsafe { std::slice::from_raw_parts(got.data, got.len) },
+        message
+    );
     unsafe {
+        future_release(wrote);
+        future_release(again);
+        bridge_stream_close(near);
+        bridge_stream_close(far);
         for f in futures {
             future_release(f);
         }
