@@ -6,7 +6,7 @@ use crate::ffi::bridge::{borrow as borrow_bridge, bridge_t};
 use crate::ffi::future::{borrow as borrow_future, future_t, into_c_future, CKind};
 use crate::ffi::handle::{arc_as_c, box_borrow, box_into_c, box_take, Castable, OwnedByBox};
 use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID, BRIDGE_OK};
-use crate::ffi::token::{borrow as borrow_token, bridge_token_t, sched_of};
+use crate::ffi::token::{borrow as borrow_token, bridge_token_t};
 
 /// A scope: operations added to it are its members, and its join (a future) ends only
 /// once every member has ended. The library's futures end only once their work has
@@ -74,16 +74,8 @@ pub unsafe extern "C" fn bridge_scope_new(
         if flags & !BRIDGE_SCOPE_CANCEL_ON_FAILURE != 0 {
             return BRIDGE_E_INVALID;
         }
-        let sched = match sched_of(bridge) {
-            Ok(sched) => sched,
-            Err(error) => return error.code(),
-        };
-        let (promise, join) = match bridge.promise::<CKind>() {
-            Ok(made) => made,
-            Err(error) => return error.code(),
-        };
         let cancel_on_failure = flags & BRIDGE_SCOPE_CANCEL_ON_FAILURE != 0;
-        match Scope::new(promise, join, parent, Some(sched), cancel_on_failure) {
+        match bridge.scope::<CKind>(parent, cancel_on_failure) {
             Ok(scope) => {
                 // SAFETY: `out` is non-NULL and writable per the API.
                 unsafe { out.write(box_into_c::<bridge_scope_t>(Box::new(scope))) };

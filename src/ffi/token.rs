@@ -11,10 +11,7 @@ use crate::ffi::handle::{arc_borrow, arc_clone, arc_into_c, arc_take, Castable, 
 use crate::ffi::job::bridge_free_fn;
 use crate::ffi::promise::bridge_cancel_fn;
 use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID, BRIDGE_OK};
-use crate::runtime::Bridge;
-use crate::sched::Sched;
-use crate::status::Error;
-use crate::sync::{Arc, Weak};
+use crate::sync::Arc;
 
 /// A cancellation token: cancelling it cancels, at once and on the cancelling thread,
 /// every future added to it (exactly as future_cancel() does: a promise's cancel
@@ -38,14 +35,6 @@ pub type bridge_token_t = bridge_token;
 impl Castable for bridge_token_t {
     type Rust = Token;
     type Ownership = OwnedByArc;
-}
-
-/// The runtime of `bridge`, for a token's deadlines; refused once shut down.
-pub(crate) fn sched_of(bridge: &Bridge) -> Result<Weak<dyn Sched>, Error> {
-    let shared = bridge.shared_for_sources()?;
-    let weak = Arc::downgrade(shared);
-    let sched: Weak<dyn Sched> = weak;
-    Ok(sched)
 }
 
 /// Borrows the token behind a handle.
@@ -93,9 +82,9 @@ pub unsafe extern "C" fn bridge_token_new(
         ) else {
             return BRIDGE_E_INVALID;
         };
-        match sched_of(bridge) {
-            Ok(sched) => {
-                let token = Arc::new(Token::new(Some(sched), parent));
+        match bridge.token(parent) {
+            Ok(token) => {
+                let token = Arc::new(token);
                 // SAFETY: `out` is non-NULL and writable per the API.
                 unsafe { out.write(arc_into_c::<bridge_token_t>(token)) };
                 BRIDGE_OK

@@ -22,6 +22,8 @@ use std::time::Duration;
 use once_cell::sync::OnceCell;
 use tokio::sync::{oneshot, Notify};
 
+use crate::compose::scope::Scope;
+use crate::compose::token::Token;
 use crate::future::{Failure, Future, Kind, Outcome};
 use crate::promise::Promise;
 use crate::sched::{Canceller, Owner, Queued, Sched, Stats, UnhandledHook};
@@ -442,6 +444,31 @@ impl Bridge {
     pub fn promise<K: Kind>(&self) -> Result<(Promise<K>, Future<K>), Error> {
         self.check_running()?;
         Promise::new(&self.shared.owner)
+    }
+
+    /// A cancellation token whose deadlines run on this bridge, a child of `parent`
+    /// when given (cancelled with it; born cancelled if it already is). Refused
+    /// (`Error::NotRunning`) once shut down.
+    pub fn token(&self, parent: Option<&Token>) -> Result<Token, Error> {
+        self.check_running()?;
+        let weak: Weak<Shared> = Arc::downgrade(&self.shared);
+        let sched: Weak<dyn Sched> = weak;
+        Ok(Token::new(Some(sched), parent))
+    }
+
+    /// A scope of this bridge: its token a child of `parent` when given, its join a
+    /// future of this bridge (one submission in [`Bridge::stats`]). With
+    /// `cancel_on_failure`, the first member that fails cancels the others and the join
+    /// fails with its code and message. Refused like [`Bridge::promise`].
+    pub fn scope<K: Kind>(
+        &self,
+        parent: Option<&Token>,
+        cancel_on_failure: bool,
+    ) -> Result<Scope<K>, Error> {
+        let (promise, join) = self.promise::<K>()?;
+        let weak: Weak<Shared> = Arc::downgrade(&self.shared);
+        let sched: Weak<dyn Sched> = weak;
+        Scope::new(promise, join, parent, Some(sched), cancel_on_failure)
     }
 
     /// A future that ends `Ok` (with no value) after `duration`, never earlier.
