@@ -7,6 +7,8 @@
 //! finds nothing to run.
 
 pub mod queue;
+#[cfg(not(asyncbridge_loom))]
+pub mod stream;
 
 use crate::sync::Arc;
 
