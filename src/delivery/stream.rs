@@ -146,6 +146,8 @@ struct State<V> {
     dropped: u64,
     /// The one send that waits for room ([`Overflow::Wait`]).
     pending: Option<V>,
+    /// A send was claimed ([`Sender::claim`]) and not made yet.
+    claimed: bool,
     /// The end the consumed sender chose, waiting for the pending send to resolve.
     closing: Option<End>,
     /// The end, seen once the queue is empty.
@@ -237,6 +239,7 @@ pub fn channel<V: Send + 'static>(options: Options) -> (Sender<V>, Receiver<V>) 
             overflow: options.overflow,
             dropped: 0,
             pending: None,
+            claimed: false,
             closing: None,
             end: None,
             cancel_requested: false,
@@ -344,12 +347,42 @@ impl<V> Sender<V> {
     }
 
     fn offer(&self, value: V, may_wait: bool) -> StartSend<V> {
+        offer(&self.shared, value, may_wait, false)
+    }
+
+    /// Claims the stream's one send: `Error::Busy` while another send is claimed or
+    /// waits for room. A claimed send goes in with [`SendClaim::send`], which never
+    /// answers `Busy`; other sends are busy meanwhile.
+    pub fn claim(&self) -> Result<SendClaim<V>, Error> {
+        let mut state = lock(&self.shared.state);
+        if state.claimed || state.pending.is_some() {
+            return Err(Error::Busy);
+        }
+        state.claimed = true;
+        Ok(SendClaim {
+            shared: Some(self.shared.clone()),
+        })
+    }
+
+    /// A handle for registering the cancel callback, which does not borrow the sender
+    /// (the callback may consume the sender before the registration returns).
+    pub fn cancel_registration(&self) -> CancelRegistration<V> {
+        CancelRegistration(self.shared.clone())
+    }
+}
+
+/// Puts `value` in, or keeps it waiting (`may_wait`), or gives it back.
+fn offer<V>(shared: &Arc<Shared<V>>, value: V, may_wait: bool, claimed: bool) -> StartSend<V> {
+    {
         let mut after = After::new();
         let answer = {
-            let mut state = lock(&self.shared.state);
+            let mut state = lock(&shared.state);
+            if claimed {
+                state.claimed = false;
+            }
             let answer = if state.cancel_requested || state.receiver_gone {
                 StartSend::Closed(value)
-            } else if state.pending.is_some() {
+            } else if state.pending.is_some() || (state.claimed && !claimed) {
                 StartSend::Busy(value)
             } else {
                 match state.overflow {
@@ -357,7 +390,7 @@ impl<V> Sender<V> {
                         if may_wait {
                             state.pending = Some(value);
                             StartSend::Waiting(PendingSend {
-                                shared: Some(self.shared.clone()),
+                                shared: Some(shared.clone()),
                             })
                         } else {
                             StartSend::Busy(value)
@@ -389,7 +422,55 @@ impl<V> Sender<V> {
         after.run();
         answer
     }
+}
 
+/// The stream's one send, claimed (see [`Sender::claim`]); dropping it unused gives
+/// the claim back.
+pub struct SendClaim<V> {
+    shared: Option<Arc<Shared<V>>>,
+}
+
+impl<V> SendClaim<V> {
+    /// Whether the send would wait for room if made now. Only a consumer can change
+    /// that meanwhile, towards room (or towards a refusal, which does not wait either).
+    pub fn would_wait(&self) -> bool {
+        self.shared.as_ref().is_some_and(|shared| {
+            let state = lock(&shared.state);
+            state.overflow == Overflow::Wait
+                && !state.has_room()
+                && !state.cancel_requested
+                && !state.receiver_gone
+        })
+    }
+
+    /// Makes the claimed send, as [`Sender::start_send`]; never `Busy`.
+    pub fn send(mut self, value: V) -> StartSend<V> {
+        match self.shared.take() {
+            Some(shared) => offer(&shared, value, true, true),
+            None => StartSend::Closed(value),
+        }
+    }
+}
+
+impl<V> Drop for SendClaim<V> {
+    fn drop(&mut self) {
+        if let Some(shared) = self.shared.take() {
+            lock(&shared.state).claimed = false;
+        }
+    }
+}
+
+/// Registers a stream's cancel callback (see [`Sender::cancel_registration`]).
+pub struct CancelRegistration<V>(Arc<Shared<V>>);
+
+impl<V> CancelRegistration<V> {
+    /// As [`Sender::on_cancel`].
+    pub fn on_cancel(&self, callback: CancelCallback) -> Result<(), Error> {
+        register_cancel(&self.0, callback)
+    }
+}
+
+impl<V> Sender<V> {
     /// Whether the consumer asked the producer to stop (or is gone). Sends fail from
     /// then on; the producer should stop and drop or close the sender.
     pub fn is_cancelled(&self) -> bool {
@@ -407,19 +488,7 @@ impl<V> Sender<V> {
     /// second registration is `Error::Invalid` (and drops `callback`). Once the
     /// sender is consumed the callback is not running and never runs.
     pub fn on_cancel(&self, callback: CancelCallback) -> Result<(), Error> {
-        let mut state = lock(&self.shared.state);
-        if state.cancel_registered {
-            drop(state);
-            drop(callback);
-            return Err(Error::Invalid);
-        }
-        state.cancel_registered = true;
-        if state.cancel_requested || state.receiver_gone {
-            run_cancel_callback(&self.shared, state, callback);
-        } else {
-            state.on_cancel = Some(callback);
-        }
-        Ok(())
+        register_cancel(&self.shared, callback)
     }
 
     /// Ends the stream after every value sent (a send still waiting included).
@@ -436,6 +505,7 @@ impl<V> Sender<V> {
     /// Makes dropping this sender leave the end undecided: the returned [`Ender`]
     /// decides it instead. For a producer that runs as a block owning the sender
     /// while its runner decides how the stream ends.
+    #[cfg_attr(not(feature = "c-api"), allow(dead_code))]
     pub(crate) fn detach_end(mut self) -> (Sender<V>, Ender<V>) {
         self.ends_on_drop = false;
         let ender = Ender(Sender {
@@ -514,8 +584,10 @@ fn decide_end<V>(shared: &Shared<V>, end: End) {
 /// Decides the end of a stream whose [`Sender`] was detached (see
 /// [`Sender::detach_end`]): [`Ender::close`], [`Ender::fail`], [`Ender::cancel`] or
 /// dropping it (abandoned).
+#[cfg_attr(not(feature = "c-api"), allow(dead_code))]
 pub(crate) struct Ender<V>(Sender<V>);
 
+#[cfg_attr(not(feature = "c-api"), allow(dead_code))]
 impl<V> Ender<V> {
     pub(crate) fn close(self) {
         self.0.close();
@@ -535,6 +607,26 @@ impl<V> Ender<V> {
     pub(crate) fn cancelled(&self) -> Cancelled<'_, V> {
         self.0.cancelled()
     }
+}
+
+fn register_cancel<V>(shared: &Shared<V>, callback: CancelCallback) -> Result<(), Error> {
+    let mut state = lock(&shared.state);
+    if state.cancel_registered {
+        drop(state);
+        drop(callback);
+        return Err(Error::Invalid);
+    }
+    state.cancel_registered = true;
+    if state.end.is_some() || state.closing.is_some() {
+        // Consumed already (only a registration handle outlives the sender).
+        drop(state);
+        drop(callback);
+    } else if state.cancel_requested || state.receiver_gone {
+        run_cancel_callback(shared, state, callback);
+    } else {
+        state.on_cancel = Some(callback);
+    }
+    Ok(())
 }
 
 /// Runs a cancel callback on this thread, marked as running so that consuming the
@@ -933,6 +1025,8 @@ impl<V> Drop for Pusher<V> {
     fn drop(&mut self) {
         self.stopped
             .store(true, std::sync::atomic::Ordering::SeqCst);
+        // Nobody reads any more: the producer should stop (nothing if it has).
+        request_cancel(&self.shared);
     }
 }
 
