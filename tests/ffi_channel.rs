@@ -296,7 +296,11 @@ fn cancellation_races_lose_no_value_and_free_each_once() {
         let expected: Vec<usize> = (0..seen.len()).collect();
         assert_eq!(seen, expected, "round {round}: values in order, none lost");
         if let Some(terminal) = terminal {
-            assert_eq!(seen.len(), ok, "round {round}: every value sent OK was read");
+            assert_eq!(
+                seen.len(),
+                ok,
+                "round {round}: every value sent OK was read"
+            );
             let ran = callback_runs.load(Ordering::SeqCst);
             assert!(ran <= 1);
             assert_eq!(
@@ -315,7 +319,11 @@ fn cancellation_races_lose_no_value_and_free_each_once() {
                 };
                 assert_eq!(terminal, want, "round {round}");
             }
-            assert_eq!(next(c), terminal, "round {round}: the terminal state repeats");
+            assert_eq!(
+                next(c),
+                terminal,
+                "round {round}: the terminal state repeats"
+            );
             unsafe { bridge_channel_free(c) };
         }
         tracker.assert_each_freed_once(made);
@@ -525,7 +533,9 @@ fn push_mode_delivers_in_order_and_ends_after_the_last_value() {
     let push_ptr: *const Push = &*push;
     let mut done = null_mut();
     assert_eq!(
-        unsafe { bridge_channel_on_value(c, q, Some(on_value), push_ptr.cast_mut().cast(), &mut done) },
+        unsafe {
+            bridge_channel_on_value(c, q, Some(on_value), push_ptr.cast_mut().cast(), &mut done)
+        },
         BRIDGE_OK
     );
     push.done.store(done as usize, Ordering::SeqCst);
@@ -551,9 +561,16 @@ fn push_mode_delivers_in_order_and_ends_after_the_last_value() {
     producer.join().unwrap();
     assert_eq!(unsafe { future_status(done) }, BRIDGE_OK);
     assert_eq!(unsafe { future_value_type(done) }, BRIDGE_VALUE_NONE);
-    assert_eq!(push.calls.load(Ordering::SeqCst), N, "every value before done");
+    assert_eq!(
+        push.calls.load(Ordering::SeqCst),
+        N,
+        "every value before done"
+    );
     assert!(push.in_order.load(Ordering::SeqCst));
-    assert!(!push.done_early.load(Ordering::SeqCst), "done before a call");
+    assert!(
+        !push.done_early.load(Ordering::SeqCst),
+        "done before a call"
+    );
     assert!(!push.too_far_ahead.load(Ordering::SeqCst), "back-pressure");
     tracker.assert_each_freed_once(N);
     unsafe { future_release(done) };
@@ -583,9 +600,16 @@ fn push_mode_fails_closed_when_its_queue_is_freed() {
     assert_eq!(send_wait(s, val(&tracker, 0)), BRIDGE_OK);
     assert_eq!(unsafe { future_wait(done, LONG_MS) }, BRIDGE_FAILED);
     assert_eq!(unsafe { future_error_code(done) }, BRIDGE_E_CLOSED);
-    assert!(unsafe { bridge_sender_is_cancelled(s) }, "the producer is asked to stop");
+    assert!(
+        unsafe { bridge_sender_is_cancelled(s) },
+        "the producer is asked to stop"
+    );
     assert_eq!(send_wait(s, val(&tracker, 1)), BRIDGE_CANCELLED);
-    assert_eq!(tracker.freed(1), 1, "a value sent after the cancel is freed at once");
+    assert_eq!(
+        tracker.freed(1),
+        1,
+        "a value sent after the cancel is freed at once"
+    );
     unsafe { bridge_sender_close(s) };
     unsafe { future_release(done) };
     unsafe { bridge_channel_free(c) };
@@ -601,11 +625,18 @@ fn a_second_pending_next_is_busy_and_a_cancelled_one_loses_nothing() {
     let mut first = null_mut();
     assert_eq!(unsafe { bridge_channel_next(c, &mut first) }, BRIDGE_OK);
     let mut second = null_mut();
-    assert_eq!(unsafe { bridge_channel_next(c, &mut second) }, BRIDGE_E_BUSY);
+    assert_eq!(
+        unsafe { bridge_channel_next(c, &mut second) },
+        BRIDGE_E_BUSY
+    );
     assert_eq!(unsafe { future_cancel(first) }, BRIDGE_OK);
     assert_eq!(finish_next(first), Got::Cancelled);
     assert_eq!(send_wait(s, val(&tracker, 0)), BRIDGE_OK);
-    assert_eq!(next(c), Got::Value(0), "the next after a cancelled one works");
+    assert_eq!(
+        next(c),
+        Got::Value(0),
+        "the next after a cancelled one works"
+    );
     unsafe { bridge_sender_close(s) };
     unsafe { bridge_channel_free(c) };
     tracker.assert_each_freed_once(1);
@@ -629,13 +660,20 @@ fn shutdown_resolves_pending_next_and_send() {
     assert_eq!(unsafe { future_status(sending) }, BRIDGE_PENDING);
     let mut stats = std::mem::MaybeUninit::<bridge_stats_t>::uninit();
     assert_eq!(unsafe { bridge_stats(b, stats.as_mut_ptr()) }, BRIDGE_OK);
-    assert_eq!(unsafe { stats.assume_init() }.pending, 2, "futures of the bridge");
+    assert_eq!(
+        unsafe { stats.assume_init() }.pending,
+        2,
+        "futures of the bridge"
+    );
     assert_eq!(unsafe { bridge_shutdown(b, 0) }, BRIDGE_OK);
     assert_eq!(unsafe { future_status(reading) }, BRIDGE_CANCELLED);
     assert_eq!(unsafe { future_status(sending) }, BRIDGE_CANCELLED);
     assert_eq!(tracker.freed(1), 1, "the pending send's value is freed");
     let mut f = null_mut();
-    assert_eq!(unsafe { bridge_channel_next(c2, &mut f) }, BRIDGE_E_NOT_RUNNING);
+    assert_eq!(
+        unsafe { bridge_channel_next(c2, &mut f) },
+        BRIDGE_E_NOT_RUNNING
+    );
     unsafe {
         future_release(reading);
         future_release(sending);
@@ -665,7 +703,11 @@ fn the_cancel_callback_follows_the_promise_rules() {
     );
     assert!(!unsafe { bridge_sender_is_cancelled(s) });
     unsafe { bridge_channel_cancel(c) };
-    assert_eq!(runs.load(Ordering::SeqCst), 1, "on the requesting thread, at once");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "on the requesting thread, at once"
+    );
     unsafe { bridge_channel_cancel(c) };
     assert_eq!(runs.load(Ordering::SeqCst), 1, "once");
     assert!(unsafe { bridge_sender_is_cancelled(s) });
@@ -711,6 +753,8 @@ struct Flag(Arc<AtomicBool>);
 
 impl Drop for Flag {
     fn drop(&mut self) {
+        // Slow on purpose: an end decided before the drop finished would be seen.
+        std::thread::sleep(Duration::from_millis(20));
         self.0.store(true, Ordering::SeqCst);
     }
 }
@@ -781,10 +825,15 @@ fn a_rust_producer_closes_or_fails_the_channel_with_its_result() {
     let b = start();
     let mut c = null_mut();
     let status = unsafe {
-        spawn_channel(b, Options::default(), &mut c, |mut tx: Sender<CItem>| async move {
-            let _ = tx.send(CItem::bytes(b"only".to_vec())).await;
-            Err(asyncbridge::Failure::new(9, "gave up"))
-        })
+        spawn_channel(
+            b,
+            Options::default(),
+            &mut c,
+            |mut tx: Sender<CItem>| async move {
+                let _ = tx.send(CItem::bytes(b"only".to_vec())).await;
+                Err(asyncbridge::Failure::new(9, "gave up"))
+            },
+        )
     };
     assert_eq!(status, BRIDGE_OK);
     let mut f = null_mut();
@@ -800,9 +849,12 @@ fn a_rust_producer_closes_or_fails_the_channel_with_its_result() {
     let mut c2 = null_mut();
     assert_eq!(
         unsafe {
-            spawn_channel(null_mut(), Options::default(), &mut c2, |_tx: Sender<CItem>| async {
-                Ok(())
-            })
+            spawn_channel(
+                null_mut(),
+                Options::default(),
+                &mut c2,
+                |_tx: Sender<CItem>| async { Ok(()) },
+            )
         },
         BRIDGE_E_INVALID
     );
@@ -843,7 +895,11 @@ fn null_and_invalid_arguments_are_refused() {
             bridge_sender_send(null_mut(), val(&tracker, 0), Some(val_free), &mut f),
             BRIDGE_E_INVALID
         );
-        assert_eq!(tracker.freed(0), 1, "send consumes its value on INVALID too");
+        assert_eq!(
+            tracker.freed(0),
+            1,
+            "send consumes its value on INVALID too"
+        );
         assert_eq!(
             bridge_sender_try_send(null_mut(), null_mut(), None),
             BRIDGE_E_INVALID
@@ -868,7 +924,10 @@ fn null_and_invalid_arguments_are_refused() {
             "no future with WAIT"
         );
         assert_eq!(tracker.freed(1), 1);
-        assert_eq!(bridge_sender_on_cancel(s, None, null_mut()), BRIDGE_E_INVALID);
+        assert_eq!(
+            bridge_sender_on_cancel(s, None, null_mut()),
+            BRIDGE_E_INVALID
+        );
         assert_eq!(bridge_channel_next(c, null_mut()), BRIDGE_E_INVALID);
         let mut q = null_mut();
         assert_eq!(bridge_queue_new(&mut q), BRIDGE_OK);
@@ -890,7 +949,10 @@ fn null_and_invalid_arguments_are_refused() {
             BRIDGE_E_INVALID
         );
         // Refused calls did not take the channel's reader.
-        assert_eq!(bridge_sender_send(s, val(&tracker, 2), Some(val_free), &mut f), BRIDGE_OK);
+        assert_eq!(
+            bridge_sender_send(s, val(&tracker, 2), Some(val_free), &mut f),
+            BRIDGE_OK
+        );
         future_release(f);
         assert_eq!(next(c), Got::Value(2));
         bridge_sender_close(s);

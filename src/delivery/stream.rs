@@ -649,7 +649,6 @@ fn run_cancel_callback<V>(
     shared.callback_returned.notify_all();
 }
 
-
 /// The future of [`Sender::cancelled`].
 pub struct Cancelled<'a, V>(&'a Shared<V>);
 

@@ -748,15 +748,19 @@ struct ValueCallback {
 ///
 /// The done future ends after the last callback returned, with the terminal state:
 /// BRIDGE_OK without a value (closed), BRIDGE_FAILED with the producer's code and
-/// message, or BRIDGE_CANCELLED. It also ends:
-/// - BRIDGE_FAILED with BRIDGE_E_CLOSED when `q` is freed before the end: the channel
-///   is cancelled (the producer is asked to stop), values not delivered are freed;
-/// - BRIDGE_CANCELLED when the done future is cancelled (future_cancel(), a timeout,
-///   bridge_shutdown()), or the channel is freed: the channel is cancelled and the
-///   delivery stops; values queued and not yet given to `func` are freed without it.
-///   The future may then end while a callback still runs on the dispatching thread;
-///   no callback starts after it ended (but one already started finishes).
-/// `user_data` must stay valid until the done future has ended.
+/// message, or BRIDGE_CANCELLED. It also ends in two other cases. When `q` is freed
+/// before the end: BRIDGE_FAILED with BRIDGE_E_CLOSED; the channel is cancelled (the
+/// producer is asked to stop) and values not delivered are freed. When the done future
+/// is cancelled (future_cancel(), a timeout, bridge_shutdown()) or the channel is
+/// freed: BRIDGE_CANCELLED; the channel is cancelled (the sender's cancel callback runs
+/// on a bridge thread then) and the delivery stops: values not yet given to `func` are
+/// freed without it, and the channel's values are no longer read.
+///
+/// When the delivery stops that way, a call that the dispatching thread was just
+/// starting may still run after the done future ended; none starts in a dispatch that
+/// begins afterwards. So keep `user_data` valid until the done future has ended and
+/// `q` was dispatched once more (or freed); when the thread that dispatches `q` is the
+/// one that cancels, the done future's end is enough.
 /// @param c the channel; afterwards bridge_channel_next() on it is BRIDGE_E_BUSY.
 /// @param q the queue whose bridge_queue_dispatch() runs `func`.
 /// @param func the callback; it must not block, throw or longjmp.
@@ -933,14 +937,11 @@ where
             let block = make(sender);
             let work = async move {
                 let mut ender = EndOnDrop(Some(ender));
-                let mut block = std::pin::pin!(block);
+                let mut block = Box::pin(block);
                 let result = std::future::poll_fn(|cx| {
-                    let stop = ender
-                        .0
-                        .as_ref()
-                        .map_or(true, |e| {
-                            std::future::Future::poll(std::pin::pin!(e.cancelled()), cx).is_ready()
-                        });
+                    let stop = ender.0.as_ref().map_or(true, |e| {
+                        std::future::Future::poll(std::pin::pin!(e.cancelled()), cx).is_ready()
+                    });
                     if stop {
                         return Poll::Ready(None);
                     }
@@ -959,7 +960,9 @@ where
                 if let Some(ender) = ender.0.take() {
                     match result {
                         Some(Ok(())) => ender.close(),
-                        Some(Err(failure)) => ender.fail(failure.code(), failure.message().to_bytes()),
+                        Some(Err(failure)) => {
+                            ender.fail(failure.code(), failure.message().to_bytes())
+                        }
                         None => ender.cancel(),
                     }
                 }
