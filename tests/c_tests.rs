@@ -260,6 +260,7 @@ c_tests!(
     post,
     file,
     process,
+    channel,
 );
 
 /// A C++ exception escaping work is fatal, as documented: std::terminate() names it.
@@ -960,6 +961,8 @@ fn null_call(prototype: &str) -> Option<String> {
         "void" => format!("{call}; int ok = 1;"),
         "bool" => format!("int ok = {call} == false;"),
         "size_t" => format!("int ok = {call} == 0;"),
+        // bridge_channel_dropped: a count, 0 for NULL.
+        "uint64_t" => format!("int ok = {call} == 0;"),
         "int" => format!("int ok = {call} == -1;"),
         "bridge_status" => format!("int ok = {call} == BRIDGE_E_INVALID;"),
         // bridge_job_fail returns the code it is given, whatever the job.
