@@ -821,6 +821,21 @@ fn example_poll_loop() {
     );
 }
 
+#[test]
+fn example_value_stream() {
+    let out = build_and_run("c_examples/value_stream.c", &[]);
+    // The program exits non-zero unless push mode saw every progress value before its
+    // done future ended and the cancelled stream ended cancelled.
+    for step in 1..=10 {
+        assert!(out.contains(&format!("progress: {step}/10\n")), "{out}");
+    }
+    assert!(out.contains("copy: finished after 10 progress values"), "{out}");
+    for n in 1..=3 {
+        assert!(out.contains(&format!("grep: match on line {}\n", n * 7)), "{out}");
+    }
+    assert!(out.contains("grep: ended "), "{out}");
+}
+
 /// Needs GLib's development files: skipped without them, unless
 /// `ASYNCBRIDGE_REQUIRE_GUI` is set (as in CI), where their absence is a failure.
 #[test]
