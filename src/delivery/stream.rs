@@ -1088,3 +1088,203 @@ impl<V> Drop for Batch<V> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// Counts its drops.
+    #[derive(Debug)]
+    struct Counted(Arc<AtomicUsize>, usize);
+
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn async_send_waits_for_room_and_the_end_repeats() {
+        let (mut tx, mut rx) = channel::<u32>(Options {
+            capacity: 2,
+            overflow: Overflow::Wait,
+        });
+        let producer = std::thread::spawn(move || {
+            runtime().block_on(async {
+                for i in 0..50 {
+                    tx.send(i).await.unwrap();
+                }
+                tx.close();
+            })
+        });
+        let got: Vec<u32> = runtime().block_on(async {
+            let mut got = Vec::new();
+            while let Ok(v) = rx.recv().await {
+                got.push(v);
+            }
+            got
+        });
+        producer.join().unwrap();
+        assert_eq!(got, (0..50).collect::<Vec<_>>());
+        assert_eq!(rx.try_recv(), Some(Err(End::Closed)));
+        assert_eq!(rx.try_recv(), Some(Err(End::Closed)));
+    }
+
+    #[test]
+    fn try_send_is_full_at_capacity_and_a_pending_send_goes_in_after_a_read() {
+        let (tx, mut rx) = channel::<u32>(Options {
+            capacity: 1,
+            overflow: Overflow::Wait,
+        });
+        assert_eq!(tx.try_send(1), Ok(()));
+        assert_eq!(tx.try_send(2), Err(TrySendError::Full(2)));
+        let StartSend::Waiting(mut pending) = tx.start_send(2) else {
+            panic!("no room: the send waits");
+        };
+        assert!(matches!(tx.start_send(3), StartSend::Busy(3)));
+        let waker = Waker::from(Arc::new(NoWake));
+        let mut cx = Context::from_waker(&waker);
+        assert!(pending.poll_sent(&mut cx, || true).is_pending());
+        assert_eq!(rx.try_recv(), Some(Ok(1)));
+        assert_eq!(pending.poll_sent(&mut cx, || true), Poll::Ready(Ok(())));
+        assert_eq!(rx.try_recv(), Some(Ok(2)));
+        drop(tx);
+        assert!(
+            matches!(rx.try_recv(), Some(Err(End::Failed { code, .. })) if code == Error::Abandoned.code())
+        );
+    }
+
+    #[test]
+    fn a_refused_commit_leaves_the_value_and_the_pending_send() {
+        let (tx, rx) = channel::<u32>(Options {
+            capacity: 1,
+            overflow: Overflow::Wait,
+        });
+        tx.try_send(7).unwrap();
+        let reader = rx.reader().unwrap();
+        assert!(matches!(rx.reader(), Err(Error::Busy)));
+        let waker = Waker::from(Arc::new(NoWake));
+        let mut cx = Context::from_waker(&waker);
+        assert_eq!(
+            reader.poll_read(&mut cx, || false),
+            Poll::Ready(Item::Withheld)
+        );
+        assert_eq!(
+            reader.poll_read(&mut cx, || true),
+            Poll::Ready(Item::Value(7))
+        );
+        drop(reader);
+        tx.try_send(9).unwrap();
+        let StartSend::Waiting(mut pending) = tx.start_send(8) else {
+            unreachable!()
+        };
+        tx.try_send(0).unwrap_err();
+        drop(rx);
+        // The consumer went: the waiting value comes back.
+        assert_eq!(pending.poll_sent(&mut cx, || true), Poll::Ready(Err(8)));
+    }
+
+    #[test]
+    fn cancel_lets_queued_values_through_then_ends_cancelled_once_consumed() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let (tx, mut rx) = channel::<Counted>(Options::default());
+        tx.try_send(Counted(drops.clone(), 0)).unwrap();
+        let runs = Arc::new(AtomicUsize::new(0));
+        let r = runs.clone();
+        tx.on_cancel(Box::new(move || {
+            r.fetch_add(1, Ordering::SeqCst);
+        }))
+        .unwrap();
+        rx.cancel();
+        assert_eq!(runs.load(Ordering::SeqCst), 1);
+        assert!(tx.is_cancelled());
+        match tx.try_send(Counted(drops.clone(), 1)) {
+            Err(TrySendError::Closed(v)) => drop(v),
+            _ => panic!("refused after the request"),
+        }
+        assert!(matches!(rx.try_recv(), Some(Ok(Counted(_, 0)))));
+        assert!(rx.try_recv().is_none(), "not ended while the producer runs");
+        tx.close();
+        assert!(matches!(rx.try_recv(), Some(Err(End::Cancelled))));
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn dropping_the_receiver_drops_what_is_queued() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let (tx, rx) = channel::<Counted>(Options::default());
+        for i in 0..5 {
+            tx.try_send(Counted(drops.clone(), i)).unwrap();
+        }
+        drop(rx);
+        assert_eq!(drops.load(Ordering::SeqCst), 5);
+        assert!(tx.is_cancelled());
+        runtime().block_on(tx.cancelled());
+    }
+
+    #[test]
+    fn drop_oldest_and_keep_latest_count_what_they_drop() {
+        let (tx, mut rx) = channel::<u32>(Options {
+            capacity: 2,
+            overflow: Overflow::DropOldest,
+        });
+        for i in 0..5 {
+            tx.try_send(i).unwrap();
+        }
+        assert_eq!(rx.dropped(), 3);
+        assert_eq!(rx.try_recv(), Some(Ok(3)));
+        let (tx, mut rx) = channel::<u32>(Options {
+            capacity: 9,
+            overflow: Overflow::KeepLatest,
+        });
+        for i in 0..5 {
+            tx.try_send(i).unwrap();
+        }
+        assert_eq!((rx.dropped(), rx.try_recv()), (4, Some(Ok(4))));
+    }
+
+    #[test]
+    fn push_batches_count_until_delivered() {
+        let (tx, rx) = channel::<u32>(Options {
+            capacity: 2,
+            overflow: Overflow::Wait,
+        });
+        tx.try_send(1).unwrap();
+        tx.try_send(2).unwrap();
+        let pusher = rx.reader().unwrap().into_push();
+        assert!(
+            matches!(rx.reader(), Err(Error::Busy)),
+            "push mode is for good"
+        );
+        let waker = Waker::from(Arc::new(NoWake));
+        let mut cx = Context::from_waker(&waker);
+        let Poll::Ready(Pushed::Batch(batch)) = pusher.poll_batch(&mut cx) else {
+            panic!("a batch");
+        };
+        assert_eq!(batch.len(), 2);
+        assert!(
+            matches!(tx.try_send(3), Err(TrySendError::Full(3))),
+            "in flight counts"
+        );
+        tx.close();
+        assert!(
+            pusher.poll_batch(&mut cx).is_pending(),
+            "the end waits for delivery"
+        );
+        let mut seen = Vec::new();
+        batch.deliver(|v| seen.push(*v));
+        assert_eq!(seen, vec![1, 2]);
+        assert!(matches!(
+            pusher.poll_batch(&mut cx),
+            Poll::Ready(Pushed::End(End::Closed))
+        ));
+    }
+}
