@@ -829,9 +829,15 @@ fn example_value_stream() {
     for step in 1..=10 {
         assert!(out.contains(&format!("progress: {step}/10\n")), "{out}");
     }
-    assert!(out.contains("copy: finished after 10 progress values"), "{out}");
+    assert!(
+        out.contains("copy: finished after 10 progress values"),
+        "{out}"
+    );
     for n in 1..=3 {
-        assert!(out.contains(&format!("grep: match on line {}\n", n * 7)), "{out}");
+        assert!(
+            out.contains(&format!("grep: match on line {}\n", n * 7)),
+            "{out}"
+        );
     }
     assert!(out.contains("grep: ended "), "{out}");
 }
