@@ -967,3 +967,87 @@ fn null_and_invalid_arguments_are_refused() {
     }
     unsafe { bridge_free(b) };
 }
+
+/// What a slow cancel callback records.
+struct SlowCancel {
+    running: AtomicBool,
+    calls: AtomicUsize,
+}
+
+unsafe extern "C" fn slow_cancel(user_data: *mut c_void) {
+    let slow = unsafe { &*user_data.cast::<SlowCancel>() };
+    slow.running.store(true, Ordering::SeqCst);
+    slow.calls.fetch_add(1, Ordering::SeqCst);
+    // Slow on purpose: a consuming call that did not wait would see it running.
+    std::thread::sleep(Duration::from_millis(50));
+    slow.running.store(false, Ordering::SeqCst);
+}
+
+/// A consuming call made while the cancel callback runs on another thread returns
+/// only after it: then the callback is not running and never runs.
+#[test]
+fn consuming_the_sender_waits_for_a_running_cancel_callback() {
+    let b = start();
+    let slow = Arc::new(SlowCancel {
+        running: AtomicBool::new(false),
+        calls: AtomicUsize::new(0),
+    });
+    let (s, c) = new_channel(b, 0, BRIDGE_OVERFLOW_WAIT);
+    assert_eq!(
+        unsafe {
+            bridge_sender_on_cancel(s, Some(slow_cancel), Arc::as_ptr(&slow).cast_mut().cast())
+        },
+        BRIDGE_OK
+    );
+    let cp = P(c);
+    let canceller = std::thread::spawn(move || {
+        let cp = cp;
+        unsafe { bridge_channel_cancel(cp.0) };
+    });
+    while !slow.running.load(Ordering::SeqCst) {
+        std::thread::yield_now();
+    }
+    unsafe { bridge_sender_close(s) };
+    assert!(
+        !slow.running.load(Ordering::SeqCst),
+        "close returned during the callback"
+    );
+    canceller.join().unwrap();
+    assert_eq!(slow.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(next(c), Got::Cancelled);
+    unsafe { bridge_channel_free(c) };
+    unsafe { bridge_free(b) };
+}
+
+unsafe extern "C" fn free_sender_in_callback(user_data: *mut c_void) {
+    unsafe { bridge_sender_free(user_data.cast()) };
+}
+
+/// The cancel callback may consume the sender itself, on the requesting thread or
+/// at once in the registration.
+#[test]
+fn the_cancel_callback_may_consume_the_sender() {
+    let b = start();
+    let (s, c) = new_channel(b, 0, BRIDGE_OVERFLOW_WAIT);
+    assert_eq!(
+        unsafe { bridge_sender_on_cancel(s, Some(free_sender_in_callback), s.cast()) },
+        BRIDGE_OK
+    );
+    unsafe { bridge_channel_cancel(c) };
+    assert_eq!(
+        next(c),
+        Got::Cancelled,
+        "the sender is gone: cancelled at once"
+    );
+    unsafe { bridge_channel_free(c) };
+
+    let (s, c) = new_channel(b, 0, BRIDGE_OVERFLOW_WAIT);
+    unsafe { bridge_channel_cancel(c) };
+    assert_eq!(
+        unsafe { bridge_sender_on_cancel(s, Some(free_sender_in_callback), s.cast()) },
+        BRIDGE_OK
+    );
+    assert_eq!(next(c), Got::Cancelled);
+    unsafe { bridge_channel_free(c) };
+    unsafe { bridge_free(b) };
+}
