@@ -181,7 +181,8 @@ struct bridge;
  * channel (bridge_sender_close()), BRIDGE_FAILED with the producer's code and message
  * (bridge_sender_fail(); BRIDGE_E_ABANDONED when the sender was freed unclosed), or
  * BRIDGE_CANCELLED when bridge_channel_cancel() came before the producer consumed its
- * sender. Every value is freed exactly once: by whoever takes it from a future, after
+ * sender (or when bridge_shutdown() stopped a library's producer, see
+ * spawn_channel() in the Rust docs). Every value is freed exactly once: by whoever takes it from a future, after
  * the push-mode callback returns, when an overflow policy drops it, or when the
  * channel is freed with values still queued.
  */
@@ -1071,7 +1072,8 @@ bridge_status bridge_channel_new(bridge_t *b,
  *        with BRIDGE_OVERFLOW_DROP_OLDEST and KEEP_LATEST, where a send never waits
  *        (with BRIDGE_OVERFLOW_WAIT it is BRIDGE_E_INVALID: a producer that cannot
  *        see its send finish cannot know when to send the next).
- * @return BRIDGE_OK; BRIDGE_E_BUSY (a send is pending; `value` not consumed);
+ * @return BRIDGE_OK; BRIDGE_E_BUSY (a send is pending, or the bridge's max_pending
+ *         is reached; `value` not consumed);
  *         BRIDGE_E_INVALID for NULL `s`, or NULL `out` with BRIDGE_OVERFLOW_WAIT;
  *         BRIDGE_E_NOT_RUNNING when a future is asked for and the channel's bridge is
  *         shut down. A cancelled channel is not an error here: the future ends

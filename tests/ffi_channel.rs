@@ -1051,3 +1051,40 @@ fn the_cancel_callback_may_consume_the_sender() {
     unsafe { bridge_channel_free(c) };
     unsafe { bridge_free(b) };
 }
+
+/// max_pending refuses a send's future like any submission: BRIDGE_E_BUSY, and the
+/// value stays the caller's; a next is refused the same way.
+#[test]
+fn max_pending_refuses_without_consuming_the_value() {
+    let mut cfg = std::mem::MaybeUninit::<bridge_config_t>::uninit();
+    unsafe { bridge_config_init(cfg.as_mut_ptr()) };
+    let mut cfg = unsafe { cfg.assume_init() };
+    cfg.max_pending = 1;
+    let mut b = null_mut();
+    assert_eq!(unsafe { bridge_start(&cfg, &mut b) }, BRIDGE_OK);
+    let tracker = Tracker::new(2);
+    let (s, c) = new_channel(b, 1, BRIDGE_OVERFLOW_WAIT);
+    let (s2, c2) = new_channel(b, 1, BRIDGE_OVERFLOW_WAIT);
+    let mut reading = null_mut();
+    assert_eq!(unsafe { bridge_channel_next(c2, &mut reading) }, BRIDGE_OK);
+    let v = val(&tracker, 0);
+    let mut f = null_mut();
+    assert_eq!(
+        unsafe { bridge_sender_send(s, v, Some(val_free), &mut f) },
+        BRIDGE_E_BUSY
+    );
+    assert_eq!(tracker.freed(0), 0, "not consumed");
+    let mut g = null_mut();
+    assert_eq!(unsafe { bridge_channel_next(c, &mut g) }, BRIDGE_E_BUSY);
+    unsafe { bridge_sender_close(s2) };
+    assert_eq!(finish_next(reading), Got::End);
+    assert_eq!(send_wait(s, v), BRIDGE_OK, "the same value, later");
+    assert_eq!(next(c), Got::Value(0));
+    unsafe {
+        bridge_sender_close(s);
+        bridge_channel_free(c);
+        bridge_channel_free(c2);
+    }
+    tracker.assert_each_freed_once(1);
+    unsafe { bridge_free(b) };
+}

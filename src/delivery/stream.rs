@@ -44,7 +44,8 @@
 //! - with [`Overflow::Wait`] the producer is never more than `capacity` values, plus
 //!   the one send that waits for room, ahead of the consumer;
 //! - the end is [`End::Cancelled`] exactly when a cancellation request came before the
-//!   sender was consumed, and it comes only once the sender was consumed.
+//!   sender was consumed (or the runner of a producer block stopped it), and it comes
+//!   only once the sender was consumed.
 
 use std::collections::VecDeque;
 use std::ffi::CString;

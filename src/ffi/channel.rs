@@ -16,6 +16,7 @@
 //!     n: u32,
 //!     out: *mut *mut bridge_channel_t,
 //! ) -> bridge_status {
+//!     // SAFETY: `b` and `out` come from the C caller as they are.
 //!     unsafe {
 //!         spawn_channel(b, Options::default(), out, move |mut tx: Sender<CItem>| async move {
 //!             for i in 1..=n {
@@ -184,7 +185,8 @@ impl Drop for CItem {
 /// channel (bridge_sender_close()), BRIDGE_FAILED with the producer's code and message
 /// (bridge_sender_fail(); BRIDGE_E_ABANDONED when the sender was freed unclosed), or
 /// BRIDGE_CANCELLED when bridge_channel_cancel() came before the producer consumed its
-/// sender. Every value is freed exactly once: by whoever takes it from a future, after
+/// sender (or when bridge_shutdown() stopped a library's producer, see
+/// spawn_channel() in the Rust docs). Every value is freed exactly once: by whoever takes it from a future, after
 /// the push-mode callback returns, when an overflow policy drops it, or when the
 /// channel is freed with values still queued.
 pub struct bridge_channel {
@@ -410,7 +412,8 @@ pub unsafe extern "C" fn bridge_channel_new(
 ///        with BRIDGE_OVERFLOW_DROP_OLDEST and KEEP_LATEST, where a send never waits
 ///        (with BRIDGE_OVERFLOW_WAIT it is BRIDGE_E_INVALID: a producer that cannot
 ///        see its send finish cannot know when to send the next).
-/// @return BRIDGE_OK; BRIDGE_E_BUSY (a send is pending; `value` not consumed);
+/// @return BRIDGE_OK; BRIDGE_E_BUSY (a send is pending, or the bridge's max_pending
+///         is reached; `value` not consumed);
 ///         BRIDGE_E_INVALID for NULL `s`, or NULL `out` with BRIDGE_OVERFLOW_WAIT;
 ///         BRIDGE_E_NOT_RUNNING when a future is asked for and the channel's bridge is
 ///         shut down. A cancelled channel is not an error here: the future ends
@@ -449,29 +452,41 @@ pub unsafe extern "C" fn bridge_sender_send(
             Ok(bridge) => bridge,
             Err(status) => return status,
         };
-        let future = if claim.would_wait() {
+        // Sent only once the future exists: a refused future leaves the value unsent.
+        let mut unsent = Some((claim, item));
+        let made = if unsent.as_ref().is_some_and(|(claim, _)| claim.would_wait()) {
             bridge.spawn_with(|future: Future<CKind>| {
-                let answer = claim.send(item);
+                let answer = match unsent.take() {
+                    Some((claim, item)) => claim.send(item),
+                    None => StartSend::Sent, // taken only here, once
+                };
                 (wait_sent(answer, future), None)
             })
         } else {
             bridge.promise::<CKind>().map(|(promise, future)| {
-                match claim.send(item) {
-                    StartSend::Sent | StartSend::Waiting(_) => promise.resolve(None),
-                    StartSend::Busy(item) | StartSend::Closed(item) => {
+                match unsent.take().map(|(claim, item)| claim.send(item)) {
+                    Some(StartSend::Busy(item) | StartSend::Closed(item)) => {
                         drop(item);
                         let _ = future.cancel();
                         drop(promise);
                     }
+                    _ => promise.resolve(None),
                 }
                 future
             })
         };
-        match future {
+        match made {
             Ok(future) => {
                 // SAFETY: `out` is non-NULL and writable per the API.
                 unsafe { out.write(into_c_future(future)) };
                 BRIDGE_OK
+            }
+            Err(Error::Busy) => {
+                // max_pending: not consumed, like a send that is pending.
+                if let Some((_claim, item)) = unsent {
+                    item.into_raw();
+                }
+                BRIDGE_E_BUSY
             }
             Err(error) => error.code(),
         }
