@@ -504,7 +504,8 @@ impl<V> Sender<V> {
     }
 
     /// Makes dropping this sender leave the end undecided: the returned [`Ender`]
-    /// decides it instead. For a producer that runs as a block owning the sender
+    /// decides it instead, unless the sender is closed or failed first (the first
+    /// decision stands). For a producer that runs as a block owning the sender
     /// while its runner decides how the stream ends.
     #[cfg_attr(not(feature = "c-api"), allow(dead_code))]
     pub(crate) fn detach_end(mut self) -> (Sender<V>, Ender<V>) {
@@ -561,6 +562,11 @@ fn decide_end<V>(shared: &Shared<V>, end: End) {
             }
             _ => break,
         }
+    }
+    if state.sender_consumed() {
+        // Decided already (a detached sender closed, then its ender): the first
+        // decision stands, so the end is seen once and never changes.
+        return;
     }
     let unused = state.on_cancel.take();
     let end = if state.cancel_requested {
@@ -1250,6 +1256,27 @@ mod tests {
             tx.try_send(i).unwrap();
         }
         assert_eq!((rx.dropped(), rx.try_recv()), (4, Some(Ok(4))));
+    }
+
+    #[test]
+    fn the_first_decision_of_the_end_stands() {
+        let (tx, mut rx) = channel::<u32>(Options::default());
+        let (tx, ender) = tx.detach_end();
+        tx.close();
+        ender.fail(5, "too late");
+        assert_eq!(rx.try_recv(), Some(Err(End::Closed)));
+
+        let (tx, mut rx) = channel::<u32>(Options::default());
+        let (tx, ender) = tx.detach_end();
+        drop(tx);
+        assert!(
+            rx.try_recv().is_none(),
+            "a detached sender's drop decides nothing"
+        );
+        drop(ender);
+        assert!(
+            matches!(rx.try_recv(), Some(Err(End::Failed { code, .. })) if code == Error::Abandoned.code())
+        );
     }
 
     #[test]

@@ -916,8 +916,10 @@ pub unsafe extern "C" fn bridge_channel_free(c: *mut bridge_channel_t) {
 /// `make` gets the channel's [`Sender`] (of [`CItem`] values) and runs on the calling
 /// thread; the block on the bridge's loop, where it must not block. The block's
 /// `Ok(())` closes the channel after every value it sent, `Err(failure)` fails it with
-/// the failure's code and message, a panic fails it with `BRIDGE_E_PANIC`. When the
-/// consumer cancels (or frees) the channel, the block is dropped at its next await and
+/// the failure's code and message, a panic fails it with `BRIDGE_E_PANIC`. The block
+/// may also end the channel itself with [`Sender::close`] or [`Sender::fail`]: the
+/// first decision stands. When the consumer cancels (or frees) the channel, the block
+/// is dropped at its next await and
 /// the channel ends cancelled after that; `bridge_shutdown()` drops it too (the
 /// channel ends cancelled). The block's task is a future of `b` while it runs.
 ///
