@@ -640,14 +640,28 @@ fn register_cancel<V>(shared: &Shared<V>, callback: CancelCallback) -> Result<()
 /// sender on another thread waits for it to return.
 fn run_cancel_callback<V>(
     shared: &Shared<V>,
+    state: MutexGuard<'_, State<V>>,
+    callback: CancelCallback,
+) {
+    run_cancel_callback_then(shared, state, callback, Vec::new());
+}
+
+/// [`run_cancel_callback`], waking `wakers` first. The callback is marked as running
+/// before the lock is let go: a consuming call that takes the lock after that waits for
+/// it, and one that took it before had taken the callback away.
+fn run_cancel_callback_then<V>(
+    shared: &Shared<V>,
     mut state: MutexGuard<'_, State<V>>,
     callback: CancelCallback,
+    wakers: Vec<Waker>,
 ) {
     let me = current_thread();
     let key = shared as *const Shared<V> as usize;
     state.cancelling_on = Some(me);
     cancel_calls().running(key, me);
     drop(state);
+    // The wakers first: the callback may take a while (it must not block).
+    wakers.into_iter().for_each(Waker::wake);
     if catch_unwind(AssertUnwindSafe(callback)).is_err() {
         eprintln!("asyncbridge: a stream's cancel callback panicked");
     }
@@ -767,13 +781,7 @@ fn request_cancel<V>(shared: &Shared<V>) {
         .flatten()
         .collect();
     match state.on_cancel.take() {
-        Some(callback) => {
-            // The wakers first: the callback may take long (it must not block).
-            drop(state);
-            wakers.into_iter().for_each(Waker::wake);
-            let state = lock(&shared.state);
-            run_cancel_callback(shared, state, callback);
-        }
+        Some(callback) => run_cancel_callback_then(shared, state, callback, wakers),
         None => {
             drop(state);
             wakers.into_iter().for_each(Waker::wake);
