@@ -1088,3 +1088,60 @@ fn max_pending_refuses_without_consuming_the_value() {
     tracker.assert_each_freed_once(1);
     unsafe { bridge_free(b) };
 }
+
+/// What the racing cancel callback saw.
+struct Race {
+    ran: AtomicUsize,
+    consumed: AtomicBool,
+    late: AtomicBool,
+}
+
+unsafe extern "C" fn race_cancel(user_data: *mut c_void) {
+    let race = unsafe { &*user_data.cast::<Race>() };
+    if race.consumed.load(Ordering::SeqCst) {
+        race.late.store(true, Ordering::SeqCst);
+    }
+    race.ran.fetch_add(1, Ordering::SeqCst);
+}
+
+/// A cancel and the consuming call racing on two threads are ordered: the callback
+/// never runs after the consuming call returned, and the channel ends cancelled
+/// exactly when it ran.
+#[test]
+fn cancel_and_close_racing_are_ordered() {
+    let b = start();
+    for round in 0..500 {
+        let race = Arc::new(Race {
+            ran: AtomicUsize::new(0),
+            consumed: AtomicBool::new(false),
+            late: AtomicBool::new(false),
+        });
+        let (s, c) = new_channel(b, 0, BRIDGE_OVERFLOW_WAIT);
+        assert_eq!(
+            unsafe {
+                bridge_sender_on_cancel(s, Some(race_cancel), Arc::as_ptr(&race).cast_mut().cast())
+            },
+            BRIDGE_OK
+        );
+        let go = Arc::new(std::sync::Barrier::new(2));
+        let (sp, r, g) = (P(s), race.clone(), go.clone());
+        let closer = std::thread::spawn(move || {
+            let sp = sp;
+            g.wait();
+            unsafe { bridge_sender_close(sp.0) };
+            r.consumed.store(true, Ordering::SeqCst);
+        });
+        go.wait();
+        unsafe { bridge_channel_cancel(c) };
+        closer.join().unwrap();
+        assert!(
+            !race.late.load(Ordering::SeqCst),
+            "round {round}: ran after close returned"
+        );
+        let ran = race.ran.load(Ordering::SeqCst);
+        let want = if ran == 1 { Got::Cancelled } else { Got::End };
+        assert_eq!(next(c), want, "round {round}");
+        unsafe { bridge_channel_free(c) };
+    }
+    unsafe { bridge_free(b) };
+}
