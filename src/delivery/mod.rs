@@ -7,7 +7,6 @@
 //! finds nothing to run.
 
 pub mod queue;
-#[cfg(not(asyncbridge_loom))]
 pub mod stream;
 
 use crate::sync::Arc;

@@ -1104,7 +1104,7 @@ impl<V> Drop for Batch<V> {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(asyncbridge_loom)))]
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1322,5 +1322,76 @@ mod tests {
             pusher.poll_batch(&mut cx),
             Poll::Ready(Pushed::End(End::Closed))
         ));
+    }
+}
+
+/// loom models of the cancel protocol: every interleaving of a cancellation request
+/// and the consuming call. Run with
+/// `RUSTFLAGS="--cfg asyncbridge_loom" cargo test --release --lib stream::loom_models`.
+#[cfg(all(test, asyncbridge_loom))]
+mod loom_models {
+    use super::*;
+    use crate::sync::{AtomicBool, AtomicUsize, Ordering};
+    use loom::thread;
+
+    #[test]
+    fn cancel_and_close_are_ordered() {
+        loom::model(|| {
+            let (tx, mut rx) = channel::<u32>(Options::default());
+            let ran = Arc::new(AtomicUsize::new(0));
+            let closed = Arc::new(AtomicBool::new(false));
+            let (r, c) = (ran.clone(), closed.clone());
+            tx.on_cancel(Box::new(move || {
+                assert!(!c.load(Ordering::SeqCst), "ran after the close returned");
+                r.fetch_add(1, Ordering::SeqCst);
+            }))
+            .unwrap();
+            let c = closed.clone();
+            let closer = thread::spawn(move || {
+                tx.close();
+                c.store(true, Ordering::SeqCst);
+            });
+            rx.cancel();
+            closer.join().unwrap();
+            let end = rx.try_recv();
+            let cancelled = matches!(end, Some(Err(End::Cancelled)));
+            assert!(cancelled || matches!(end, Some(Err(End::Closed))));
+            assert_eq!(cancelled, ran.load(Ordering::SeqCst) == 1);
+        });
+    }
+
+    #[test]
+    fn a_waiting_send_and_a_cancel_free_the_value_once() {
+        loom::model(|| {
+            let (tx, mut rx) = channel::<u32>(Options {
+                capacity: 1,
+                overflow: Overflow::Wait,
+            });
+            tx.try_send(1).unwrap();
+            let StartSend::Waiting(mut pending) = tx.start_send(2) else {
+                panic!("full: the send waits");
+            };
+            let reader = thread::spawn(move || {
+                let first = rx.try_recv();
+                rx.cancel();
+                (first, rx)
+            });
+            let waker = Waker::from(Arc::new(NoWake));
+            let mut cx = Context::from_waker(&waker);
+            let sent = pending.poll_sent(&mut cx, || true);
+            let (first, mut rx) = reader.join().unwrap();
+            assert_eq!(first, Some(Ok(1)));
+            drop(pending);
+            tx.close();
+            // In, and read before the end; or refused and given back: never both.
+            let second = rx.try_recv();
+            match sent {
+                Poll::Ready(Ok(())) => assert_eq!(second, Some(Ok(2))),
+                Poll::Ready(Err(2)) | Poll::Pending => {
+                    assert_eq!(second, Some(Err(End::Cancelled)))
+                }
+                Poll::Ready(Err(other)) => panic!("gave back {other}"),
+            }
+        });
     }
 }
