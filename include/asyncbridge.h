@@ -41,6 +41,11 @@
 
 
 /**
+ * The capacity of [`Options::default`].
+ */
+#define DEFAULT_CAPACITY 64
+
+/**
  * How many bytes a read or write moves between two cancellation checks.
  */
 #define CHUNK (1 << 20)
@@ -70,6 +75,24 @@
  * per-thread scratch buffer reads land in.
  */
 #define MAX_READ (1024 * 1024)
+
+/**
+ * bridge_channel_options_t.overflow: lossless; a send waits while the channel holds
+ * `capacity` values (back-pressure).
+ */
+#define BRIDGE_OVERFLOW_WAIT 0
+
+/**
+ * bridge_channel_options_t.overflow: a send to a full channel frees the oldest value
+ * still queued to make room, and counts it (bridge_channel_dropped()).
+ */
+#define BRIDGE_OVERFLOW_DROP_OLDEST 1
+
+/**
+ * bridge_channel_options_t.overflow: one slot; a new value replaces the unread one,
+ * which is freed and counted (bridge_channel_dropped()). For "the latest progress".
+ */
+#define BRIDGE_OVERFLOW_KEEP_LATEST 2
 
 /**
  * bridge_file_write(): append to the file instead of replacing it.
@@ -217,6 +240,26 @@ struct bridge;
 struct bridge_addresses;
 
 /**
+ * The consumer's side of a stream of values: values sent by a bridge_sender_t (from
+ * any thread), read in order with bridge_channel_next() or delivered to a completion
+ * queue with bridge_channel_on_value(), then one terminal state.
+ *
+ * Made by bridge_channel_new() (or by a library's function that returns one); freed
+ * with bridge_channel_free(). Every function on it may be called from any thread.
+ *
+ * The terminal state comes after every value that was sent, exactly once, and every
+ * later read repeats it: BRIDGE_OK without a value when the producer closed the
+ * channel (bridge_sender_close()), BRIDGE_FAILED with the producer's code and message
+ * (bridge_sender_fail(); BRIDGE_E_ABANDONED when the sender was freed unclosed), or
+ * BRIDGE_CANCELLED when bridge_channel_cancel() came before the producer consumed its
+ * sender (or when bridge_shutdown() stopped a library's producer, see
+ * spawn_channel() in the Rust docs). Every value is freed exactly once: by whoever takes it from a future, after
+ * the push-mode callback returns, when an overflow policy drops it, or when the
+ * channel is freed with values still queued.
+ */
+struct bridge_channel;
+
+/**
  * A program started by bridge_process_spawn(), running beside its caller.
  *
  * Its piped standard streams are taken as bridge_stream_t handles
@@ -342,6 +385,27 @@ struct bridge_queue;
  * joined or closed, as it waits for any pending work.
  */
 struct bridge_scope;
+
+/**
+ * The producer's side of a stream of values (see struct bridge_channel).
+ *
+ * Made by bridge_channel_new(); consumed by exactly one of bridge_sender_close(),
+ * bridge_sender_fail() and bridge_sender_free(); using it after that is undefined.
+ * Every function on it may be called from any thread.
+ *
+ * Cancellation follows a promise's rules: bridge_channel_cancel() (or freeing the
+ * channel) requests it; bridge_sender_is_cancelled() turns true, every later send is
+ * refused (its value freed), and the cancel callback (bridge_sender_on_cancel())
+ * runs once on the requesting thread. The request and the consuming call are
+ * ordered: if the request comes first, the callback runs and the channel ends
+ * BRIDGE_CANCELLED whatever the producer then passes; if the consuming call comes
+ * first, the callback never runs and the channel ends as the producer said. So a
+ * channel ends cancelled exactly when its cancel callback ran, and only once the
+ * producer stopped. A consuming call made while the cancel callback runs on another
+ * thread waits for it to return (do not consume the sender while holding a lock the
+ * callback takes).
+ */
+struct bridge_sender;
 
 /**
  * A watch of a Unix signal. Made by bridge_signal_start(), stopped by
@@ -517,6 +581,63 @@ typedef void (*bridge_free_fn)(void *ptr);
  * The result of submitted work (see struct bridge_future).
  */
 typedef struct bridge_future future_t;
+
+/**
+ * How bridge_channel_new() makes a channel. Initialise it with
+ * bridge_channel_options_init(), then set the fields you need.
+ */
+struct bridge_channel_options {
+    /**
+     * sizeof(bridge_channel_options_t), set by bridge_channel_options_init(). A
+     * smaller size is BRIDGE_E_INVALID. A larger one (a program built against a later
+     * header) is accepted when every byte past this struct is 0; up to 4096.
+     */
+    uint32_t size;
+    /**
+     * How many values may wait between producer and consumer; 0: 64. Ignored (1)
+     * with BRIDGE_OVERFLOW_KEEP_LATEST. With BRIDGE_OVERFLOW_WAIT the producer is
+     * never more than `capacity` values, plus the one send that waits, ahead of the
+     * consumer.
+     */
+    uint32_t capacity;
+    /**
+     * BRIDGE_OVERFLOW_WAIT (0, the default), BRIDGE_OVERFLOW_DROP_OLDEST or
+     * BRIDGE_OVERFLOW_KEEP_LATEST; anything else is BRIDGE_E_INVALID.
+     */
+    uint32_t overflow;
+};
+
+/**
+ * How bridge_channel_new() makes a channel (see struct bridge_channel_options).
+ */
+typedef struct bridge_channel_options bridge_channel_options_t;
+
+/**
+ * The producer's side of a stream of values (see struct bridge_sender).
+ */
+typedef struct bridge_sender bridge_sender_t;
+
+/**
+ * The consumer's side of a stream of values (see struct bridge_channel).
+ */
+typedef struct bridge_channel bridge_channel_t;
+
+/**
+ * A promise's cancel callback (bridge_promise_on_cancel()). It may settle the promise
+ * itself; it must not block, throw or longjmp.
+ */
+typedef void (*bridge_cancel_fn)(void *user_data);
+
+/**
+ * A completion queue (see struct bridge_queue).
+ */
+typedef struct bridge_queue bridge_queue_t;
+
+/**
+ * The push-mode callback of bridge_channel_on_value(): `value` is borrowed for the
+ * call (it is freed after the callback returns). It must not block, throw or longjmp.
+ */
+typedef void (*bridge_channel_value_fn)(void *value, void *user_data);
 
 /**
  * What bridge_process_run() and bridge_process_spawn() run. Initialise it with
@@ -759,17 +880,6 @@ typedef struct bridge_addresses bridge_addresses_t;
  * The producer's side of a future (see struct bridge_promise).
  */
 typedef struct bridge_promise bridge_promise_t;
-
-/**
- * A promise's cancel callback (bridge_promise_on_cancel()). It may settle the promise
- * itself; it must not block, throw or longjmp.
- */
-typedef void (*bridge_cancel_fn)(void *user_data);
-
-/**
- * A completion queue (see struct bridge_queue).
- */
-typedef struct bridge_queue bridge_queue_t;
 
 /**
  * The hook of bridge_queue_set_notify(): called from any thread when callbacks become
@@ -1139,6 +1249,256 @@ bridge_status bridge_submit(bridge_t *b,
  * Any thread.
  */
 bridge_status bridge_sleep(bridge_t *b, uint64_t ms, future_t **out);
+
+/**
+ * Fills `o` with the defaults: size = sizeof(bridge_channel_options_t), capacity 0
+ * (64), overflow BRIDGE_OVERFLOW_WAIT.
+ *
+ * @param o the options to fill; NULL does nothing.
+ * Any thread.
+ */
+void bridge_channel_options_init(bridge_channel_options_t *o);
+
+/**
+ * Makes a channel: its producer's side and its consumer's side.
+ *
+ * The channel belongs to the bridge `b` for its futures (next, send and done
+ * futures are futures of `b`: they count in bridge_stats() and bridge_shutdown()
+ * resolves them); it does not keep `b` alive: once `b` is shut down or freed, calls
+ * that make futures return BRIDGE_E_NOT_RUNNING (bridge_sender_try_send(), close,
+ * fail and free keep working).
+ * @param b the bridge.
+ * @param o the options (read during the call only); NULL: the defaults (capacity 64,
+ *        BRIDGE_OVERFLOW_WAIT).
+ * @param sender_out receives the sender (see struct bridge_sender for how it is
+ *        consumed).
+ * @param channel_out receives the channel; free it with bridge_channel_free().
+ * @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `b`, `sender_out` or `channel_out`, a
+ *         `size` that is not accepted or an unknown overflow policy;
+ *         BRIDGE_E_NOT_RUNNING once `b` is shut down. Both out-parameters are written
+ *         only on BRIDGE_OK.
+ * Any thread.
+ */
+bridge_status bridge_channel_new(bridge_t *b,
+                                 const bridge_channel_options_t *o,
+                                 bridge_sender_t **sender_out,
+                                 bridge_channel_t **channel_out);
+
+/**
+ * Sends a value: the future ends BRIDGE_OK once the value is in the channel.
+ *
+ * The value is consumed by every return but BRIDGE_E_BUSY: it goes into the channel
+ * (then `value_free(value)` runs exactly once, when the consumer is done with it), or
+ * it is freed here, at once, when the call fails or the channel is cancelled. The
+ * future ends BRIDGE_OK at once when there is room, or when the overflow policy makes
+ * room (BRIDGE_OVERFLOW_DROP_OLDEST, KEEP_LATEST); with BRIDGE_OVERFLOW_WAIT and a full
+ * channel it ends BRIDGE_OK once the consumer made room and the value went in. It ends
+ * BRIDGE_CANCELLED, the value freed and not sent, when the consumer cancelled or freed
+ * the channel (before or while it waited), when the future itself is cancelled
+ * (future_cancel(), a timeout) before the value went in, and at bridge_shutdown(). So
+ * BRIDGE_OK means the value will be read (unless the channel is freed first) and
+ * BRIDGE_CANCELLED means it was freed unsent.
+ *
+ * One send at a time: while a send's future is pending, another send or try_send
+ * returns BRIDGE_E_BUSY and does not consume its value.
+ * @param s the sender.
+ * @param value the value (its type for the consumer is BRIDGE_VALUE_USER); NULL is a
+ *        value too.
+ * @param value_free frees `value`; NULL: nothing to free.
+ * @param out receives the future (one reference, the caller's; release it with
+ *        future_release()), written only on BRIDGE_OK. NULL: no future, allowed only
+ *        with BRIDGE_OVERFLOW_DROP_OLDEST and KEEP_LATEST, where a send never waits
+ *        (with BRIDGE_OVERFLOW_WAIT it is BRIDGE_E_INVALID: a producer that cannot
+ *        see its send finish cannot know when to send the next).
+ * @return BRIDGE_OK; BRIDGE_E_BUSY (a send is pending, or the bridge's max_pending
+ *         is reached; `value` not consumed);
+ *         BRIDGE_E_INVALID for NULL `s`, or NULL `out` with BRIDGE_OVERFLOW_WAIT;
+ *         BRIDGE_E_NOT_RUNNING when a future is asked for and the channel's bridge is
+ *         shut down. A cancelled channel is not an error here: the future ends
+ *         BRIDGE_CANCELLED (see bridge_sender_try_send() for an answer at once).
+ * Any thread, one call at a time per sender or not (concurrent calls get BUSY).
+ */
+bridge_status bridge_sender_send(bridge_sender_t *s,
+                                 void *value,
+                                 bridge_free_fn value_free,
+                                 future_t **out);
+
+/**
+ * Sends a value if the channel has room now (or its overflow policy makes room).
+ *
+ * @param s the sender.
+ * @param value the value (type BRIDGE_VALUE_USER); consumed only on BRIDGE_OK.
+ * @param value_free frees `value`; NULL: nothing to free.
+ * @return BRIDGE_OK (consumed: in the channel); BRIDGE_E_BUSY when the channel is
+ *         full (BRIDGE_OVERFLOW_WAIT) or a send is pending (not consumed);
+ *         BRIDGE_E_CLOSED when the consumer cancelled or freed the channel (not
+ *         consumed); BRIDGE_E_INVALID for NULL `s` (not consumed).
+ * Any thread; never blocks; needs no running bridge.
+ */
+bridge_status bridge_sender_try_send(bridge_sender_t *s, void *value, bridge_free_fn value_free);
+
+/**
+ * Whether the consumer asked the producer to stop (bridge_channel_cancel(), or the
+ * channel was freed): the producer should stop and consume its sender.
+ *
+ * @return false for NULL.
+ * Any thread.
+ */
+bool bridge_sender_is_cancelled(const bridge_sender_t *s);
+
+/**
+ * Registers the sender's cancel callback: `cb(user_data)` runs once, on the thread
+ * that requests cancellation (the caller of bridge_channel_cancel() or
+ * bridge_channel_free(); a bridge thread when a push-mode done future is cancelled
+ * or shut down), or at once, on this thread, before this returns, if cancellation was
+ * already requested.
+ *
+ * At most one per sender. The callback may consume the sender itself. Once the
+ * sender is consumed the callback is not running and never runs.
+ * @param cb the callback; it must not block, throw or longjmp.
+ * @param user_data passed to `cb`.
+ * @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `s` or `cb`, or a second registration.
+ * Any thread.
+ */
+bridge_status bridge_sender_on_cancel(bridge_sender_t *s, bridge_cancel_fn cb, void *user_data);
+
+/**
+ * Ends the channel after every value sent (a send still pending included): the
+ * consumer reads them, then BRIDGE_OK without a value. Consumes the sender.
+ *
+ * If cancellation was requested first, the channel ends BRIDGE_CANCELLED instead.
+ * When this returns the cancel callback is not running and never runs.
+ * @param s the sender; NULL does nothing.
+ * Any thread, the cancel callback included. Using `s` afterwards is undefined.
+ */
+void bridge_sender_close(bridge_sender_t *s);
+
+/**
+ * Fails the channel after every value sent: the consumer reads them, then
+ * BRIDGE_FAILED with `code` and `message`. Consumes the sender.
+ *
+ * Code 0 is treated as 1 (failing always fails). If cancellation was requested
+ * first, the channel ends BRIDGE_CANCELLED instead. When this returns the cancel
+ * callback is not running and never runs.
+ * @param s the sender; NULL does nothing.
+ * @param message copied; NULL: a default message naming the code.
+ * Any thread, the cancel callback included. Using `s` afterwards is undefined.
+ */
+void bridge_sender_fail(bridge_sender_t *s, int32_t code, const char *message);
+
+/**
+ * Consumes the sender without closing the channel: after every value sent it ends
+ * BRIDGE_FAILED with BRIDGE_E_ABANDONED, or BRIDGE_CANCELLED if cancellation had been
+ * requested.
+ *
+ * When this returns the cancel callback is not running and never runs.
+ * @param s the sender; NULL does nothing.
+ * Any thread, the cancel callback included. Using `s` afterwards is undefined.
+ */
+void bridge_sender_free(bridge_sender_t *s);
+
+/**
+ * Reads the next value: a future that ends BRIDGE_OK with it, or with the terminal
+ * state once every value was read.
+ *
+ * The future ends BRIDGE_OK with the next value (future_value(); its type,
+ * future_value_type(), is BRIDGE_VALUE_USER for bridge_sender_send()'s values, or the
+ * tag a library's producer gave; take it with future_take_value(), else it is freed
+ * with the future); after the last value, with the terminal state: BRIDGE_OK without
+ * a value (BRIDGE_VALUE_NONE) when the producer closed the channel, BRIDGE_FAILED with
+ * the producer's code and message, or BRIDGE_CANCELLED. Every later next repeats the
+ * terminal state. Values come in the order they were sent.
+ *
+ * Cancelling the future (future_cancel(), a timeout, bridge_shutdown()) loses no
+ * value: it ends BRIDGE_CANCELLED without one, and the value it would have read is
+ * read by the next call. A next pending when the channel is freed ends
+ * BRIDGE_CANCELLED.
+ * @param c the channel.
+ * @param out receives the future (one reference, the caller's; release it with
+ *        future_release()), written only on BRIDGE_OK.
+ * @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `c` or `out`; BRIDGE_E_BUSY while
+ *         another next is pending, and for good once bridge_channel_on_value() was
+ *         called; BRIDGE_E_NOT_RUNNING once the channel's bridge is shut down.
+ * Any thread.
+ */
+bridge_status bridge_channel_next(bridge_channel_t *c, future_t **out);
+
+/**
+ * Push mode: `func(value, user_data)` runs inside bridge_queue_dispatch(q) once per
+ * value, in order; `done_out` receives a future that ends with the terminal state
+ * after the last call returned.
+ *
+ * Each value is borrowed for the call and freed after it returns (the callback must
+ * not free it). Values go to the queue in batches: whatever the channel holds when
+ * the previous batch was delivered; values handed to the queue and not yet delivered
+ * count against the capacity, so with BRIDGE_OVERFLOW_WAIT the producer is never more
+ * than `capacity` values (plus the one send that waits) ahead of the callback.
+ *
+ * The done future ends after the last callback returned, with the terminal state:
+ * BRIDGE_OK without a value (closed), BRIDGE_FAILED with the producer's code and
+ * message, or BRIDGE_CANCELLED. It also ends in two other cases. When `q` is freed
+ * before the end: BRIDGE_FAILED with BRIDGE_E_CLOSED; the channel is cancelled (the
+ * producer is asked to stop) and values not delivered are freed. When the done future
+ * is cancelled (future_cancel(), a timeout, bridge_shutdown()) or the channel is
+ * freed: BRIDGE_CANCELLED; the channel is cancelled (the sender's cancel callback runs
+ * on a bridge thread then) and the delivery stops: values not yet given to `func` are
+ * freed without it, and the channel's values are no longer read.
+ *
+ * When the delivery stops that way, a call that the dispatching thread was just
+ * starting may still run after the done future ended; none starts in a dispatch that
+ * begins afterwards. So keep `user_data` valid until the done future has ended and
+ * `q` was dispatched once more (or freed); when the thread that dispatches `q` is the
+ * one that cancels, the done future's end is enough.
+ * @param c the channel; afterwards bridge_channel_next() on it is BRIDGE_E_BUSY.
+ * @param q the queue whose bridge_queue_dispatch() runs `func`.
+ * @param func the callback; it must not block, throw or longjmp.
+ * @param user_data passed to `func`.
+ * @param done_out receives the done future (one reference, the caller's), written
+ *        only on BRIDGE_OK.
+ * @return BRIDGE_OK; BRIDGE_E_INVALID for NULL `c`, `q`, `func` or `done_out`;
+ *         BRIDGE_E_BUSY while a next is pending or push mode was set before;
+ *         BRIDGE_E_NOT_RUNNING once the channel's bridge is shut down.
+ * Any thread.
+ */
+bridge_status bridge_channel_on_value(bridge_channel_t *c,
+                                      bridge_queue_t *q,
+                                      bridge_channel_value_fn func,
+                                      void *user_data,
+                                      future_t **done_out);
+
+/**
+ * Asks the producer to stop: bridge_sender_is_cancelled() turns true, later sends are
+ * refused (their values freed), a send waiting for room ends BRIDGE_CANCELLED (its
+ * value freed), and the sender's cancel callback runs here, on this thread.
+ *
+ * Values sent before the request are still read (by next or push mode), then the
+ * terminal state: BRIDGE_CANCELLED once the producer has consumed its sender. If the
+ * producer consumed it first (closed, failed, freed), nothing changes: its values and
+ * its terminal state are read as it said. Idempotent.
+ * @param c the channel; NULL does nothing.
+ * Any thread.
+ */
+void bridge_channel_cancel(bridge_channel_t *c);
+
+/**
+ * How many values the overflow policy freed (BRIDGE_OVERFLOW_DROP_OLDEST, KEEP_LATEST).
+ *
+ * @return the count; 0 for NULL.
+ * Any thread.
+ */
+uint64_t bridge_channel_dropped(const bridge_channel_t *c);
+
+/**
+ * Frees the channel: cancels it if the producer has not consumed its sender (its
+ * cancel callback runs here), frees the values still queued, here, and refuses every
+ * later send (their values freed at once; a pending send ends BRIDGE_CANCELLED). A
+ * pending next future ends BRIDGE_CANCELLED; a push-mode delivery stops (see
+ * bridge_channel_on_value()).
+ *
+ * @param c the channel; NULL does nothing.
+ * Any thread. Using `c` afterwards is undefined.
+ */
+void bridge_channel_free(bridge_channel_t *c);
 
 /**
  * Starts a program on the bridge `b` and returns at once: its standard streams are

@@ -261,6 +261,7 @@ c_tests!(
     file,
     process,
     token,
+    channel,
 );
 
 /// A C++ exception escaping work is fatal, as documented: std::terminate() names it.
@@ -877,6 +878,27 @@ fn example_tail_process() {
     );
 }
 
+#[test]
+fn example_value_stream() {
+    let out = build_and_run("c_examples/value_stream.c", &[]);
+    // The program exits non-zero unless push mode saw every progress value before its
+    // done future ended and the cancelled stream ended cancelled.
+    for step in 1..=10 {
+        assert!(out.contains(&format!("progress: {step}/10\n")), "{out}");
+    }
+    assert!(
+        out.contains("copy: finished after 10 progress values"),
+        "{out}"
+    );
+    for n in 1..=3 {
+        assert!(
+            out.contains(&format!("grep: match on line {}\n", n * 7)),
+            "{out}"
+        );
+    }
+    assert!(out.contains("grep: ended "), "{out}");
+}
+
 /// Needs GLib's development files: skipped without them, unless
 /// `ASYNCBRIDGE_REQUIRE_GUI` is set (as in CI), where their absence is a failure.
 #[test]
@@ -1115,6 +1137,8 @@ fn null_call(prototype: &str) -> Option<String> {
         "void" => format!("{call}; int ok = 1;"),
         "bool" => format!("int ok = {call} == false;"),
         "size_t" => format!("int ok = {call} == 0;"),
+        // bridge_channel_dropped: a count, 0 for NULL.
+        "uint64_t" => format!("int ok = {call} == 0;"),
         "int" => format!("int ok = {call} == -1;"),
         // bridge_listener_port: 0 for NULL.
         "uint16_t" => format!("int ok = {call} == 0;"),

@@ -7,6 +7,7 @@
 //! finds nothing to run.
 
 pub mod queue;
+pub mod stream;
 
 use crate::sync::Arc;
 

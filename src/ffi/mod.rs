@@ -13,6 +13,7 @@
 
 pub mod boundary;
 pub mod bridge;
+pub mod channel;
 pub mod child;
 pub mod embed;
 pub mod file;
