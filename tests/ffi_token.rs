@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use asyncbridge::ffi::bridge::*;
+use asyncbridge::ffi::channel::*;
 use asyncbridge::ffi::future::*;
 use asyncbridge::ffi::http::*;
 use asyncbridge::ffi::job::*;
@@ -218,7 +219,7 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 /// One bridge_token_cancel() stops a sleep, a process group, a promise, an HTTP
-/// exchange, C work and a stream read at once: each ends BRIDGE_CANCELLED, through the same path as
+/// exchange, C work, a stream read and a channel's next at once: each ends BRIDGE_CANCELLED, through the same path as
 /// future_cancel().
 #[test]
 fn one_cancel_stops_every_kind_of_operation() {
@@ -268,7 +269,26 @@ fn one_cancel_stops_every_kind_of_operation() {
         unsafe { bridge_stream_read(near, 0, &mut reading) },
         BRIDGE_OK
     );
-    let futures = [sleeping, process, promised.future, exchange, work, reading];
+    // A next of a channel whose producer sends nothing yet.
+    let (mut sender, mut channel) = (null_mut(), null_mut());
+    assert_eq!(
+        unsafe { bridge_channel_new(b, null(), &mut sender, &mut channel) },
+        BRIDGE_OK
+    );
+    let mut next = null_mut();
+    assert_eq!(
+        unsafe { bridge_channel_next(channel, &mut next) },
+        BRIDGE_OK
+    );
+    let futures = [
+        sleeping,
+        process,
+        promised.future,
+        exchange,
+        work,
+        reading,
+        next,
+    ];
     for &f in &futures {
         assert_eq!(unsafe { bridge_token_add(t, f) }, BRIDGE_OK);
     }
@@ -314,7 +334,26 @@ fn one_cancel_stops_every_kind_of_operation() {
         unsafe { std::slice::from_raw_parts(got.data, got.len) },
         message
     );
+    // The cancelled next lost nothing either: the channel goes on.
+    let value = Box::into_raw(Box::new(7u32)).cast::<c_void>();
+    unsafe extern "C" fn free_u32(p: *mut c_void) {
+        drop(unsafe { Box::from_raw(p.cast::<u32>()) });
+    }
+    assert_eq!(
+        unsafe { bridge_sender_try_send(sender, value, Some(free_u32)) },
+        BRIDGE_OK
+    );
+    let mut next_again = null_mut();
+    assert_eq!(
+        unsafe { bridge_channel_next(channel, &mut next_again) },
+        BRIDGE_OK
+    );
+    assert_eq!(finish(next_again), BRIDGE_OK);
+    assert_eq!(unsafe { *future_value(next_again).cast::<u32>() }, 7);
     unsafe {
+        future_release(next_again);
+        bridge_sender_close(sender);
+        bridge_channel_free(channel);
         future_release(wrote);
         future_release(again);
         bridge_stream_close(near);
