@@ -112,6 +112,11 @@ pub(crate) fn reap(pid: i32, block: bool) -> Reaped {
 pub(crate) fn kill_group(pgid: i32) {
     // SAFETY: killpg takes two integers, no pointers.
     unsafe { libc::killpg(pgid, libc::SIGKILL) };
+    // The leader too, by its pid: it may have moved to another group of its session
+    // (setpgid), out of reach of the killpg, and a blocking reap would then wait for
+    // it to end by itself. Still our unreaped child, the pid names no one else.
+    // SAFETY: kill takes two integers, no pointers.
+    unsafe { libc::kill(pgid, libc::SIGKILL) };
 }
 
 /// A pipe, both ends close-on-exec: (read end, write end).
