@@ -955,3 +955,51 @@ fn null_and_invalid_input_is_invalid() {
         bridge_free(b);
     }
 }
+
+#[test]
+fn a_tls_record_that_does_not_decrypt_fails_the_read_with_tls() {
+    let _shared = shared();
+    let (ca, config) = test_pki();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        let (tcp, _) = listener.accept().unwrap();
+        let conn = rustls::ServerConnection::new(config).unwrap();
+        let mut tls = rustls::StreamOwned::new(conn, tcp);
+        tls.write_all(b"hello").unwrap();
+        tls.flush().unwrap();
+        // Once the client has read the greeting (it answers "ok"), an application
+        // data record whose contents do not decrypt.
+        let mut ack = [0u8; 2];
+        tls.read_exact(&mut ack).unwrap();
+        tls.sock.write_all(&[0x17, 0x03, 0x03, 0x00, 0x20]).unwrap();
+        tls.sock.write_all(&[0x5a; 0x20]).unwrap();
+        // Until the client hangs up.
+        let mut rest = Vec::new();
+        let _ = tls.sock.read_to_end(&mut rest);
+    });
+    let b = start();
+    let opts = Opts {
+        flags: BRIDGE_CONNECT_TLS,
+        extra_ca_pem: Some(ca),
+        ..tcp("127.0.0.1", port)
+    };
+    let s = stream_of(connect(b, &opts).unwrap());
+    assert_eq!(read_n(s, 5), b"hello");
+    let mut f = null_mut();
+    assert_eq!(
+        unsafe { bridge_stream_write(s, b"ok".as_ptr().cast(), 2, &mut f) },
+        BRIDGE_OK
+    );
+    assert_eq!(unsafe { future_wait(f, 60_000) }, BRIDGE_OK);
+    unsafe { future_release(f) };
+    assert_eq!(unsafe { bridge_stream_read(s, 0, &mut f) }, BRIDGE_OK);
+    let (code, message, _) = failure_of(f);
+    unsafe {
+        bridge_stream_close(s);
+        bridge_free(b);
+    }
+    server.join().unwrap();
+    assert_eq!(code, BRIDGE_E_TLS, "{message}");
+    assert!(message.starts_with("read: TLS: "), "{message}");
+}

@@ -387,3 +387,62 @@ fn close_racing_reads_and_writes_on_other_threads_ends_each_exactly_once() {
     }
     unsafe { bridge_free(b) };
 }
+
+/// A raw pointer that a test hands to another thread.
+struct Handle<T>(*mut T);
+// SAFETY: the C API's handles may be used from any thread.
+unsafe impl<T> Send for Handle<T> {}
+
+#[test]
+fn reads_cancelled_as_their_bytes_arrive_lose_none() {
+    let _shared = EXCLUSIVE.read().unwrap();
+    let b = start();
+    let (x, y) = pair(b);
+    let data: Vec<u8> = (0..4_000_000u32).map(|i| (i % 251) as u8).collect();
+    let w = write(x, &data);
+    // Once all is written, the writer ends its side: the reader stops at the end.
+    let (w_handle, x_handle) = (Handle(w), Handle(x));
+    let ender = std::thread::spawn(move || {
+        let (w, x) = (w_handle, x_handle);
+        assert_eq!(settle(w.0), BRIDGE_OK);
+        let mut f = null_mut();
+        assert_eq!(unsafe { bridge_stream_shutdown(x.0, &mut f) }, BRIDGE_OK);
+        assert_eq!(settle(f), BRIDGE_OK);
+    });
+    let mut got = Vec::with_capacity(data.len());
+    let mut cancelled = 0usize;
+    for round in 0u64.. {
+        let r = read(y, 512);
+        // Cancel at a different moment each time: before, while or after bytes come.
+        for _ in 0..(round * 7919 % 3000) {
+            std::hint::spin_loop();
+        }
+        unsafe { future_cancel(r) };
+        match unsafe { future_wait(r, WATCHDOG_MS) } {
+            BRIDGE_OK => {
+                let chunk = bytes_of(r);
+                if chunk.is_empty() {
+                    break;
+                }
+                got.extend(chunk);
+            }
+            BRIDGE_CANCELLED => {
+                cancelled += 1;
+                unsafe { future_release(r) };
+            }
+            other => panic!("read ended {other}"),
+        }
+    }
+    ender.join().unwrap();
+    assert!(
+        cancelled > 0,
+        "no read was cancelled: the test tested nothing"
+    );
+    assert_eq!(got.len(), data.len(), "bytes lost to cancelled reads");
+    assert!(got == data, "bytes out of order");
+    unsafe {
+        bridge_stream_close(x);
+        bridge_stream_close(y);
+        bridge_free(b);
+    }
+}

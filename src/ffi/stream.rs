@@ -98,8 +98,9 @@ pub unsafe extern "C" fn bridge_stream_read(
             Ok(read) => read,
             Err(error) => return error.code(),
         };
-        spawn_on(&handle.bridge, out, move |_task| async move {
-            read.run().await.map(|bytes| Some(CValue::bytes(bytes)))
+        spawn_on(&handle.bridge, out, move |task| async move {
+            let bytes = read.run(|| task.commit()).await?;
+            Ok(Some(CValue::bytes(bytes)))
         })
     })
 }

@@ -87,7 +87,7 @@ pub struct Pipes {
 ///     let pipes = Pipes { stdout: true, ..Pipes::default() };
 ///     let child = Child::spawn(options, pipes).unwrap();
 ///     let stdout = child.take_stdout().unwrap();
-///     let line = stdout.begin_read(0).unwrap().run().await.unwrap();
+///     let line = stdout.begin_read(0).unwrap().run(|| true).await.unwrap();
 ///     assert_eq!(line, b"hello\n");
 ///     assert_eq!(child.wait().await.unwrap(), Exit::Code(3));
 /// });
@@ -484,7 +484,9 @@ mod tests {
     }
 
     async fn read(stream: &Stream) -> Vec<u8> {
-        guarded(stream.begin_read(0).unwrap().run()).await.unwrap()
+        guarded(stream.begin_read(0).unwrap().run(|| true))
+            .await
+            .unwrap()
     }
 
     /// Everything up to the end of the stream.

@@ -51,6 +51,10 @@ enum Side<T> {
 
 struct Shared {
     read: Mutex<Side<Reader>>,
+    /// Bytes a read took and could not deliver (its future was cancelled as the bytes
+    /// came): the next read delivers them first. Touched only by the holder of the
+    /// read side.
+    unread: Mutex<Vec<u8>>,
     write: Mutex<Side<Writer>>,
     /// Wakes the operations in flight when the stream is closed.
     closing: Notify,
@@ -91,6 +95,7 @@ impl Stream {
         Stream {
             shared: Arc::new(Shared {
                 read: Mutex::new(read),
+                unread: Mutex::new(Vec::new()),
                 write: Mutex::new(write),
                 closing: Notify::new(),
                 closed: std::sync::atomic::AtomicBool::new(false),
@@ -270,25 +275,61 @@ impl std::fmt::Debug for ReadOp {
 
 impl ReadOp {
     /// Reads what is there, 1 to `max` bytes, waiting for at least one; an empty
-    /// vector at end of stream. Dropped before it ends, it has consumed no byte.
-    /// Fails with `Error::Closed` when the stream is closed meanwhile, and with
-    /// `Error::Io` (errno) for an OS error.
-    pub async fn run(mut self) -> Result<Vec<u8>, Failure> {
+    /// vector at end of stream. Fails with `Error::Closed` when the stream is closed
+    /// meanwhile, and with `Error::Io` (errno) or `Error::Tls` for an error.
+    ///
+    /// No byte is lost to a cancellation: dropped while it waits, the read has taken
+    /// nothing; once bytes are in hand it calls `commit` (the embedding API's
+    /// `Task::commit`), and if that says a cancellation came first, the bytes go back
+    /// to the stream for the next read and the read fails (its future ends as the
+    /// cancellation asked). Callers without cancellation pass `|| true`.
+    pub async fn run(mut self, commit: impl FnOnce() -> bool) -> Result<Vec<u8>, Failure> {
         let shared = self.lease.shared.clone();
         let max = self.max;
-        let Some(reader) = self.lease.io.as_mut() else {
-            return Ok(Vec::new());
-        };
-        let closing = shared.closing.notified();
-        tokio::pin!(closing);
-        poll_fn(|cx| {
-            if closed_now(&shared, closing.as_mut(), cx) {
-                return Poll::Ready(Err(closed_failure("read")));
+        let bytes = match take_unread(&shared, max) {
+            Some(bytes) => bytes,
+            None => {
+                let Some(reader) = self.lease.io.as_mut() else {
+                    return Ok(Vec::new());
+                };
+                let closing = shared.closing.notified();
+                tokio::pin!(closing);
+                poll_fn(|cx| {
+                    if closed_now(&shared, closing.as_mut(), cx) {
+                        return Poll::Ready(Err(closed_failure("read")));
+                    }
+                    read_some(reader, cx, max).map_err(|e| io_failure(&e, "read"))
+                })
+                .await?
             }
-            read_some(reader, cx, max).map_err(|e| io_failure(&e, "read"))
-        })
-        .await
+        };
+        if bytes.is_empty() || commit() {
+            return Ok(bytes);
+        }
+        give_back_unread(&shared, bytes);
+        Err(Failure::new(
+            Error::Closed.code(),
+            "read: cancelled; its bytes stay for the next read",
+        ))
     }
+}
+
+/// Up to `max` of the bytes a cancelled read gave back, if there are any.
+fn take_unread(shared: &Shared, max: usize) -> Option<Vec<u8>> {
+    let mut unread = lock(&shared.unread);
+    if unread.is_empty() {
+        return None;
+    }
+    let at = max.min(unread.len());
+    let rest = unread.split_off(at);
+    Some(std::mem::replace(&mut *unread, rest))
+}
+
+/// Puts bytes a read could not deliver back in front of the stream.
+fn give_back_unread(shared: &Shared, mut bytes: Vec<u8>) {
+    let mut unread = lock(&shared.unread);
+    bytes.extend_from_slice(&unread);
+    *unread = bytes;
 }
 
 /// Whether the stream is closed; otherwise registers for the wake-up of its closing.
@@ -385,6 +426,15 @@ fn closed_failure(what: &str) -> Failure {
 }
 
 fn io_failure(e: &io::Error, what: &str) -> Failure {
+    // A TLS stream reports a record that does not decrypt, or a protocol violation,
+    // as an I/O error wrapping rustls's.
+    #[cfg(feature = "tls")]
+    if let Some(tls) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    {
+        return Failure::new(Error::Tls.code(), format!("{what}: TLS: {tls}"));
+    }
     match e.raw_os_error() {
         Some(errno) => Failure::io(errno, what),
         None => Failure::new(Error::Io.code(), format!("{what}: {e}")),
