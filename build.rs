@@ -82,7 +82,22 @@ fn main() {
         export: cbindgen::ExportConfig {
             // The library's own trampoline (src/ffi/boundary.rs), declared in Rust to
             // be called from Rust: not part of the C API.
-            exclude: vec!["asyncbridge_call_outermost".to_owned()],
+            // And the core's public constants (Rust API, not C names): cbindgen sees
+            // every `pub const` of the crate. The check after generation catches any
+            // new one.
+            exclude: [
+                "asyncbridge_call_outermost",
+                "CHUNK",
+                "DEFAULT_CAPACITY",
+                "DEFAULT_MAX_BODY",
+                "DEFAULT_BACKLOG",
+                "DEFAULT_READ",
+                "MAX_READ",
+                "MAX_UNIX_PATH",
+            ]
+            .iter()
+            .map(|name| (*name).to_owned())
+            .collect(),
             // Value types that no function names: futures hand them out as `void *`.
             include: vec![
                 "bridge_bytes_t".to_owned(),
@@ -101,6 +116,17 @@ fn main() {
     let mut generated = Vec::new();
     bindings.write(&mut generated);
     let out = parenthesize_negative_macros(&String::from_utf8(generated).unwrap());
+    // Every macro of the C API carries its prefix; anything else is a Rust constant
+    // that leaked into C's one namespace.
+    for line in out.lines() {
+        if let Some(name) = line.strip_prefix("#define ") {
+            assert!(
+                name.starts_with("BRIDGE_") || name.starts_with("ASYNCBRIDGE_H"),
+                "{line}: a constant without the BRIDGE_ prefix would reach the header; \
+                 add it to the exclude list in build.rs"
+            );
+        }
+    }
     let out = out.as_bytes();
 
     let path = crate_dir.join("include").join("asyncbridge.h");

@@ -41,42 +41,6 @@
 
 
 /**
- * The capacity of [`Options::default`].
- */
-#define DEFAULT_CAPACITY 64
-
-/**
- * How many bytes a read or write moves between two cancellation checks.
- */
-#define CHUNK (1 << 20)
-
-/**
- * The body limit when none is given: 64 MiB.
- */
-#define DEFAULT_MAX_BODY (64 << 20)
-
-/**
- * The longest Unix socket path (sockaddr_un's `sun_path`, its NUL excluded).
- */
-#define MAX_UNIX_PATH 107
-
-/**
- * The backlog when the caller names none.
- */
-#define DEFAULT_BACKLOG 1024
-
-/**
- * The read size when the caller names none.
- */
-#define DEFAULT_READ (64 * 1024)
-
-/**
- * The most bytes one read returns, whatever the caller asks for: the size of the
- * per-thread scratch buffer reads land in.
- */
-#define MAX_READ (1024 * 1024)
-
-/**
  * bridge_channel_options_t.overflow: lossless; a send waits while the channel holds
  * `capacity` values (back-pressure).
  */
