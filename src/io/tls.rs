@@ -176,7 +176,7 @@ fn system_roots() -> Result<rustls::RootCertStore, TrustError> {
     Ok(roots)
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(miri)))]
 mod tests {
     use super::*;
 

@@ -58,7 +58,7 @@ fn reason(e: &std::io::Error) -> String {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(miri)))]
 mod tests {
     use super::*;
 

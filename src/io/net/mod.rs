@@ -357,7 +357,7 @@ fn io_failure(e: &io::Error, what: impl std::fmt::Display) -> Failure {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(miri)))]
 mod tests {
     use super::*;
 
