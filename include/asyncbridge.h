@@ -2284,8 +2284,13 @@ uint16_t bridge_listener_port(const bridge_listener_t *l);
  * were taken are skipped. The future fails with BRIDGE_E_CLOSED when
  * bridge_listener_close() is called while it waits, and with BRIDGE_E_IO and the
  * errno for an OS error (EMFILE when out of descriptors: the connection stays queued,
- * try again later). future_cancel() ends it BRIDGE_CANCELLED with no connection
- * taken: the next accept gets it.
+ * try again later).
+ *
+ * A cancelled accept takes no connection: future_cancel() ends it BRIDGE_CANCELLED
+ * (on the bridge's loop, soon after), and a connection it had already taken off the
+ * queue when the cancel came is kept by the listener and returned by the next
+ * accept, before any other. An accept whose future ends BRIDGE_OK was past that
+ * point: the cancel came too late and changed nothing.
  *
  * @param l the listener; NULL is BRIDGE_E_INVALID.
  * @param out receives the future (one reference, the caller's), written only on

@@ -491,8 +491,13 @@ pub unsafe extern "C" fn bridge_listener_port(l: *const bridge_listener_t) -> u1
 /// were taken are skipped. The future fails with BRIDGE_E_CLOSED when
 /// bridge_listener_close() is called while it waits, and with BRIDGE_E_IO and the
 /// errno for an OS error (EMFILE when out of descriptors: the connection stays queued,
-/// try again later). future_cancel() ends it BRIDGE_CANCELLED with no connection
-/// taken: the next accept gets it.
+/// try again later).
+///
+/// A cancelled accept takes no connection: future_cancel() ends it BRIDGE_CANCELLED
+/// (on the bridge's loop, soon after), and a connection it had already taken off the
+/// queue when the cancel came is kept by the listener and returned by the next
+/// accept, before any other. An accept whose future ends BRIDGE_OK was past that
+/// point: the cancel came too late and changed nothing.
 ///
 /// @param l the listener; NULL is BRIDGE_E_INVALID.
 /// @param out receives the future (one reference, the caller's), written only on
@@ -517,8 +522,8 @@ pub unsafe extern "C" fn bridge_listener_accept(
             Err(error) => return error.code(),
         };
         let bridge = handle.bridge.clone();
-        spawn_on(&handle.bridge, out, move |_task| async move {
-            let stream = accept.run().await?;
+        spawn_on(&handle.bridge, out, move |task| async move {
+            let stream = accept.run(|| task.commit()).await?;
             Ok(Some(stream_value(bridge, stream)))
         })
     })
