@@ -539,8 +539,8 @@ fn cancelled_connects_accepts_and_resolutions_leave_no_descriptor() {
     }
     assert_eq!(open_fds(), before, "a socket was left open");
 
-    // A resolution cancelled at once ends CANCELLED at once (if it had not ended
-    // already); a getaddrinfo() running on closes its descriptors when it ends.
+    // A resolution cancelled at once ends CANCELLED (unless it had ended already)
+    // without waiting for its getaddrinfo(), which closes its descriptors when it ends.
     for _ in 0..10 {
         let mut f = null_mut();
         assert_eq!(
