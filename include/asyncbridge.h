@@ -2143,9 +2143,11 @@ void bridge_connect_options_init(bridge_connect_options_t *o);
  *   `server_name`, the server's alert, a peer that does not speak TLS;
  * - BRIDGE_E_TIMED_OUT when `timeout_ms` runs out.
  *
- * future_cancel() stops the resolution, the attempt or the handshake; the socket is
- * closed before the future ends BRIDGE_CANCELLED (a getaddrinfo() already running
- * finishes on its own, see bridge_dns_resolve()).
+ * future_cancel() asks the bridge's loop to stop the resolution, the attempt or the
+ * handshake: the future ends BRIDGE_CANCELLED as soon as the loop has dropped it and
+ * closed the socket, without waiting for a getaddrinfo() already running (it finishes
+ * on its own, see bridge_dns_resolve()); it may still be pending when future_cancel()
+ * returns.
  *
  * @param b the bridge whose loop connects, and runs the stream's operations later.
  * @param o the options, read during the call only (everything is copied).
@@ -2248,8 +2250,13 @@ uint16_t bridge_listener_port(const bridge_listener_t *l);
  * were taken are skipped. The future fails with BRIDGE_E_CLOSED when
  * bridge_listener_close() is called while it waits, and with BRIDGE_E_IO and the
  * errno for an OS error (EMFILE when out of descriptors: the connection stays queued,
- * try again later). future_cancel() ends it BRIDGE_CANCELLED with no connection
- * taken: the next accept gets it.
+ * try again later).
+ *
+ * A cancelled accept takes no connection: future_cancel() ends it BRIDGE_CANCELLED
+ * (on the bridge's loop, soon after), and a connection it had already taken off the
+ * queue when the cancel came is kept by the listener and returned by the next
+ * accept, before any other. An accept whose future ends BRIDGE_OK was past that
+ * point: the cancel came too late and changed nothing.
  *
  * @param l the listener; NULL is BRIDGE_E_INVALID.
  * @param out receives the future (one reference, the caller's), written only on
@@ -2284,10 +2291,12 @@ void bridge_listener_close(bridge_listener_t *l);
  * with no lookup. The future fails with BRIDGE_E_DNS (the message gives the
  * resolver's reason) when the name is unknown or the resolver cannot be reached.
  *
- * The lookup runs on a blocking thread of the bridge. future_cancel() ends the future
- * BRIDGE_CANCELLED at once; a getaddrinfo() already running cannot be interrupted: it
- * goes on to its end on that thread (bounded by the resolver's timeouts,
- * resolv.conf) and its answer is dropped.
+ * The lookup runs on a blocking thread of the bridge. future_cancel() asks the
+ * bridge's loop to drop the lookup, and the future ends BRIDGE_CANCELLED as soon as
+ * the loop has done so, without waiting for getaddrinfo(); it may still be pending
+ * when future_cancel() returns (wait for it, or use its done callback). A
+ * getaddrinfo() already running cannot be interrupted: it goes on to its end on that
+ * thread (bounded by the resolver's timeouts, resolv.conf) and its answer is dropped.
  *
  * @param b the bridge.
  * @param host the name or numeric address, copied; NULL, empty or not UTF-8 is

@@ -1,5 +1,6 @@
 //! Listening sockets: bound and listening when made, one accept at a time, closed
-//! with its pending accept ended.
+//! with its pending accept ended; a connection a cancelled accept had taken goes to
+//! the next accept.
 
 use std::future::{poll_fn, Future};
 use std::io;
@@ -43,6 +44,10 @@ impl std::fmt::Debug for Listener {
 struct Shared {
     /// `None` once closed; an accept holds a clone while it waits.
     socket: Mutex<Option<Arc<Socket>>>,
+    /// A connection an accept took and could not deliver (a cancellation came first):
+    /// the next accept delivers it before taking another. Touched only by the holder
+    /// of the accept claim, and by the close.
+    given_back: Mutex<Option<Stream>>,
     accepting: AtomicBool,
     closed: AtomicBool,
     closing: Notify,
@@ -118,6 +123,7 @@ impl Listener {
         Listener {
             shared: Arc::new(Shared {
                 socket: Mutex::new(Some(Arc::new(socket))),
+                given_back: Mutex::new(None),
                 accepting: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 closing: Notify::new(),
@@ -148,14 +154,17 @@ impl Listener {
 
     /// Closes the listener: a pending accept ends with `Error::Closed`, later claims
     /// are `Error::Closed`, the socket is closed (by the accept as it ends, if one is
-    /// pending, else now), and a Unix socket's path is removed now. Again: nothing.
+    /// pending, else now) with a connection given back by a cancelled accept, and a
+    /// Unix socket's path is removed now. Again: nothing.
     pub fn close(&self) {
         if self.shared.closed.swap(true, Ordering::AcqRel) {
             return;
         }
         let socket = lock(&self.shared.socket).take();
+        let given_back = lock(&self.shared.given_back).take();
         self.shared.closing.notify_waiters();
         drop(socket);
+        drop(given_back);
         if let Some(path) = &self.shared.path {
             path.remove();
         }
@@ -197,8 +206,33 @@ impl AcceptOp {
     /// Waits for the next connection and gives it as a stream (TCP_NODELAY set on a
     /// TCP one). Connections that went away before they were taken (ECONNABORTED) are
     /// skipped. Fails with `Error::Closed` when the listener is closed meanwhile, and
-    /// with `Error::Io` (EMFILE, ...) otherwise. Dropped, it has taken no connection.
-    pub async fn run(self) -> Result<Stream, Failure> {
+    /// with `Error::Io` (EMFILE, ...) otherwise.
+    ///
+    /// No connection is lost to a cancellation: dropped while it waits, the accept has
+    /// taken none; once it holds one it calls `commit` (the embedding API's
+    /// `Task::commit`), and if that says a cancellation came first, the connection
+    /// stays with the listener for the next accept and this one fails (its future
+    /// ends as the cancellation asked). Callers without cancellation pass `|| true`.
+    pub async fn run(self, commit: impl FnOnce() -> bool) -> Result<Stream, Failure> {
+        let given_back = lock(&self.shared.given_back).take();
+        let stream = match given_back {
+            Some(stream) => stream,
+            None => self.next().await?,
+        };
+        if commit() {
+            return Ok(stream);
+        }
+        // Only this accept, the listener's one, touches the slot until it is dropped
+        // (which lets the next claim in), so the slot is empty here.
+        *lock(&self.shared.given_back) = Some(stream);
+        Err(Failure::new(
+            Error::Closed.code(),
+            "accept: cancelled; its connection stays for the next accept",
+        ))
+    }
+
+    /// The next connection off the socket's queue.
+    async fn next(&self) -> Result<Stream, Failure> {
         let closing = self.shared.closing.notified();
         tokio::pin!(closing);
         let socket = &*self.socket;

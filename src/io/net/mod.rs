@@ -17,7 +17,9 @@
 //!   ([`crate::io::tls`]): the built-in roots, the system's store on request, extra
 //!   PEM certificates besides. No ALPN protocol is offered.
 //! - **Cancellation** is a drop: a resolution, connection attempt or handshake in
-//!   progress is dropped with its socket; nothing of it stays open.
+//!   progress is dropped with its socket; nothing of it stays open. An accept loses
+//!   no connection to it: one taken as the cancellation came stays with the listener
+//!   for the next accept ([`AcceptOp::run`]).
 //! - **Errors**: a refused or failed connection `Error::Io` with its errno, an
 //!   unknown name `Error::Dns`, certificate or handshake `Error::Tls`, the timeout
 //!   `Error::TimedOut`; messages name what failed ("connect to 127.0.0.1:1:
