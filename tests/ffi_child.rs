@@ -602,6 +602,40 @@ fn the_timeout_kills_the_group_and_fails_the_wait() {
     }
 }
 
+unsafe extern "C" fn hold_the_loop(_f: *mut future_t, _user_data: *mut std::ffi::c_void) {
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+/// A program that exits before its timeout ran out ends with its exit, even when the
+/// loop comes to watch it only after the deadline: here a done callback holds the
+/// loop from 30 ms to 530 ms (documented "must not block", but any busy loop does the
+/// same), the program exits at about 50 ms, its timeout is 150 ms.
+#[test]
+fn a_program_that_exited_before_its_timeout_is_not_timed_out_by_a_late_loop() {
+    let _shared = EXCLUSIVE.read().unwrap();
+    let b = start();
+    let mut blocker = null_mut();
+    assert_eq!(unsafe { bridge_sleep(b, 30, &mut blocker) }, BRIDGE_OK);
+    assert_eq!(
+        unsafe { future_on_done(blocker, Some(hold_the_loop), null_mut()) },
+        BRIDGE_OK
+    );
+    let quick = Spec {
+        program: "sleep".to_owned(),
+        args: vec!["0.05".to_owned()],
+        timeout_ms: 150,
+        ..Spec::default()
+    };
+    let c = quick.spawn(b);
+    assert_eq!(wait(c), (0, 0));
+    assert_eq!(finish(blocker), BRIDGE_OK);
+    unsafe {
+        future_release(blocker);
+        bridge_child_free(c);
+        bridge_free(b);
+    }
+}
+
 /// Decided: a program that cannot start fails the spawn itself, with errno set.
 #[test]
 fn a_program_that_cannot_start_is_refused_at_once_with_errno() {

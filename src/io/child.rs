@@ -29,7 +29,8 @@
 //!   kills the group with SIGKILL and reaps the program in the drop: once the drop
 //!   returns, nothing of the group runs any more.
 //! - **Timeout.** `ProcessOptions::timeout` counts from the start: then the group is
-//!   killed, the program reaped, and every wait fails with `Error::TimedOut`.
+//!   killed, the program reaped, and every wait fails with `Error::TimedOut`. A
+//!   program that exited before keeps its exit, however late a busy loop gets to it.
 //! - **Ending early.** [`Child::kill`] sends SIGKILL to the group. Dropping the
 //!   [`Child`] does too if the program has not ended, and the watching task reaps it.
 //!   When the runtime goes away (the bridge shuts down), the watching task is dropped
@@ -134,13 +135,17 @@ impl Shared {
         lock(&self.state).program.kill_group();
     }
 
-    /// The timeout ran out: the group is killed, and the end will say so.
-    fn time_out(&self, after: Duration) {
+    /// The timeout ran out: if the program still runs, the group is killed and the end
+    /// will say so (true). A program that has exited already (or was reaped by someone
+    /// else) ended in time, however late the loop got here: false, and its exit stands.
+    fn time_out(&self, after: Duration) -> bool {
         let mut state = lock(&self.state);
-        if state.end.is_none() {
-            state.timed_out = Some(after);
-            state.program.kill_group();
+        if state.end.is_some() || child::has_exited(self.pid) != Some(false) {
+            return false;
         }
+        state.timed_out = Some(after);
+        state.program.kill_group();
+        true
     }
 
     /// Ends the program if that was not done yet: SIGKILL to the group (what the
@@ -220,6 +225,13 @@ impl Child {
             },
         };
         let (program, ends) = process::start(&options, plan)?;
+        // The timeout counts from here, not from the watching task's first poll, which
+        // a busy loop may run much later. One past what an instant can hold never
+        // comes.
+        let deadline = options.timeout.and_then(|after| {
+            let at = tokio::time::Instant::now().checked_add(after)?;
+            Some(Deadline { after, at })
+        });
         let pid = program.pid();
         let shared = Arc::new(Shared {
             pid,
@@ -249,7 +261,7 @@ impl Child {
         let stdout = ends.stdout.map(reader).transpose()?;
         let stderr = ends.stderr.map(reader).transpose()?;
         let stdin = input.map(|input| Stream::new(None::<tokio::io::Empty>, Some(input)));
-        runtime.spawn(watch(guard, exit, options.timeout, feeder));
+        runtime.spawn(watch(guard, exit, deadline, feeder));
         Ok(Child {
             shared,
             stdin: Mutex::new(stdin),
@@ -371,19 +383,33 @@ impl Drop for WaitOp {
     }
 }
 
+/// When the timeout runs out.
+struct Deadline {
+    /// The timeout, for the message.
+    after: Duration,
+    /// The start plus `after`.
+    at: tokio::time::Instant,
+}
+
 /// The watching task: feeds input data, keeps the time, and ends when the program
 /// has exited; `guard` then reaps it (or kills and reaps it, if the runtime drops the
 /// task first).
 async fn watch(
     guard: EndOnDrop,
     mut exit: ExitWatch,
-    timeout: Option<Duration>,
+    deadline: Option<Deadline>,
     mut feeder: Option<Feeder>,
 ) {
-    let mut deadline = timeout.map(|after| (after, Box::pin(tokio::time::sleep(after))));
+    let mut deadline =
+        deadline.map(|Deadline { after, at }| (after, Box::pin(tokio::time::sleep_until(at))));
     std::future::poll_fn(|cx| {
         if let Some(feeder) = feeder.as_mut() {
             feeder.pump(cx);
+        }
+        // The exit first: a program that ended is not timed out, even when the loop
+        // comes here only after its deadline.
+        if exit.poll_exited(cx).is_ready() {
+            return Poll::Ready(());
         }
         let expired = match deadline.as_mut() {
             Some((after, sleep)) => sleep.as_mut().poll(cx).is_ready().then_some(*after),
@@ -391,9 +417,14 @@ async fn watch(
         };
         if let Some(after) = expired {
             deadline = None;
-            guard.0.time_out(after);
+            // The exit watch may not know yet (a pidfd's readiness comes with the
+            // reactor's next turn): `time_out` asks the kernel before it kills.
+            if !guard.0.time_out(after) {
+                return Poll::Ready(());
+            }
         }
-        exit.poll_exited(cx)
+        // Killed or not, the exit watch is registered: it wakes this task.
+        Poll::Pending
     })
     .await;
     drop(feeder);
@@ -816,6 +847,48 @@ mod tests {
                     failure.message().to_str().unwrap(),
                     "process sh timed out after 50 ms"
                 );
+            });
+        }
+    }
+
+    #[test]
+    fn the_timeout_counts_from_the_spawn_not_from_the_watching_tasks_first_poll() {
+        for use_pidfd in [true, false] {
+            runtime().block_on(async {
+                let options = ProcessOptions {
+                    timeout: Some(Duration::from_millis(500)),
+                    ..sh("sleep 100")
+                };
+                let spawned = std::time::Instant::now();
+                let child = Child::spawn_watching(options, Pipes::default(), use_pidfd).unwrap();
+                // The loop is busy until the deadline: the watching task runs only then.
+                std::thread::sleep(Duration::from_millis(500));
+                let failure = guarded(child.wait()).await.unwrap_err();
+                assert_eq!(failure.code(), Error::TimedOut.code());
+                // Counted from the task's first poll, the end would come 500 ms later.
+                let took = spawned.elapsed();
+                assert!(
+                    took < Duration::from_millis(1000),
+                    "ended {took:?} after the spawn"
+                );
+            });
+        }
+    }
+
+    #[test]
+    fn a_program_that_exited_in_time_keeps_its_exit_when_the_loop_comes_late() {
+        for use_pidfd in [true, false] {
+            runtime().block_on(async {
+                let options = ProcessOptions {
+                    timeout: Some(Duration::from_millis(150)),
+                    ..sh("exit 3")
+                };
+                let child = Child::spawn_watching(options, Pipes::default(), use_pidfd).unwrap();
+                // The watching task runs once, then the loop is busy well past both the
+                // exit and the deadline: both are due when the task runs again.
+                tokio::task::yield_now().await;
+                std::thread::sleep(Duration::from_millis(400));
+                assert_eq!(guarded(child.wait()).await.unwrap(), Exit::Code(3));
             });
         }
     }
