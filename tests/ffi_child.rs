@@ -603,13 +603,14 @@ fn the_timeout_kills_the_group_and_fails_the_wait() {
 }
 
 unsafe extern "C" fn hold_the_loop(_f: *mut future_t, _user_data: *mut std::ffi::c_void) {
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(3000));
 }
 
 /// A program that exits before its timeout ran out ends with its exit, even when the
 /// loop comes to watch it only after the deadline: here a done callback holds the
-/// loop from 30 ms to 530 ms (documented "must not block", but any busy loop does the
-/// same), the program exits at about 50 ms, its timeout is 150 ms.
+/// loop from 30 ms to 3030 ms (documented "must not block", but any busy loop does the
+/// same), the program (`true`) exits at once, its timeout is 1500 ms. The margins are
+/// wide so that a loaded machine cannot make the program itself miss its timeout.
 #[test]
 fn a_program_that_exited_before_its_timeout_is_not_timed_out_by_a_late_loop() {
     let _shared = EXCLUSIVE.read().unwrap();
@@ -621,9 +622,8 @@ fn a_program_that_exited_before_its_timeout_is_not_timed_out_by_a_late_loop() {
         BRIDGE_OK
     );
     let quick = Spec {
-        program: "sleep".to_owned(),
-        args: vec!["0.05".to_owned()],
-        timeout_ms: 150,
+        program: "true".to_owned(),
+        timeout_ms: 1500,
         ..Spec::default()
     };
     let c = quick.spawn(b);

@@ -856,19 +856,20 @@ mod tests {
         for use_pidfd in [true, false] {
             runtime().block_on(async {
                 let options = ProcessOptions {
-                    timeout: Some(Duration::from_millis(500)),
+                    timeout: Some(Duration::from_millis(3000)),
                     ..sh("sleep 100")
                 };
                 let spawned = std::time::Instant::now();
                 let child = Child::spawn_watching(options, Pipes::default(), use_pidfd).unwrap();
                 // The loop is busy until the deadline: the watching task runs only then.
-                std::thread::sleep(Duration::from_millis(500));
+                std::thread::sleep(Duration::from_millis(3000));
                 let failure = guarded(child.wait()).await.unwrap_err();
                 assert_eq!(failure.code(), Error::TimedOut.code());
-                // Counted from the task's first poll, the end would come 500 ms later.
+                // Counted from the task's first poll, the end would come at 6 s; from the
+                // spawn, as soon as the loop is free again (the margin is 1.5 s).
                 let took = spawned.elapsed();
                 assert!(
-                    took < Duration::from_millis(1000),
+                    took < Duration::from_millis(4500),
                     "ended {took:?} after the spawn"
                 );
             });
@@ -880,14 +881,15 @@ mod tests {
         for use_pidfd in [true, false] {
             runtime().block_on(async {
                 let options = ProcessOptions {
-                    timeout: Some(Duration::from_millis(150)),
+                    timeout: Some(Duration::from_millis(1500)),
                     ..sh("exit 3")
                 };
                 let child = Child::spawn_watching(options, Pipes::default(), use_pidfd).unwrap();
                 // The watching task runs once, then the loop is busy well past both the
-                // exit and the deadline: both are due when the task runs again.
+                // exit and the deadline: both are due when the task runs again. (Wide
+                // margins: the program must exit in time even on a loaded machine.)
                 tokio::task::yield_now().await;
-                std::thread::sleep(Duration::from_millis(400));
+                std::thread::sleep(Duration::from_millis(3000));
                 assert_eq!(guarded(child.wait()).await.unwrap(), Exit::Code(3));
             });
         }
