@@ -680,6 +680,74 @@ fn cancel_add_and_free_race_across_threads() {
     unsafe { bridge_free(b) };
 }
 
+/// The test harness's default stack: a deep recursion would overflow it.
+const DEFAULT_TEST_STACK: usize = 2 << 20;
+
+/// Runs `free` on a thread with the harness's default stack, whatever RUST_MIN_STACK
+/// says, so that a drop recursing once per level of a chain overflows it.
+fn free_on_a_default_stack(free: impl FnOnce() + Send + 'static) {
+    std::thread::Builder::new()
+        .stack_size(DEFAULT_TEST_STACK)
+        .spawn(free)
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+/// Each token made under the previous one, whose handle is freed at once (the parent
+/// may be freed first): the last free releases the whole chain, which must not cost a
+/// stack frame per token (a stack overflow aborts the program). Cancelling before the
+/// free reaches the whole chain.
+#[test]
+fn freeing_the_end_of_a_long_token_chain_does_not_overflow_the_stack() {
+    let b = start();
+    let head = token(b, null_mut());
+    let mut last = token(b, head);
+    for _ in 0..30_000 {
+        let next = token(b, last);
+        unsafe { bridge_token_free(last) };
+        last = next;
+    }
+    unsafe {
+        bridge_token_cancel(head);
+        assert!(bridge_token_is_cancelled(last), "the chain is intact");
+        bridge_token_free(head);
+    }
+    let last = last as usize;
+    free_on_a_default_stack(move || unsafe { bridge_token_free(last as *mut bridge_token_t) });
+    unsafe { bridge_free(b) };
+}
+
+/// Nested scopes, each under the previous one's token, form the same chain: closed
+/// from the outside in, the innermost close releases it without a stack frame per
+/// scope. (A scope made under a closed one is born cancelled, linked to nothing.)
+#[test]
+fn closing_the_innermost_of_deeply_nested_scopes_does_not_overflow_the_stack() {
+    let b = start();
+    let mut scopes = vec![scope(b, null_mut(), 0)];
+    for _ in 0..30_000 {
+        let parent = unsafe { bridge_scope_token(*scopes.last().unwrap()) };
+        scopes.push(scope(b, parent, 0));
+    }
+    let innermost = scopes.pop().unwrap();
+    for s in scopes {
+        let mut join = null_mut();
+        unsafe {
+            bridge_scope_close(s, &mut join);
+            assert_eq!(future_status(join), BRIDGE_OK, "no member: ended at once");
+            future_release(join);
+        }
+    }
+    let innermost = innermost as usize;
+    free_on_a_default_stack(move || unsafe {
+        let mut join = null_mut();
+        bridge_scope_close(innermost as *mut bridge_scope_t, &mut join);
+        assert_eq!(future_status(join), BRIDGE_OK);
+        future_release(join);
+    });
+    unsafe { bridge_free(b) };
+}
+
 /// A member that ignores the cancellation for a while (a promise its holder settles
 /// later) keeps the join pending until it ends.
 #[test]

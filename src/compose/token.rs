@@ -137,10 +137,18 @@ impl Node {
 }
 
 impl Drop for Node {
+    /// Leaves the parent's list, and releases the parent with a loop, not a nested
+    /// drop: a chain of tokens each made under the one before, whose handles were
+    /// freed, is held up by its last node alone, and releasing it one stack frame set
+    /// per level would overflow the stack (as [`Node::cancel`] would, if it recursed).
     fn drop(&mut self) {
-        if let Some((parent, name)) = &self.parent {
-            let child = parent.lock().children.remove(name);
+        let mut parent = self.parent.take();
+        while let Some((node, name)) = parent {
+            let child = node.lock().children.remove(&name);
             drop(child);
+            // With the last reference, this node goes now: its parent is taken out
+            // first, so its own drop has nothing to climb, and the loop goes on with it.
+            parent = Arc::into_inner(node).and_then(|mut node| node.parent.take());
         }
     }
 }
