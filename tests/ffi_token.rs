@@ -916,6 +916,109 @@ fn shutdown_resolves_the_joins() {
     }
 }
 
+/// A member whose cancel callback closes the scope it is in, then stops (frees its
+/// promise): what the callback needs, and what it saw.
+struct ClosingMember {
+    scope: *mut bridge_scope_t,
+    promise: *mut bridge_promise_t,
+    future: *mut future_t,
+    join: std::sync::atomic::AtomicPtr<future_t>,
+    ran: AtomicUsize,
+}
+
+unsafe extern "C" fn close_the_scope(user_data: *mut c_void) {
+    let m = unsafe { &*user_data.cast::<ClosingMember>() };
+    m.ran.fetch_add(1, Ordering::SeqCst);
+    let mut join = null_mut();
+    unsafe {
+        bridge_scope_close(m.scope, &mut join);
+        bridge_promise_free(m.promise);
+    }
+    m.join.store(join, Ordering::SeqCst);
+}
+
+/// A member of `s` (not added yet) whose cancel callback closes `s`.
+fn closing_member(b: *mut bridge_t, s: *mut bridge_scope_t) -> Box<ClosingMember> {
+    let mut m = Box::new(ClosingMember {
+        scope: s,
+        promise: null_mut(),
+        future: null_mut(),
+        join: Default::default(),
+        ran: AtomicUsize::new(0),
+    });
+    unsafe {
+        assert_eq!(
+            bridge_promise_new(b, &mut m.promise, &mut m.future),
+            BRIDGE_OK
+        );
+        let data = (&*m as *const ClosingMember).cast_mut().cast();
+        assert_eq!(
+            bridge_promise_on_cancel(m.promise, Some(close_the_scope), data),
+            BRIDGE_OK
+        );
+    }
+    m
+}
+
+/// A member's cancel callback, run by bridge_scope_cancel() or bridge_scope_add(),
+/// may close the scope: the call goes on with the scope it was given and returns as
+/// usual, the members left are still cancelled, and the join ends once they ended.
+#[test]
+fn a_cancel_callback_may_close_the_scope_under_add_and_cancel() {
+    let b = start();
+    unsafe {
+        // Under bridge_scope_cancel(), with a member after it still to cancel.
+        let s = scope(b, null_mut(), 0);
+        let m = closing_member(b, s);
+        let napping = sleep(b, 600_000);
+        assert_eq!(bridge_scope_add(s, m.future), BRIDGE_OK);
+        assert_eq!(bridge_scope_add(s, napping), BRIDGE_OK);
+        bridge_scope_cancel(s);
+        assert_eq!(m.ran.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            finish(napping),
+            BRIDGE_CANCELLED,
+            "cancelled after the close"
+        );
+        assert_eq!(finish(m.future), BRIDGE_CANCELLED);
+        let join = m.join.load(Ordering::SeqCst);
+        assert_eq!(finish(join), BRIDGE_OK);
+        for f in [napping, m.future, join] {
+            future_release(f);
+        }
+
+        // Under bridge_scope_add() to a cancelled scope: the member was taken (the
+        // join waited for it) before its callback closed the scope.
+        let s = scope(b, null_mut(), 0);
+        bridge_scope_cancel(s);
+        let m = closing_member(b, s);
+        assert_eq!(bridge_scope_add(s, m.future), BRIDGE_OK);
+        assert_eq!(m.ran.load(Ordering::SeqCst), 1);
+        assert_eq!(finish(m.future), BRIDGE_CANCELLED);
+        let join = m.join.load(Ordering::SeqCst);
+        assert_eq!(finish(join), BRIDGE_OK);
+        for f in [m.future, join] {
+            future_release(f);
+        }
+
+        // Under bridge_scope_add() to a joined scope: refused, and cancelled.
+        let s = scope(b, null_mut(), 0);
+        let mut first = null_mut();
+        assert_eq!(bridge_scope_join(s, &mut first), BRIDGE_OK);
+        let m = closing_member(b, s);
+        assert_eq!(bridge_scope_add(s, m.future), BRIDGE_E_CLOSED);
+        assert_eq!(m.ran.load(Ordering::SeqCst), 1);
+        assert_eq!(finish(m.future), BRIDGE_CANCELLED);
+        let join = m.join.load(Ordering::SeqCst);
+        assert_eq!(join, first, "the same join");
+        assert_eq!(finish(join), BRIDGE_OK);
+        for f in [m.future, first, join] {
+            future_release(f);
+        }
+        bridge_free(b);
+    }
+}
+
 /// A scope nested through its parent's token: closing the outer scope cancels the
 /// inner one, and the outer join, with the inner join as a member, waits for both.
 /// (The inner join, a member the outer scope cancelled, ends cancelled.)
