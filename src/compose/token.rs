@@ -521,6 +521,27 @@ mod tests {
         assert_eq!(ran.load(Ordering::SeqCst), 0);
     }
 
+    /// Each token made under the previous one, which is dropped at once: the last
+    /// one holds the whole chain up, and dropping it, on a thread with the test
+    /// harness's default stack, must not cost a stack frame per token.
+    #[test]
+    fn dropping_the_end_of_a_long_chain_does_not_recurse() {
+        let head = Token::new(None, None);
+        let mut last = Token::new(None, Some(&head));
+        for _ in 0..30_000 {
+            last = Token::new(None, Some(&last));
+        }
+        assert_eq!(head.children(), 1);
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || drop(last))
+            .unwrap()
+            .join()
+            .unwrap();
+        // The first of the chain leaves the list only once the chain is released.
+        assert_eq!(head.children(), 0, "the whole chain went");
+    }
+
     #[test]
     fn the_fd_is_readable_exactly_once_cancelled() {
         let token = Token::new(None, None);
