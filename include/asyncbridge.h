@@ -335,7 +335,9 @@ struct bridge_queue;
  *
  * Made by bridge_scope_new(); consumed by bridge_scope_close(), which cancels what
  * still runs (there is no other free). Every function on it may be called from any
- * thread.
+ * thread, and from the callbacks its own calls run: a member's cancel callback run
+ * by bridge_scope_add() or bridge_scope_cancel() may even close the scope (the call
+ * that runs it keeps what it needs until it returns).
  *
  * The join is a future of the scope's bridge, counted in bridge_stats() as one
  * submission, pending from bridge_scope_new() until it ends. It ends BRIDGE_OK
@@ -2774,7 +2776,8 @@ bridge_status bridge_scope_new(bridge_t *b,
  *         cancelled): `f` is cancelled then, and the join does not wait for it;
  *         BRIDGE_E_INVALID for NULL `s` or `f`; BRIDGE_E_NOT_RUNNING for a pending
  *         future in a fork child.
- * Any thread.
+ * Any thread. Cancelling `f` here runs its cancel callback (a promise's) on this
+ * thread, which may use the scope, close it included.
  */
 bridge_status bridge_scope_add(bridge_scope_t *s, future_t *f);
 
@@ -2794,7 +2797,8 @@ bridge_token_t *bridge_scope_token(bridge_scope_t *s);
  * later are cancelled as they are added. The scope stays open: join or close it.
  *
  * @param s the scope; NULL does nothing.
- * Any thread.
+ * Any thread. The members' cancel callbacks (a promise's) run on this thread before
+ * this returns; they may use the scope, close it included.
  */
 void bridge_scope_cancel(bridge_scope_t *s);
 
@@ -2816,7 +2820,8 @@ bridge_status bridge_scope_join(bridge_scope_t *s, future_t **out);
  * @param s the scope; NULL does nothing (and writes nothing).
  * @param join_out NULL, or receives one reference to the join (release it with
  *        future_release()).
- * Any thread. Using `s`, or its token, afterwards is undefined.
+ * Any thread. Using `s`, or its token, afterwards is undefined; so is closing it
+ * again from a cancel callback this call runs.
  */
 void bridge_scope_close(bridge_scope_t *s, future_t **join_out);
 

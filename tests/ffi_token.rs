@@ -680,6 +680,74 @@ fn cancel_add_and_free_race_across_threads() {
     unsafe { bridge_free(b) };
 }
 
+/// The test harness's default stack: a deep recursion would overflow it.
+const DEFAULT_TEST_STACK: usize = 2 << 20;
+
+/// Runs `free` on a thread with the harness's default stack, whatever RUST_MIN_STACK
+/// says, so that a drop recursing once per level of a chain overflows it.
+fn free_on_a_default_stack(free: impl FnOnce() + Send + 'static) {
+    std::thread::Builder::new()
+        .stack_size(DEFAULT_TEST_STACK)
+        .spawn(free)
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+/// Each token made under the previous one, whose handle is freed at once (the parent
+/// may be freed first): the last free releases the whole chain, which must not cost a
+/// stack frame per token (a stack overflow aborts the program). Cancelling before the
+/// free reaches the whole chain.
+#[test]
+fn freeing_the_end_of_a_long_token_chain_does_not_overflow_the_stack() {
+    let b = start();
+    let head = token(b, null_mut());
+    let mut last = token(b, head);
+    for _ in 0..30_000 {
+        let next = token(b, last);
+        unsafe { bridge_token_free(last) };
+        last = next;
+    }
+    unsafe {
+        bridge_token_cancel(head);
+        assert!(bridge_token_is_cancelled(last), "the chain is intact");
+        bridge_token_free(head);
+    }
+    let last = last as usize;
+    free_on_a_default_stack(move || unsafe { bridge_token_free(last as *mut bridge_token_t) });
+    unsafe { bridge_free(b) };
+}
+
+/// Nested scopes, each under the previous one's token, form the same chain: closed
+/// from the outside in, the innermost close releases it without a stack frame per
+/// scope. (A scope made under a closed one is born cancelled, linked to nothing.)
+#[test]
+fn closing_the_innermost_of_deeply_nested_scopes_does_not_overflow_the_stack() {
+    let b = start();
+    let mut scopes = vec![scope(b, null_mut(), 0)];
+    for _ in 0..30_000 {
+        let parent = unsafe { bridge_scope_token(*scopes.last().unwrap()) };
+        scopes.push(scope(b, parent, 0));
+    }
+    let innermost = scopes.pop().unwrap();
+    for s in scopes {
+        let mut join = null_mut();
+        unsafe {
+            bridge_scope_close(s, &mut join);
+            assert_eq!(future_status(join), BRIDGE_OK, "no member: ended at once");
+            future_release(join);
+        }
+    }
+    let innermost = innermost as usize;
+    free_on_a_default_stack(move || unsafe {
+        let mut join = null_mut();
+        bridge_scope_close(innermost as *mut bridge_scope_t, &mut join);
+        assert_eq!(future_status(join), BRIDGE_OK);
+        future_release(join);
+    });
+    unsafe { bridge_free(b) };
+}
+
 /// A member that ignores the cancellation for a while (a promise its holder settles
 /// later) keeps the join pending until it ends.
 #[test]
@@ -842,6 +910,109 @@ fn shutdown_resolves_the_joins() {
         );
         assert!(refused.is_null());
         for f in [a, c, join, open_join] {
+            future_release(f);
+        }
+        bridge_free(b);
+    }
+}
+
+/// A member whose cancel callback closes the scope it is in, then stops (frees its
+/// promise): what the callback needs, and what it saw.
+struct ClosingMember {
+    scope: *mut bridge_scope_t,
+    promise: *mut bridge_promise_t,
+    future: *mut future_t,
+    join: std::sync::atomic::AtomicPtr<future_t>,
+    ran: AtomicUsize,
+}
+
+unsafe extern "C" fn close_the_scope(user_data: *mut c_void) {
+    let m = unsafe { &*user_data.cast::<ClosingMember>() };
+    m.ran.fetch_add(1, Ordering::SeqCst);
+    let mut join = null_mut();
+    unsafe {
+        bridge_scope_close(m.scope, &mut join);
+        bridge_promise_free(m.promise);
+    }
+    m.join.store(join, Ordering::SeqCst);
+}
+
+/// A member of `s` (not added yet) whose cancel callback closes `s`.
+fn closing_member(b: *mut bridge_t, s: *mut bridge_scope_t) -> Box<ClosingMember> {
+    let mut m = Box::new(ClosingMember {
+        scope: s,
+        promise: null_mut(),
+        future: null_mut(),
+        join: Default::default(),
+        ran: AtomicUsize::new(0),
+    });
+    unsafe {
+        assert_eq!(
+            bridge_promise_new(b, &mut m.promise, &mut m.future),
+            BRIDGE_OK
+        );
+        let data = (&*m as *const ClosingMember).cast_mut().cast();
+        assert_eq!(
+            bridge_promise_on_cancel(m.promise, Some(close_the_scope), data),
+            BRIDGE_OK
+        );
+    }
+    m
+}
+
+/// A member's cancel callback, run by bridge_scope_cancel() or bridge_scope_add(),
+/// may close the scope: the call goes on with the scope it was given and returns as
+/// usual, the members left are still cancelled, and the join ends once they ended.
+#[test]
+fn a_cancel_callback_may_close_the_scope_under_add_and_cancel() {
+    let b = start();
+    unsafe {
+        // Under bridge_scope_cancel(), with a member after it still to cancel.
+        let s = scope(b, null_mut(), 0);
+        let m = closing_member(b, s);
+        let napping = sleep(b, 600_000);
+        assert_eq!(bridge_scope_add(s, m.future), BRIDGE_OK);
+        assert_eq!(bridge_scope_add(s, napping), BRIDGE_OK);
+        bridge_scope_cancel(s);
+        assert_eq!(m.ran.load(Ordering::SeqCst), 1);
+        assert_eq!(
+            finish(napping),
+            BRIDGE_CANCELLED,
+            "cancelled after the close"
+        );
+        assert_eq!(finish(m.future), BRIDGE_CANCELLED);
+        let join = m.join.load(Ordering::SeqCst);
+        assert_eq!(finish(join), BRIDGE_OK);
+        for f in [napping, m.future, join] {
+            future_release(f);
+        }
+
+        // Under bridge_scope_add() to a cancelled scope: the member was taken (the
+        // join waited for it) before its callback closed the scope.
+        let s = scope(b, null_mut(), 0);
+        bridge_scope_cancel(s);
+        let m = closing_member(b, s);
+        assert_eq!(bridge_scope_add(s, m.future), BRIDGE_OK);
+        assert_eq!(m.ran.load(Ordering::SeqCst), 1);
+        assert_eq!(finish(m.future), BRIDGE_CANCELLED);
+        let join = m.join.load(Ordering::SeqCst);
+        assert_eq!(finish(join), BRIDGE_OK);
+        for f in [m.future, join] {
+            future_release(f);
+        }
+
+        // Under bridge_scope_add() to a joined scope: refused, and cancelled.
+        let s = scope(b, null_mut(), 0);
+        let mut first = null_mut();
+        assert_eq!(bridge_scope_join(s, &mut first), BRIDGE_OK);
+        let m = closing_member(b, s);
+        assert_eq!(bridge_scope_add(s, m.future), BRIDGE_E_CLOSED);
+        assert_eq!(m.ran.load(Ordering::SeqCst), 1);
+        assert_eq!(finish(m.future), BRIDGE_CANCELLED);
+        let join = m.join.load(Ordering::SeqCst);
+        assert_eq!(join, first, "the same join");
+        assert_eq!(finish(join), BRIDGE_OK);
+        for f in [m.future, first, join] {
             future_release(f);
         }
         bridge_free(b);

@@ -126,8 +126,10 @@ impl<K: Kind> Scope<K> {
         self.shared.join.handle()
     }
 
-    /// [`Scope::join`], and cancels what still runs.
-    pub fn close(self) -> Future<K> {
+    /// [`Scope::join`], and cancels what still runs. Closing is idempotent: the scope
+    /// refuses additions from now on, and dropping it changes nothing more. (By
+    /// reference, so that a scope shared with calls still running can be closed.)
+    pub fn close(&self) -> Future<K> {
         let join = self.join();
         self.cancel();
         join

@@ -137,10 +137,18 @@ impl Node {
 }
 
 impl Drop for Node {
+    /// Leaves the parent's list, and releases the parent with a loop, not a nested
+    /// drop: a chain of tokens each made under the one before, whose handles were
+    /// freed, is held up by its last node alone, and releasing it one stack frame set
+    /// per level would overflow the stack (as [`Node::cancel`] would, if it recursed).
     fn drop(&mut self) {
-        if let Some((parent, name)) = &self.parent {
-            let child = parent.lock().children.remove(name);
+        let mut parent = self.parent.take();
+        while let Some((node, name)) = parent {
+            let child = node.lock().children.remove(&name);
             drop(child);
+            // With the last reference, this node goes now: its parent is taken out
+            // first, so its own drop has nothing to climb, and the loop goes on with it.
+            parent = Arc::into_inner(node).and_then(|mut node| node.parent.take());
         }
     }
 }
@@ -511,6 +519,27 @@ mod tests {
         parent.cancel();
         assert_eq!(f.peek(), Status::Pending);
         assert_eq!(ran.load(Ordering::SeqCst), 0);
+    }
+
+    /// Each token made under the previous one, which is dropped at once: the last
+    /// one holds the whole chain up, and dropping it, on a thread with the test
+    /// harness's default stack, must not cost a stack frame per token.
+    #[test]
+    fn dropping_the_end_of_a_long_chain_does_not_recurse() {
+        let head = Token::new(None, None);
+        let mut last = Token::new(None, Some(&head));
+        for _ in 0..30_000 {
+            last = Token::new(None, Some(&last));
+        }
+        assert_eq!(head.children(), 1);
+        std::thread::Builder::new()
+            .stack_size(2 << 20)
+            .spawn(move || drop(last))
+            .unwrap()
+            .join()
+            .unwrap();
+        // The first of the chain leaves the list only once the chain is released.
+        assert_eq!(head.children(), 0, "the whole chain went");
     }
 
     #[test]

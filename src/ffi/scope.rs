@@ -4,9 +4,12 @@ use crate::compose::scope::Scope;
 use crate::ffi::boundary::boundary;
 use crate::ffi::bridge::{borrow as borrow_bridge, bridge_t};
 use crate::ffi::future::{borrow as borrow_future, future_t, into_c_future, CKind};
-use crate::ffi::handle::{arc_as_c, box_borrow, box_into_c, box_take, Castable, OwnedByBox};
+use crate::ffi::handle::{
+    arc_as_c, arc_borrow, arc_clone, arc_into_c, arc_take, Castable, OwnedByArc,
+};
 use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID, BRIDGE_OK};
 use crate::ffi::token::{borrow as borrow_token, bridge_token_t};
+use crate::sync::Arc;
 
 /// A scope: operations added to it are its members, and its join (a future) ends only
 /// once every member has ended. The library's futures end only once their work has
@@ -14,7 +17,9 @@ use crate::ffi::token::{borrow as borrow_token, bridge_token_t};
 ///
 /// Made by bridge_scope_new(); consumed by bridge_scope_close(), which cancels what
 /// still runs (there is no other free). Every function on it may be called from any
-/// thread.
+/// thread, and from the callbacks its own calls run: a member's cancel callback run
+/// by bridge_scope_add() or bridge_scope_cancel() may even close the scope (the call
+/// that runs it keeps what it needs until it returns).
 ///
 /// The join is a future of the scope's bridge, counted in bridge_stats() as one
 /// submission, pending from bridge_scope_new() until it ends. It ends BRIDGE_OK
@@ -35,7 +40,19 @@ pub type bridge_scope_t = bridge_scope;
 
 impl Castable for bridge_scope_t {
     type Rust = Scope<CKind>;
-    type Ownership = OwnedByBox;
+    // Not a box: a call that runs callbacks holds a reference of its own (`retain`),
+    // so that a callback closing the scope does not free it under the call.
+    type Ownership = OwnedByArc;
+}
+
+/// A reference of its own to the scope behind a handle, for a call that runs
+/// callbacks: they may close the scope meanwhile.
+///
+/// # Safety
+/// `s` is NULL or a live scope handle.
+unsafe fn retain(s: *const bridge_scope_t) -> Option<Arc<Scope<CKind>>> {
+    // SAFETY: per the contract above.
+    unsafe { arc_clone::<bridge_scope_t>(s) }
 }
 
 /// bridge_scope_new() flag: the first member that fails cancels the others, and the
@@ -78,7 +95,7 @@ pub unsafe extern "C" fn bridge_scope_new(
         match bridge.scope::<CKind>(parent, cancel_on_failure) {
             Ok(scope) => {
                 // SAFETY: `out` is non-NULL and writable per the API.
-                unsafe { out.write(box_into_c::<bridge_scope_t>(Box::new(scope))) };
+                unsafe { out.write(arc_into_c::<bridge_scope_t>(Arc::new(scope))) };
                 BRIDGE_OK
             }
             Err(error) => error.code(),
@@ -95,7 +112,8 @@ pub unsafe extern "C" fn bridge_scope_new(
 ///         cancelled): `f` is cancelled then, and the join does not wait for it;
 ///         BRIDGE_E_INVALID for NULL `s` or `f`; BRIDGE_E_NOT_RUNNING for a pending
 ///         future in a fork child.
-/// Any thread.
+/// Any thread. Cancelling `f` here runs its cancel callback (a promise's) on this
+/// thread, which may use the scope, close it included.
 #[no_mangle]
 pub unsafe extern "C" fn bridge_scope_add(
     s: *mut bridge_scope_t,
@@ -103,9 +121,8 @@ pub unsafe extern "C" fn bridge_scope_add(
 ) -> bridge_status {
     boundary(|| {
         // SAFETY: `s` and `f` are NULL or live handles per the API.
-        let (Some(scope), Some(future)) = (unsafe { box_borrow::<bridge_scope_t>(s) }, unsafe {
-            borrow_future(f)
-        }) else {
+        let (Some(scope), Some(future)) = (unsafe { retain(s) }, unsafe { borrow_future(f) })
+        else {
             return BRIDGE_E_INVALID;
         };
         match scope.add(&future) {
@@ -126,7 +143,7 @@ pub unsafe extern "C" fn bridge_scope_add(
 pub unsafe extern "C" fn bridge_scope_token(s: *mut bridge_scope_t) -> *mut bridge_token_t {
     boundary(|| {
         // SAFETY: `s` is NULL or a live scope per the API.
-        match unsafe { box_borrow::<bridge_scope_t>(s) } {
+        match unsafe { arc_borrow::<bridge_scope_t>(s) } {
             Some(scope) => arc_as_c::<bridge_token_t>(scope.token()),
             None => std::ptr::null_mut(),
         }
@@ -137,12 +154,13 @@ pub unsafe extern "C" fn bridge_scope_token(s: *mut bridge_scope_t) -> *mut brid
 /// later are cancelled as they are added. The scope stays open: join or close it.
 ///
 /// @param s the scope; NULL does nothing.
-/// Any thread.
+/// Any thread. The members' cancel callbacks (a promise's) run on this thread before
+/// this returns; they may use the scope, close it included.
 #[no_mangle]
 pub unsafe extern "C" fn bridge_scope_cancel(s: *mut bridge_scope_t) {
     boundary(|| {
         // SAFETY: `s` is NULL or a live scope per the API.
-        if let Some(scope) = unsafe { box_borrow::<bridge_scope_t>(s) } {
+        if let Some(scope) = unsafe { retain(s) } {
             scope.cancel();
         }
     })
@@ -162,8 +180,7 @@ pub unsafe extern "C" fn bridge_scope_join(
 ) -> bridge_status {
     boundary(|| {
         // SAFETY: `s` is NULL or a live scope per the API.
-        let (Some(scope), false) = (unsafe { box_borrow::<bridge_scope_t>(s) }, out.is_null())
-        else {
+        let (Some(scope), false) = (unsafe { retain(s) }, out.is_null()) else {
             return BRIDGE_E_INVALID;
         };
         let join = scope.join();
@@ -179,12 +196,15 @@ pub unsafe extern "C" fn bridge_scope_join(
 /// @param s the scope; NULL does nothing (and writes nothing).
 /// @param join_out NULL, or receives one reference to the join (release it with
 ///        future_release()).
-/// Any thread. Using `s`, or its token, afterwards is undefined.
+/// Any thread. Using `s`, or its token, afterwards is undefined; so is closing it
+/// again from a cancel callback this call runs.
 #[no_mangle]
 pub unsafe extern "C" fn bridge_scope_close(s: *mut bridge_scope_t, join_out: *mut *mut future_t) {
     boundary(|| {
-        // SAFETY: `s` is NULL or a live scope the caller gives up per the API.
-        if let Some(scope) = unsafe { box_take::<bridge_scope_t>(s) } {
+        // SAFETY: `s` is NULL or a live scope the caller gives up per the API. A call
+        // on it still running (one whose callback is closing it, or on another thread)
+        // holds a reference of its own: the scope goes when the last call returns.
+        if let Some(scope) = unsafe { arc_take::<bridge_scope_t>(s) } {
             let join = scope.close();
             if !join_out.is_null() {
                 // SAFETY: a non-NULL `join_out` is writable per the API.
