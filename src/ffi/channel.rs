@@ -63,7 +63,9 @@ use crate::delivery::stream::{
 use crate::ffi::boundary::{boundary, PanicValue, SendPtr};
 use crate::ffi::bridge::{borrow as borrow_bridge, bridge_t};
 use crate::ffi::future::{future_t, into_c_future, CKind, CValue};
-use crate::ffi::handle::{arc_clone, box_borrow, box_into_c, box_take, Castable, OwnedByBox};
+use crate::ffi::handle::{
+    arc_clone, box_borrow, box_into_c, box_take, sized_options, Castable, OwnedByBox,
+};
 use crate::ffi::job::bridge_free_fn;
 use crate::ffi::promise::bridge_cancel_fn;
 use crate::ffi::queue::{borrow as borrow_queue, bridge_queue_t};
@@ -88,9 +90,6 @@ pub const BRIDGE_OVERFLOW_DROP_OLDEST: u32 = 1;
 /// bridge_channel_options_t.overflow: one slot; a new value replaces the unread one,
 /// which is freed and counted (bridge_channel_dropped()). For "the latest progress".
 pub const BRIDGE_OVERFLOW_KEEP_LATEST: u32 = 2;
-
-/// The largest `size` accepted: anything above is taken for an uninitialised struct.
-const MAX_OPTIONS_SIZE: usize = 4096;
 
 /// How bridge_channel_new() makes a channel. Initialise it with
 /// bridge_channel_options_init(), then set the fields you need.
@@ -287,19 +286,8 @@ unsafe fn options_from_c(o: *const bridge_channel_options_t) -> Option<Options> 
     if o.is_null() {
         return Some(Options::default());
     }
-    // SAFETY: `size` is the first field, always present.
-    let size = unsafe { std::ptr::addr_of!((*o).size).read() } as usize;
-    let known = std::mem::size_of::<bridge_channel_options_t>();
-    if !(known..=MAX_OPTIONS_SIZE).contains(&size) {
-        return None;
-    }
-    // SAFETY: the caller's struct is `size` bytes long, at least `known`.
-    let later = unsafe { std::slice::from_raw_parts(o.cast::<u8>().add(known), size - known) };
-    if later.iter().any(|&byte| byte != 0) {
-        return None;
-    }
-    // SAFETY: all of this version's fields are there (checked above).
-    let c = unsafe { &*o };
+    // SAFETY: per this function's contract.
+    let c = unsafe { sized_options(o) }?;
     let overflow = match c.overflow {
         BRIDGE_OVERFLOW_WAIT => Overflow::Wait,
         BRIDGE_OVERFLOW_DROP_OLDEST => Overflow::DropOldest,

@@ -137,3 +137,35 @@ pub(crate) unsafe fn ref_borrow<'a, C: Castable<Ownership = Borrowed>>(
     // SAFETY: per the contract above.
     unsafe { handle.cast::<C::Rust>().as_ref() }
 }
+
+/// The largest `size` an options struct may declare: anything above is taken for an
+/// uninitialised struct.
+const MAX_OPTIONS_SIZE: usize = 4096;
+
+/// A sized C options struct whose first field is its `uint32_t size` (set by its
+/// `_init` function), borrowed when it can be read as this version's: `size` at least
+/// this version's struct and at most 4096, and every byte past this version's fields
+/// 0 (a program built against a later header asking for nothing this version does not
+/// know). `None` for NULL and anything else.
+///
+/// # Safety
+/// `opts` is NULL or points to at least `(*opts).size` readable bytes whose first field
+/// is a `u32`.
+pub(crate) unsafe fn sized_options<'a, T>(opts: *const T) -> Option<&'a T> {
+    if opts.is_null() {
+        return None;
+    }
+    // SAFETY: `size` is the first field, always present.
+    let size = unsafe { opts.cast::<u32>().read() } as usize;
+    let known = std::mem::size_of::<T>();
+    if !(known..=MAX_OPTIONS_SIZE).contains(&size) {
+        return None;
+    }
+    // SAFETY: the caller's struct is `size` bytes long, at least `known`.
+    let later = unsafe { std::slice::from_raw_parts(opts.cast::<u8>().add(known), size - known) };
+    if later.iter().any(|&byte| byte != 0) {
+        return None;
+    }
+    // SAFETY: all of this version's fields are there (checked above).
+    Some(unsafe { &*opts })
+}

@@ -11,7 +11,7 @@ use crate::ffi::boundary::boundary;
 use crate::ffi::bridge::{bridge_t, retain_bridge};
 use crate::ffi::embed::{spawn_on, CValue};
 use crate::ffi::future::future_t;
-use crate::ffi::handle::{box_borrow, box_into_c, box_take, Castable, OwnedByBox};
+use crate::ffi::handle::{box_borrow, box_into_c, box_take, sized_options, Castable, OwnedByBox};
 use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID, BRIDGE_OK};
 use crate::ffi::stream::stream_value;
 use crate::ffi::value::BRIDGE_VALUE_ADDRESSES;
@@ -29,9 +29,6 @@ pub const BRIDGE_CONNECT_TLS: u32 = 1;
 pub const BRIDGE_CONNECT_SYSTEM_ROOTS: u32 = 2;
 
 const KNOWN_FLAGS: u32 = BRIDGE_CONNECT_TLS | BRIDGE_CONNECT_SYSTEM_ROOTS;
-
-/// The largest `size` accepted: anything above is taken for an uninitialised struct.
-const MAX_OPTIONS_SIZE: usize = 4096;
 
 /// Where bridge_connect() connects, and how. Initialise it with
 /// bridge_connect_options_init(), then set the fields you need; every string is copied
@@ -256,22 +253,8 @@ unsafe fn connect_with(
 /// `o` is NULL or points to at least `(*o).size` readable bytes of a
 /// bridge_connect_options_t whose pointers are NULL or NUL-terminated strings.
 unsafe fn options_from_c(o: *const bridge_connect_options_t) -> Option<ConnectOptions> {
-    if o.is_null() {
-        return None;
-    }
-    // SAFETY: `size` is the first field, always present.
-    let size = unsafe { std::ptr::addr_of!((*o).size).read() } as usize;
-    let known = std::mem::size_of::<bridge_connect_options_t>();
-    if !(known..=MAX_OPTIONS_SIZE).contains(&size) {
-        return None;
-    }
-    // SAFETY: the caller's struct is `size` bytes long, at least `known`.
-    let later = unsafe { std::slice::from_raw_parts(o.cast::<u8>().add(known), size - known) };
-    if later.iter().any(|&byte| byte != 0) {
-        return None;
-    }
-    // SAFETY: all of this version's fields are there (checked above).
-    let c = unsafe { &*o };
+    // SAFETY: per this function's contract.
+    let c = unsafe { sized_options(o) }?;
     let tls = c.flags & BRIDGE_CONNECT_TLS != 0;
     let tls_only = c.flags & BRIDGE_CONNECT_SYSTEM_ROOTS != 0
         || !c.server_name.is_null()

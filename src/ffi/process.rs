@@ -9,7 +9,7 @@ use crate::ffi::boundary::boundary;
 use crate::ffi::bridge::{borrow, bridge_t};
 use crate::ffi::embed::{spawn_on, CTask, CValue};
 use crate::ffi::future::future_t;
-use crate::ffi::handle::{box_into_c, box_take, Castable, OwnedByBox};
+use crate::ffi::handle::{box_into_c, box_take, sized_options, Castable, OwnedByBox};
 use crate::ffi::status::{bridge_status, BRIDGE_E_INVALID};
 use crate::ffi::value::{bridge_bytes_t, bytes_free_data, bytes_into_c, BRIDGE_VALUE_PROCESS};
 use crate::io::process::{run, ProcessOptions, ProcessOutput};
@@ -42,9 +42,6 @@ pub(crate) const SPAWN_FLAGS: u32 = BRIDGE_PROCESS_MERGE_STDERR
     | BRIDGE_PROCESS_PIPE_STDIN
     | BRIDGE_PROCESS_PIPE_STDOUT
     | BRIDGE_PROCESS_PIPE_STDERR;
-
-/// The largest `size` accepted: anything above is taken for an uninitialised struct.
-const MAX_OPTIONS_SIZE: usize = 4096;
 
 /// What bridge_process_run() and bridge_process_spawn() run. Initialise it with
 /// bridge_process_options_init(), then set the fields you need; every string and
@@ -236,22 +233,8 @@ pub(crate) unsafe fn options_from_c(
     opts: *const bridge_process_options_t,
     known_flags: u32,
 ) -> Option<ProcessOptions> {
-    if opts.is_null() {
-        return None;
-    }
-    // SAFETY: `size` is the first field, always present.
-    let size = unsafe { std::ptr::addr_of!((*opts).size).read() } as usize;
-    let known = std::mem::size_of::<bridge_process_options_t>();
-    if !(known..=MAX_OPTIONS_SIZE).contains(&size) {
-        return None;
-    }
-    // SAFETY: the caller's struct is `size` bytes long, at least `known`.
-    let later = unsafe { std::slice::from_raw_parts(opts.cast::<u8>().add(known), size - known) };
-    if later.iter().any(|&byte| byte != 0) {
-        return None;
-    }
-    // SAFETY: all of this version's fields are there (checked above).
-    let c = unsafe { &*opts };
+    // SAFETY: per this function's contract.
+    let c = unsafe { sized_options(opts) }?;
     if c.flags & !known_flags != 0 || (c.stdin_data.is_null() && c.stdin_len > 0) {
         return None;
     }
