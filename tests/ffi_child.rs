@@ -914,3 +914,55 @@ fn no_descriptor_and_no_zombie_is_left() {
     unsafe { bridge_free(b) };
     assert!(zombies().is_empty());
 }
+
+/// A program that moved itself into another process group (here: the group of a
+/// helper it forked, which ends when the program does) is out of reach of the group's
+/// SIGKILL; the kill goes to the program's own pid too, so a cancelled wait ends once
+/// the program is killed and reaped, not when it would have ended by itself.
+#[test]
+fn cancelling_the_wait_of_a_program_that_left_its_group_kills_it() {
+    let _shared = EXCLUSIVE.read().unwrap();
+    let b = start();
+    let script = "import os, sys, time\n\
+                  parent = os.getpid()\n\
+                  helper = os.fork()\n\
+                  if helper == 0:\n\
+                  \x20   os.setpgid(0, 0)\n\
+                  \x20   while os.getppid() == parent:\n\
+                  \x20       time.sleep(0.05)\n\
+                  \x20   os._exit(0)\n\
+                  try:\n\
+                  \x20   os.setpgid(helper, helper)\n\
+                  except OSError:\n\
+                  \x20   pass\n\
+                  os.setpgid(0, helper)\n\
+                  print('moved', flush=True)\n\
+                  time.sleep(600)\n";
+    let spec = Spec {
+        program: "python3".to_owned(),
+        args: vec!["-c".to_owned(), script.to_owned()],
+        flags: PIPE_OUT,
+        ..Spec::default()
+    };
+    let c = spec.spawn(b);
+    let pid = unsafe { bridge_child_pid(c) };
+    let out = unsafe { bridge_child_take_stdout(c) };
+    let mut buffered = Vec::new();
+    assert_eq!(read_line(out, &mut buffered), b"moved\n");
+    assert_ne!(
+        unsafe { libc::getpgid(pid) },
+        pid,
+        "the program did not leave its group"
+    );
+    let f = wait_future(c);
+    assert_eq!(unsafe { future_cancel(f) }, BRIDGE_OK);
+    // Without the kill by pid this waits out the program's 600 s (the watchdog fails).
+    assert_eq!(finish(f), BRIDGE_CANCELLED);
+    assert_reaped(pid);
+    unsafe {
+        future_release(f);
+        bridge_stream_close(out);
+        bridge_child_free(c);
+        bridge_free(b);
+    }
+}
