@@ -99,18 +99,9 @@ pub(crate) unsafe fn borrow<'a>(b: *const bridge_t) -> Option<&'a Bridge> {
     unsafe { arc_borrow::<bridge_t>(b) }
 }
 
-/// Takes one more reference to the bridge behind a C handle, so that it outlives a
-/// call that runs user callbacks (which may free the handle).
-///
-/// # Safety
-/// As [`borrow`].
-unsafe fn retain(b: *const bridge_t) -> Option<Arc<Bridge>> {
-    // SAFETY: per this function's contract.
-    unsafe { retain_bridge(b) }
-}
-
-/// One more reference to the bridge behind a C handle, for an object that runs its
-/// operations on that bridge (a stream) and may outlive the caller's handle.
+/// One more reference to the bridge behind a C handle: for a call that runs user
+/// callbacks (which may free the handle), and for an object that runs its operations
+/// on that bridge (a stream) and may outlive the caller's handle.
 ///
 /// # Safety
 /// As [`borrow`].
@@ -305,7 +296,7 @@ pub unsafe extern "C" fn bridge_shutdown(b: *mut bridge_t, timeout_ms: i64) -> b
         // SAFETY: as above. A done callback that this shutdown runs may free the
         // handle: the reference taken here keeps the bridge until the shutdown has
         // returned, and the free finishes then.
-        let Some(bridge) = (unsafe { retain(b) }) else {
+        let Some(bridge) = (unsafe { retain_bridge(b) }) else {
             return BRIDGE_E_INVALID;
         };
         status_of(bridge.shutdown(timeout))
