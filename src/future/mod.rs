@@ -104,6 +104,15 @@ impl Failure {
         }
     }
 
+    /// An `Error::Io` failure from an I/O error: with its errno when it carries one,
+    /// else with the error's own words; the message says what failed.
+    pub fn from_io(error: &std::io::Error, what: impl std::fmt::Display) -> Failure {
+        match error.raw_os_error() {
+            Some(errno) => Failure::io(errno, what),
+            None => Failure::new(Error::Io.code(), format!("{what}: {error}")),
+        }
+    }
+
     /// The errno behind an `Error::Io` failure; 0 for any other.
     pub fn os_error(&self) -> i32 {
         self.os_error

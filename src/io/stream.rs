@@ -429,14 +429,8 @@ fn io_failure(e: &io::Error, what: &str) -> Failure {
     // A TLS stream reports a record that does not decrypt, or a protocol violation,
     // as an I/O error wrapping rustls's.
     #[cfg(feature = "tls")]
-    if let Some(tls) = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    {
+    if let Some(tls) = crate::io::tls::rustls_error(e) {
         return Failure::new(Error::Tls.code(), format!("{what}: TLS: {tls}"));
     }
-    match e.raw_os_error() {
-        Some(errno) => Failure::io(errno, what),
-        None => Failure::new(Error::Io.code(), format!("{what}: {e}")),
-    }
+    Failure::from_io(e, what)
 }

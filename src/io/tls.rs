@@ -18,6 +18,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use rustls::ClientConfig;
 
+use crate::future::Failure;
+use crate::status::Error;
 use crate::sync::lock;
 
 /// Configurations with extra certificates kept per [`Trust`].
@@ -174,6 +176,26 @@ fn system_roots() -> Result<rustls::RootCertStore, TrustError> {
         return Err(TrustError::NoSystemRoots);
     }
     Ok(roots)
+}
+
+/// The rustls error inside an I/O error of a TLS stream (a certificate refused, an
+/// alert, a record that does not decrypt), if that is what it is.
+pub(crate) fn rustls_error(e: &std::io::Error) -> Option<&rustls::Error> {
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+}
+
+/// A failed handshake with `peer`: rustls's verdict is `Error::Tls`, an OS error
+/// `Error::Io`, and a peer that closed or spoke something else than TLS `Error::Tls`
+/// too.
+pub(crate) fn handshake_failure(e: &std::io::Error, peer: &str) -> Failure {
+    if let Some(tls) = rustls_error(e) {
+        return Failure::new(Error::Tls.code(), format!("TLS with {peer}: {tls}"));
+    }
+    match e.raw_os_error() {
+        Some(errno) => Failure::io(errno, format_args!("TLS handshake with {peer}")),
+        None => Failure::new(Error::Tls.code(), format!("TLS handshake with {peer}: {e}")),
+    }
 }
 
 #[cfg(all(test, not(miri)))]

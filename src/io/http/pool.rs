@@ -23,9 +23,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::error::{from_hyper, io_error, tls_error};
+use super::error::from_hyper;
 use super::{Invalid, Prepared};
 use crate::future::Failure;
+use crate::io::tls::handshake_failure;
 use crate::io::tls::{Trust, TrustChoice, TrustError};
 use crate::status::Error;
 use crate::sync::lock;
@@ -334,7 +335,7 @@ impl Client {
         let tls = connector
             .connect(server_name, tcp)
             .await
-            .map_err(|e| tls_error(&e, &origin.describe()))?;
+            .map_err(|e| handshake_failure(&e, &origin.describe()))?;
         let h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
         let stream = Stream::Tls(Box::new(tls));
         if !h2 {
@@ -564,7 +565,7 @@ async fn connect_tcp(origin: &Origin) -> Result<TcpStream, Failure> {
                 let _ = tcp.set_nodelay(true);
                 return Ok(tcp);
             }
-            Err(e) => last = Some(io_error(&e, &format!("connect {address}"))),
+            Err(e) => last = Some(Failure::from_io(&e, format_args!("connect {address}"))),
         }
     }
     Err(last.unwrap_or_else(|| {

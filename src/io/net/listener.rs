@@ -13,7 +13,7 @@ use std::task::{Context, Poll};
 
 use tokio::sync::Notify;
 
-use super::{io_failure, tcp_stream};
+use super::tcp_stream;
 use crate::future::Failure;
 use crate::io::stream::Stream;
 use crate::status::Error;
@@ -253,7 +253,7 @@ impl AcceptOp {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Ok(stream)) => return Poll::Ready(Ok(stream)),
                     Poll::Ready(Err(e)) if gone_before_taken(&e) => continue,
-                    Poll::Ready(Err(e)) => return Poll::Ready(Err(io_failure(&e, "accept"))),
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(Failure::from_io(&e, "accept"))),
                 }
             }
         })

@@ -263,7 +263,7 @@ async fn connect_now(prepared: Prepared, what: &str) -> Result<Stream, Failure> 
         Target::Unix(path) => {
             let unix = UnixStream::connect(path)
                 .await
-                .map_err(|e| io_failure(&e, format_args!("connect to {what}")))?;
+                .map_err(|e| Failure::from_io(&e, format_args!("connect to {what}")))?;
             #[cfg(feature = "tls")]
             if let Some((name, config)) = prepared.tls {
                 return handshake(unix, name, config, what).await;
@@ -299,7 +299,7 @@ async fn connect_each(addresses: &[IpAddr], port: u16, what: &str) -> Result<Tcp
     } else {
         format!("connect to {what}: {reasons}{address}")
     };
-    Err(io_failure(&e, context))
+    Err(Failure::from_io(&e, context))
 }
 
 /// An OS error in the OS's words, without std's " (os error N)".
@@ -324,25 +324,8 @@ where
     let tls = tokio_rustls::TlsConnector::from(config)
         .connect(name, io)
         .await
-        .map_err(|e| tls_failure(&e, what))?;
+        .map_err(|e| crate::io::tls::handshake_failure(&e, what))?;
     Ok(Stream::duplex(tls))
-}
-
-/// A failed handshake: rustls's verdict (a certificate refused, the peer's alert) is
-/// `Error::Tls`, an OS error `Error::Io`, and a peer that closed or spoke something
-/// else than TLS `Error::Tls` too.
-#[cfg(feature = "tls")]
-fn tls_failure(e: &io::Error, what: &str) -> Failure {
-    if let Some(tls) = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-    {
-        return Failure::new(Error::Tls.code(), format!("TLS with {what}: {tls}"));
-    }
-    match e.raw_os_error() {
-        Some(errno) => Failure::io(errno, format_args!("TLS handshake with {what}")),
-        None => Failure::new(Error::Tls.code(), format!("TLS handshake with {what}: {e}")),
-    }
 }
 
 /// A connected TCP socket as a stream, TCP_NODELAY set.
@@ -350,13 +333,6 @@ pub(crate) fn tcp_stream(tcp: TcpStream) -> Stream {
     let _ = tcp.set_nodelay(true);
     let (reader, writer) = tcp.into_split();
     Stream::new(Some(reader), Some(writer))
-}
-
-fn io_failure(e: &io::Error, what: impl std::fmt::Display) -> Failure {
-    match e.raw_os_error() {
-        Some(errno) => Failure::io(errno, what),
-        None => Failure::new(Error::Io.code(), format!("{what}: {e}")),
-    }
 }
 
 #[cfg(all(test, not(miri)))]
