@@ -262,6 +262,7 @@ c_tests!(
     process,
     token,
     channel,
+    stream,
 );
 
 /// A C++ exception escaping work is fatal, as documented: std::terminate() names it.
